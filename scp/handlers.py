@@ -1,0 +1,116 @@
+"""pynetdicom event handlers, bound to their dependencies at server start.
+
+``handle_store`` is the heart of the SCP: read the header, check the instance is
+identifiable, push it to Redis and answer Success only once Redis has it. Every
+other outcome is a DICOM status with an Error Comment and one log line naming
+the association and the instance by UID, never the patient.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from typing import Any
+
+import redis
+from pydicom.dataset import Dataset
+from pynetdicom import events
+
+from scp import statuses
+from scp.header import extract_header, read_dataset
+from scp.inbox import Inbox
+
+logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def handle_echo(event: events.Event) -> int:
+    return statuses.SUCCESS
+
+
+def handle_store(event: events.Event, inbox: Inbox) -> Dataset | int:
+    """Answer one C-STORE request."""
+    assoc = _assoc_label(event)
+    request: Any = event.request
+    announced_sop = str(request.AffectedSOPInstanceUID or "")
+    announced_class = str(request.AffectedSOPClassUID or "")
+    try:
+        ds = read_dataset(_dataset_source(event))
+        _ = ds.get("SOPInstanceUID")  # force decoding of the elements we rely on
+    except Exception as exc:
+        logger.warning(
+            "assoc=%s sop=%s rejected 0xC210: cannot decode dataset (%s)",
+            assoc,
+            announced_sop,
+            type(exc).__name__,
+        )
+        return statuses.status(statuses.CANNOT_DECODE, "cannot decode dataset")
+
+    try:
+        problem = _identity_problem(ds, announced_sop, announced_class)
+        if problem is not None:
+            code, comment = problem
+            logger.warning(
+                "assoc=%s sop=%s rejected 0x%04X: %s", assoc, announced_sop, code, comment
+            )
+            return statuses.status(code, comment)
+
+        header = extract_header(ds)
+        receipt = inbox.push(str(ds.StudyInstanceUID), header.json)
+    except redis.RedisError as exc:
+        logger.error(
+            "assoc=%s sop=%s refused 0xA700: Redis did not take the header (%s)",
+            assoc,
+            announced_sop,
+            type(exc).__name__,
+        )
+        return statuses.status(statuses.OUT_OF_RESOURCES, "storage queue unavailable, retry later")
+    except Exception:
+        logger.exception("assoc=%s sop=%s failed 0xC2FF: internal error", assoc, announced_sop)
+        return statuses.status(statuses.INTERNAL_ERROR, "internal error")
+
+    if header.skipped:
+        logger.warning(
+            "assoc=%s sop=%s stored entry=%s with undecodable elements discarded: %s",
+            assoc,
+            announced_sop,
+            receipt.entry_id,
+            ",".join(header.skipped[:20]),
+        )
+        return statuses.status(statuses.ELEMENTS_DISCARDED, "undecodable elements discarded")
+    logger.debug("assoc=%s sop=%s stored entry=%s", assoc, announced_sop, receipt.entry_id)
+    return statuses.SUCCESS
+
+
+def _dataset_source(event: events.Event) -> Any:
+    # With STORE_RECV_CHUNKED_DATASET pynetdicom has already written the dataset to
+    # a temporary Part 10 file; otherwise it is in memory.
+    try:
+        return event.dataset_path
+    except AttributeError:
+        return io.BytesIO(event.encoded_dataset(include_meta=True))
+
+
+def _identity_problem(
+    ds: Dataset, announced_sop: str, announced_class: str
+) -> tuple[int, str] | None:
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = ds.get(keyword)
+        text = str(value) if value is not None else ""
+        if not text:
+            return statuses.MISSING_OR_INVALID_UID, f"{keyword} missing"
+        if len(text) > 64 or not _UID.match(text):
+            return statuses.MISSING_OR_INVALID_UID, f"{keyword} is not a valid UID"
+    if announced_sop and str(ds.SOPInstanceUID) != announced_sop:
+        return statuses.SOP_INSTANCE_UID_MISMATCH, "SOPInstanceUID differs from the request"
+    if announced_class and str(ds.SOPClassUID) != announced_class:
+        return statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the request"
+    return None
+
+
+def _assoc_label(event: events.Event) -> str:
+    assoc = event.assoc
+    requestor = assoc.requestor
+    return f"{assoc.name}:{requestor.ae_title}@{requestor.address}"

@@ -1,0 +1,129 @@
+"""``scp2fhir up``: the whole system on one machine.
+
+Starts a private Redis when none is configured, then the SCP, the workers and the
+RQ dashboard as child processes sharing that Redis. A child that dies is started
+again; Ctrl-C or SIGTERM stops the children (workers finish their current job),
+then the private Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from scp.embedded_redis import EmbeddedRedis
+from scp.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Seconds children get to stop on their own before they are killed.
+STOP_GRACE_SECONDS = 30.0
+#: A child that died is not restarted more often than this.
+RESTART_BACKOFF_SECONDS = 5.0
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = field(default=0.0)
+
+    def start(self, env: Mapping[str, str]) -> None:
+        self.process = subprocess.Popen(self.command, env=dict(env), stdin=subprocess.DEVNULL)
+        self.started_at = time.monotonic()
+        logger.info("started %s pid=%d", self.name, self.process.pid)
+
+
+def children(settings: Settings) -> list[Child]:
+    cli = [sys.executable, "-m", "scp.cli"]
+    result = [Child("scp", [*cli, "scp"])]
+    result += [Child(f"worker-{n}", [*cli, "worker"]) for n in range(1, settings.workers + 1)]
+    if settings.dashboard_port:
+        result.append(
+            Child(
+                "rq-dashboard",
+                [
+                    sys.executable,
+                    "-m",
+                    "rq_dashboard",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(settings.dashboard_port),
+                    "--redis-url",
+                    settings.redis_url or "",
+                ],
+            )
+        )
+    return result
+
+
+def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None = None) -> int:
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+
+    private: EmbeddedRedis | None = None
+    child_env = dict(env)
+    if settings.redis_url is None:
+        private = EmbeddedRedis(settings.data_dir / "redis", settings.redis_fsync)
+        private.start()
+        child_env["SCP2FHIR_REDIS_URL"] = private.url
+        settings = Settings.from_env(child_env)
+    procs = children(settings)
+    try:
+        for child in procs:
+            child.start(child_env)
+        if settings.dashboard_port:
+            logger.info("RQ dashboard on http://127.0.0.1:%d", settings.dashboard_port)
+        logger.info(
+            "ready: send DICOM to %s@<this host>:%d; ImagingStudy JSON goes to %s",
+            settings.ae_title,
+            settings.port,
+            settings.output_dir.resolve(),
+        )
+        while not stop.wait(0.5):
+            for child in procs:
+                assert child.process is not None
+                if child.process.poll() is not None and not stop.is_set():
+                    if time.monotonic() - child.started_at < RESTART_BACKOFF_SECONDS:
+                        continue
+                    logger.error(
+                        "%s exited with %s; restarting", child.name, child.process.returncode
+                    )
+                    child.start(child_env)
+    finally:
+        _stop_all(procs)
+        if private is not None:
+            private.stop()
+    return 0
+
+
+def _stop_all(procs: list[Child]) -> None:
+    running = [c for c in procs if c.process is not None and c.process.poll() is None]
+    for child in running:
+        assert child.process is not None
+        child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for child in running:
+        assert child.process is not None
+        try:
+            child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in time; killing it", child.name)
+            child.process.kill()
+            child.process.wait()
+    logger.info("all processes stopped")
+
+
+def current_env() -> dict[str, str]:
+    return dict(os.environ)

@@ -1,0 +1,1 @@
+"""scp2fhir's processing side: the fold, the quiet check, the FHIR mapping and output."""

@@ -1,0 +1,196 @@
+"""The study aggregates in Redis: folding inbox entries in, reading a study back out,
+and closing a study after emission.
+
+Each write is one Lua script, so Redis always holds a consistent state: an inbox
+entry is acknowledged in the same step that folds it (a crashed worker leaves it
+pending, to be claimed again; a second fold of it is a no-op because its XACK
+returns 0). The attribute rule is :func:`workers.fold.prefer`, applied server-side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from scp import keys
+from workers.fold import Sourced, StudyAggregate
+from workers.summary import InstanceSummary
+
+logger = logging.getLogger(__name__)
+
+_FOLD = """
+local stream, inflight, group = KEYS[1], KEYS[2], ARGV[1]
+-- Byte order, as Python compares str: Lua's own '<=' follows the server's locale.
+local function bytes_le(a, b)
+  for j = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, j), string.byte(b, j)
+    if x ~= y then return x < y end
+  end
+  return #a <= #b
+end
+local function prefer(key, source, attrs)
+  local current = redis.call('HGET', key, 'source')
+  if (not current) or bytes_le(source, current) then
+    redis.call('HSET', key, 'source', source, 'attrs', attrs)
+  end
+  redis.call('PERSIST', key)
+end
+local applied = 0
+for i = 2, #ARGV, 9 do
+  local id, study, sop = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('XACK', stream, group, id) == 1 then
+    redis.call('XDEL', stream, id)
+    redis.call('HSET', ARGV[i + 5], sop, ARGV[i + 8])
+    redis.call('PERSIST', ARGV[i + 5])
+    prefer(ARGV[i + 3], sop, ARGV[i + 6])
+    prefer(ARGV[i + 4], sop, ARGV[i + 7])
+    if redis.call('HINCRBY', inflight, study, -1) <= 0 then redis.call('HDEL', inflight, study) end
+    applied = applied + 1
+  end
+end
+return applied
+"""
+
+_REJECT = """
+local stream, inflight, dead, group = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local rejected = 0
+for i = 2, #ARGV, 3 do
+  local id, study = ARGV[i], ARGV[i + 1]
+  if redis.call('XACK', stream, group, id) == 1 then
+    redis.call('XDEL', stream, id)
+    redis.call('LPUSH', dead, ARGV[i + 2])
+    if study ~= '' and redis.call('HINCRBY', inflight, study, -1) <= 0 then
+      redis.call('HDEL', inflight, study)
+    end
+    rejected = rejected + 1
+  end
+end
+return rejected
+"""
+
+# Close a study after its emission, unless something arrived meanwhile.
+_CLOSE = """
+local open, inflight, emitted, check, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local study, seen, token, now, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local closed = 0
+local score = redis.call('ZSCORE', open, study)
+if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflight, study) then
+  redis.call('ZREM', open, study)
+  redis.call('ZADD', emitted, now, study)
+  redis.call('DEL', check)
+  for i = 6, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
+  closed = 1
+end
+if redis.call('GET', lease) == token then redis.call('DEL', lease) end
+return closed
+"""
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    entry_id: str
+    study_uid: str
+    header: str
+
+
+class AggregateStore:
+    def __init__(self, connection: redis.Redis) -> None:
+        self._redis = connection
+        self._fold = connection.register_script(_FOLD)
+        self._reject = connection.register_script(_REJECT)
+        self._close = connection.register_script(_CLOSE)
+
+    def fold(self, folded: Sequence[tuple[str, InstanceSummary]]) -> int:
+        """Fold (entry id, summary) pairs and acknowledge their entries; returns how many
+        were new (entries already acknowledged by another worker are skipped)."""
+        if not folded:
+            return 0
+        args: list[str] = [keys.INBOX_GROUP]
+        for entry_id, s in folded:
+            args += [
+                entry_id,
+                s.study_uid,
+                s.sop_uid,
+                keys.study(s.study_uid),
+                keys.series(s.study_uid, s.series_uid),
+                keys.study_instances(s.study_uid),
+                _dumps(s.study),
+                _dumps(s.series),
+                _dumps(s.instance),
+            ]
+        return int(self._fold(keys=[keys.INBOX, keys.INFLIGHT], args=args))
+
+    def reject(self, entries: Iterable[tuple[InboxEntry, str]]) -> int:
+        """Move entries no worker can fold to the dead-letter list, with the reason."""
+        args: list[str] = [keys.INBOX_GROUP]
+        for entry, reason in entries:
+            letter = {
+                "entry_id": entry.entry_id,
+                "study_uid": entry.study_uid,
+                "reason": reason,
+                "header": entry.header,
+            }
+            args += [entry.entry_id, entry.study_uid, _dumps(letter)]
+        if len(args) == 1:
+            return 0
+        return int(self._reject(keys=[keys.INBOX, keys.INFLIGHT, keys.DEAD_LETTER], args=args))
+
+    def load(self, study_uid: str) -> StudyAggregate:
+        """Read a study's aggregate (empty if nothing is stored)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(keys.study(study_uid))
+        pipe.hgetall(keys.study_instances(study_uid))
+        study_hash, instance_hash = pipe.execute()
+        instances = {sop: json.loads(record) for sop, record in instance_hash.items()}
+        series_uids = sorted({record["series_uid"] for record in instances.values()})
+        pipe = self._redis.pipeline(transaction=False)
+        for series_uid in series_uids:
+            pipe.hgetall(keys.series(study_uid, series_uid))
+        series = {uid: _sourced(h) for uid, h in zip(series_uids, pipe.execute(), strict=True) if h}
+        return StudyAggregate(
+            study_uid=study_uid,
+            study=_sourced(study_hash) if study_hash else None,
+            instances=instances,
+            series={uid: s for uid, s in series.items() if s is not None},
+        )
+
+    def close(
+        self,
+        aggregate: StudyAggregate,
+        seen_ms: int,
+        lease_token: str,
+        now_ms: int,
+        retention_ms: int,
+    ) -> bool:
+        """Mark the study emitted if no instance arrived since ``seen_ms``; start the
+        retention clock on its keys. Releases the lease either way."""
+        uid = aggregate.study_uid
+        study_keys = [keys.study(uid), keys.study_instances(uid)] + [
+            keys.series(uid, series_uid) for series_uid in aggregate.series
+        ]
+        closed = self._close(
+            keys=[
+                keys.OPEN_STUDIES,
+                keys.INFLIGHT,
+                keys.EMITTED,
+                keys.study_check(uid),
+                keys.study_lease(uid),
+                *study_keys,
+            ],
+            args=[uid, seen_ms, lease_token, now_ms, retention_ms],
+        )
+        return bool(closed)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _sourced(h: dict[str, str]) -> Sourced | None:
+    if "source" not in h or "attrs" not in h:
+        return None
+    return Sourced(h["source"], json.loads(h["attrs"]))

@@ -1,0 +1,266 @@
+"""The RQ jobs: drain the inbox, check whether a study has gone quiet, sweep.
+
+* ``drain_inbox`` (fold queue) reads inbox entries in batches through the consumer
+  group, folds them (:mod:`workers.aggregates`) and makes sure each touched study
+  has a quiet check scheduled.
+* ``check_quiet`` (emit queue, scheduled) emits the study when no instance has
+  arrived for the quiet period and none is waiting to be folded; otherwise it
+  schedules itself again for when the study could be quiet.
+* ``sweep`` (emit queue, every :data:`SWEEP_SECONDS`) repairs what crashes leave:
+  entries a dead worker had claimed, a drain request whose job was lost, open
+  studies whose check was lost.
+
+All times come from the Redis clock, so workers on several hosts agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import redis
+
+from scp import keys
+from scp.inbox import DRAIN_REQUEST_TTL_MS, request_drain_job
+from workers.aggregates import InboxEntry
+from workers.context import WorkerContext, current
+from workers.delivery import put_resource
+from workers.mapping import imaging_study
+from workers.output import write_resource
+from workers.summary import InstanceSummary, summarize
+
+logger = logging.getLogger(__name__)
+
+#: Inbox entries read per round trip.
+BATCH_SIZE = 256
+#: A drain job hands over to a fresh one after this long, so quiet checks get a turn.
+DRAIN_SLICE_SECONDS = 20.0
+#: Seconds between sweeps.
+SWEEP_SECONDS = 30.0
+#: An inbox entry claimed but not acknowledged for this long belongs to a dead worker.
+RECLAIM_IDLE_MS = 60_000
+#: How long an emission may hold a study's lease.
+LEASE_MS = 120_000
+#: While instances of a study wait to be folded, its check looks again this soon.
+INFLIGHT_RECHECK_MS = 250
+
+CHECK_JOB = "workers.jobs.check_quiet"
+SWEEP_JOB = "workers.jobs.sweep"
+
+
+def ensure_group(connection: redis.Redis) -> None:
+    """Create the inbox stream's consumer group (reading from the very first entry)."""
+    try:
+        connection.xgroup_create(keys.INBOX, keys.INBOX_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def redis_now_ms(connection: redis.Redis) -> int:
+    seconds, micros = connection.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+# --- drain -----------------------------------------------------------------------------
+
+
+def drain_inbox() -> int:
+    """Fold everything in the inbox; returns the number of instances folded."""
+    ctx = current()
+    data = ctx.clients.data
+    # Cleared before reading: a push from now on either lands in what we read or
+    # finds the flag unset and requests a new drain.
+    data.delete(keys.DRAIN_REQUESTED)
+    ensure_group(data)
+    deadline = time.monotonic() + DRAIN_SLICE_SECONDS
+    total = 0
+    while True:
+        reply: Any = data.xreadgroup(
+            keys.INBOX_GROUP, ctx.consumer, {keys.INBOX: ">"}, count=BATCH_SIZE
+        )
+        raw = reply[0][1] if reply else []
+        if not raw:
+            break
+        total += fold_entries(ctx, [_entry(entry_id, fields) for entry_id, fields in raw])
+        if time.monotonic() > deadline:
+            if data.set(keys.DRAIN_REQUESTED, "1", nx=True, px=DRAIN_REQUEST_TTL_MS):
+                request_drain_job(ctx.fold_queue)
+            break
+    ensure_sweep_scheduled(ctx)
+    return total
+
+
+def _entry(entry_id: str, fields: dict[str, str]) -> InboxEntry:
+    return InboxEntry(entry_id, fields.get("s", ""), fields.get("h", ""))
+
+
+def fold_entries(ctx: WorkerContext, entries: list[InboxEntry]) -> int:
+    folded: list[tuple[str, InstanceSummary]] = []
+    rejected: list[tuple[InboxEntry, str]] = []
+    for entry in entries:
+        try:
+            summary = summarize(json.loads(entry.header))
+        except Exception as exc:  # a header no summary can be made of goes to dead-letter
+            logger.error(
+                "entry=%s study=%s dead-lettered: %s",
+                entry.entry_id,
+                entry.study_uid,
+                type(exc).__name__,
+            )
+            rejected.append((entry, type(exc).__name__))
+            continue
+        if summary.study_uid != entry.study_uid:
+            rejected.append((entry, "study UID differs from the inbox entry"))
+            continue
+        folded.append((entry.entry_id, summary))
+    applied = ctx.store.fold(folded)
+    ctx.store.reject(rejected)
+    schedule_checks(ctx, {summary.study_uid for _, summary in folded})
+    return applied
+
+
+# --- quiet -----------------------------------------------------------------------------
+
+
+def schedule_checks(ctx: WorkerContext, study_uids: Iterable[str]) -> None:
+    """Schedule a quiet check for each study that has none scheduled."""
+    data = ctx.clients.data
+    uids = sorted(set(study_uids))
+    if not uids:
+        return
+    now = redis_now_ms(data)
+    quiet_ms = int(ctx.settings.quiet_seconds * 1000)
+    for uid in uids:
+        last = data.zscore(keys.OPEN_STUDIES, uid)
+        delay_ms = quiet_ms if last is None else max(0, int(last) + quiet_ms - now)
+        if data.set(keys.study_check(uid), "1", nx=True, px=_check_ttl(ctx, delay_ms)):
+            _enqueue_check(ctx, uid, delay_ms)
+
+
+def _check_ttl(ctx: WorkerContext, delay_ms: int) -> int:
+    # Outlives the scheduled job by a margin: if the job is lost the flag expires and
+    # the sweep schedules a new check.
+    return delay_ms + int(SWEEP_SECONDS * 1000) * 4 + LEASE_MS
+
+
+def _enqueue_check(ctx: WorkerContext, study_uid: str, delay_ms: int) -> None:
+    ctx.emit_queue.enqueue_in(
+        timedelta(milliseconds=delay_ms),
+        CHECK_JOB,
+        study_uid,
+        description=f"quiet check study={study_uid}",
+        result_ttl=300,
+        job_timeout=600,
+    )
+
+
+def _reschedule(ctx: WorkerContext, study_uid: str, delay_ms: int) -> None:
+    ctx.clients.data.pexpire(keys.study_check(study_uid), _check_ttl(ctx, delay_ms))
+    _enqueue_check(ctx, study_uid, delay_ms)
+
+
+def check_quiet(study_uid: str) -> str:
+    """Emit ``study_uid`` if it has gone quiet; returns what happened."""
+    ctx = current()
+    data = ctx.clients.data
+    ensure_sweep_scheduled(ctx)
+    now = redis_now_ms(data)
+    last = data.zscore(keys.OPEN_STUDIES, study_uid)
+    if last is None:
+        data.delete(keys.study_check(study_uid))
+        return "not open"
+    remaining = int(last) + int(ctx.settings.quiet_seconds * 1000) - now
+    if data.hget(keys.INFLIGHT, study_uid):
+        remaining = max(remaining, INFLIGHT_RECHECK_MS)
+    if remaining > 0:
+        _reschedule(ctx, study_uid, remaining)
+        return "waiting"
+
+    token = uuid.uuid4().hex
+    if not data.set(keys.study_lease(study_uid), token, nx=True, px=LEASE_MS):
+        _reschedule(ctx, study_uid, max(data.pttl(keys.study_lease(study_uid)), 100))
+        return "leased elsewhere"
+    try:
+        emitted = emit(ctx, study_uid, int(last), token)
+    except BaseException:
+        data.delete(keys.study_lease(study_uid))
+        raise
+    if not emitted:
+        _reschedule(ctx, study_uid, INFLIGHT_RECHECK_MS)
+        return "re-opened during emission"
+    return "emitted"
+
+
+def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> bool:
+    """Build, write (and deliver) the study's ImagingStudy; close the study unless an
+    instance arrived meanwhile. Returns whether it was closed."""
+    settings = ctx.settings
+    aggregate = ctx.store.load(study_uid)
+    resource = imaging_study(aggregate, settings.fhir_version)
+    path = write_resource(settings.output_dir, resource)
+    if settings.fhir_base_url:
+        put_resource(settings.fhir_base_url, settings.fhir_version, resource)
+    now = redis_now_ms(ctx.clients.data)
+    closed = ctx.store.close(
+        aggregate, seen_ms, lease_token, now, settings.retention_seconds * 1000
+    )
+    if closed:
+        lag_ms = now - seen_ms - int(settings.quiet_seconds * 1000)
+        logger.info(
+            "study=%s emitted id=%s series=%d instances=%d after_quiet_ms=%d path=%s",
+            study_uid,
+            resource["id"],
+            resource["numberOfSeries"],
+            resource["numberOfInstances"],
+            lag_ms,
+            path,
+        )
+    return closed
+
+
+# --- sweep -----------------------------------------------------------------------------
+
+
+def ensure_sweep_scheduled(ctx: WorkerContext) -> None:
+    if ctx.clients.data.set(keys.SWEEP_SCHEDULED, "1", nx=True, px=int(SWEEP_SECONDS * 1000) * 3):
+        ctx.emit_queue.enqueue_in(
+            timedelta(seconds=SWEEP_SECONDS),
+            SWEEP_JOB,
+            description="sweep: reclaim, re-drain, re-check",
+            result_ttl=60,
+        )
+
+
+def sweep() -> dict[str, Any]:
+    """Repair what crashed processes left behind."""
+    ctx = current()
+    data = ctx.clients.data
+    data.delete(keys.SWEEP_SCHEDULED)
+    ensure_group(data)
+    reclaimed = 0
+    start = "0-0"
+    while True:
+        reply: Any = data.xautoclaim(
+            keys.INBOX, keys.INBOX_GROUP, ctx.consumer, RECLAIM_IDLE_MS, start, count=BATCH_SIZE
+        )
+        start, claimed = reply[0], reply[1]
+        entries = [_entry(entry_id, fields) for entry_id, fields in claimed if fields]
+        if entries:
+            logger.warning("reclaimed %d inbox entries from a stopped worker", len(entries))
+            reclaimed += fold_entries(ctx, entries)
+        if start == "0-0" or not claimed:
+            break
+    backlog = data.xlen(keys.INBOX)
+    if backlog and data.set(keys.DRAIN_REQUESTED, "1", nx=True, px=DRAIN_REQUEST_TTL_MS):
+        request_drain_job(ctx.fold_queue)
+    open_studies: list[str] = data.zrange(keys.OPEN_STUDIES, 0, -1)  # type: ignore[assignment]
+    unchecked = [uid for uid in open_studies if not data.exists(keys.study_check(uid))]
+    schedule_checks(ctx, unchecked)
+    ensure_sweep_scheduled(ctx)
+    return {"reclaimed": reclaimed, "backlog": backlog, "rescheduled": len(unchecked)}
