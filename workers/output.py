@@ -14,11 +14,20 @@ def resource_path(output_dir: Path, resource: dict[str, Any]) -> Path:
     return output_dir / str(resource["resourceType"]) / f"{resource['id']}.json"
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def write_resource(output_dir: Path, resource: dict[str, Any]) -> Path:
     path = resource_path(output_dir, resource)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(resource, indent=2, ensure_ascii=False).encode("utf-8")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp creates 0600; readers of the folder (an EHR import job, a web server) expect
+    # the permissions an ordinary file gets.
+    os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from scp.server import serve
+from scp.settings import Settings
+from tests.support import RedisProcess, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Short enough to keep the suite quick, long enough that a study sent by one
+#: storescu run is never split on a loaded 2-core machine.
+TEST_QUIET_SECONDS = 1.5
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisProcess) -> str:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def data(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def pipeline_env(redis_url: str, output_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "SCP2FHIR_REDIS_URL": redis_url,
+        "SCP2FHIR_PORT": str(port),
+        "SCP2FHIR_QUIET_SECONDS": str(TEST_QUIET_SECONDS),
+        "SCP2FHIR_OUTPUT_DIR": str(output_dir),
+        "PYTHONPATH": str(ROOT),
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Pipeline:
+    port: int
+    output_dir: Path
+    settings: Settings
+
+    def study_file(self, study_uid: str) -> Path:
+        return self.output_dir / "ImagingStudy" / f"{study_uid}.json"
+
+
+class ScpThread:
+    """The real SCP (scp.server.serve) in a thread of the test process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=serve, args=(settings, self.stop_event), daemon=True)
+
+    def start(self, port: int) -> ScpThread:
+        import socket
+
+        self.thread.start()
+
+        def listening() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, timeout=10, what="the SCP to listen")
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(10)
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "scp.cli", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def pipeline(redis_url: str, tmp_path: Path) -> Iterator[Pipeline]:
+    """SCP (in-process thread) + one `scp2fhir worker` process on a private Redis."""
+    port = free_port()
+    output_dir = tmp_path / "out"
+    env = pipeline_env(redis_url, output_dir, port)
+    settings = Settings.from_env(env)
+    scp = ScpThread(settings).start(port)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        yield Pipeline(port, output_dir, settings)
+    finally:
+        scp.stop()
+        stop_process(worker)

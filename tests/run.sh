@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command (README "Quickstart"; .ci/run calls it).
+# Installs what the tests need on a fresh Debian machine, then runs lint, types and tests.
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k pipeline`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+[ -x /usr/bin/storescu ] || missing+=(dcmtk)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} from Debian's packages"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+  | grep -v -e "^WARNING: Location" -e "Running pip as the 'root' user" || true
+python3 -m ruff check .
+python3 -m ruff format --check .
+python3 -m mypy
+python3 -m pytest "$@"

@@ -1,0 +1,195 @@
+"""Real parts for the tests: a private redis-server, generated DICOM studies, dcmtk senders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import redis
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+#: dcmtk tools from the Debian package. pynetdicom installs Python scripts with the same
+#: names, which may come first on PATH: the tests mean dcmtk's.
+DCMTK_BIN = Path("/usr/bin")
+#: Debian's dcmtk leaves Nagle on; without this every C-STORE waits for a delayed ACK.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def sample_file(name: str) -> str:
+    """Path of one of pydicom's bundled test files."""
+    path = get_testdata_file(name)
+    assert isinstance(path, str), f"pydicom has no test file {name}"
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dcmtk(tool: str) -> str:
+    path = DCMTK_BIN / tool
+    if not path.exists():
+        raise RuntimeError(f"dcmtk's {tool} is not installed (apt-get install dcmtk)")
+    return str(path)
+
+
+class RedisProcess:
+    """A redis-server on a free port with its data in a temporary folder."""
+
+    def __init__(self, *extra: str) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="scp2fhir-redis-"))
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProcess:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is required for the tests"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _pings(client), timeout=10, what="redis-server to start")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+# --- studies ---------------------------------------------------------------------------
+
+#: Real modality images from pydicom's test data, by modality.
+SOURCES = {"CT": "CT_small.dcm", "MR": "MR_small.dcm"}
+
+
+@dataclass
+class GeneratedStudy:
+    study_uid: str
+    files: list[Path]
+    #: series UID -> SOP Instance UIDs
+    series: dict[str, list[str]]
+
+    @property
+    def sop_uids(self) -> set[str]:
+        return {uid for uids in self.series.values() for uid in uids}
+
+
+def make_study(
+    folder: Path,
+    series_spec: Sequence[tuple[str, int]],
+    study_uid: str | None = None,
+    patient_id: str = "TEST-PID-1",
+) -> GeneratedStudy:
+    """Write a study of real images with fresh UIDs: one series per (modality, count)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    files: list[Path] = []
+    series: dict[str, list[str]] = {}
+    for number, (modality, count) in enumerate(series_spec, start=1):
+        template = pydicom.dcmread(sample_file(SOURCES[modality]))
+        series_uid = generate_uid()
+        series[series_uid] = []
+        for index in range(1, count + 1):
+            ds = template.copy()
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.SeriesNumber = number
+            ds.InstanceNumber = index
+            ds.PatientID = patient_id
+            ds.SeriesDescription = f"{modality} series {number}"
+            path = folder / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+            series[series_uid].append(str(ds.SOPInstanceUID))
+    return GeneratedStudy(study_uid, files, series)
+
+
+def storescu(
+    port: int,
+    files: Iterable[Path],
+    ae_title: str = "SCP2FHIR",
+    check: bool = True,
+    options: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Send with dcmtk's storescu over one association."""
+    result = subprocess.run(
+        [
+            dcmtk("storescu"),
+            *options,
+            "-aet",
+            "TESTSCU",
+            "-aec",
+            ae_title,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")
+    return result
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data

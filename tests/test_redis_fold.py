@@ -1,0 +1,129 @@
+"""The Redis fold agrees with the pure fold, whatever the order, duplicates and workers.
+
+Headers are pushed through the SCP's Inbox and folded by RQ drain jobs run inline
+(rq's SimpleWorker in burst mode), against a real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq import SimpleWorker
+
+from scp import keys
+from scp.connections import connect
+from scp.inbox import Inbox
+from scp.settings import Settings
+from tests.support import make_study
+from workers.context import WorkerContext, install
+from workers.fold import StudyAggregate, fold
+from workers.jobs import drain_inbox, ensure_group, sweep
+from workers.summary import summarize
+
+
+@pytest.fixture
+def context(redis_url: str, tmp_path: Path) -> WorkerContext:
+    settings = Settings.from_env(
+        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out")}
+    )
+    ctx = WorkerContext.build(settings, connect(redis_url))
+    ensure_group(ctx.clients.data)
+    install(ctx)
+    return ctx
+
+
+def headers_of(tmp_path: Path) -> list[dict[str, object]]:
+    from scp.header import extract_header, read_dataset
+
+    study = make_study(tmp_path / "study", [("CT", 6), ("MR", 4)])
+    return [extract_header(read_dataset(path)).json for path in study.files]
+
+
+def run_queued_jobs(ctx: WorkerContext) -> None:
+    SimpleWorker([keys.FOLD_QUEUE], connection=ctx.clients.rq).work(burst=True)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_redis_fold_equals_pure_fold(context: WorkerContext, tmp_path: Path, seed: int) -> None:
+    headers = headers_of(tmp_path)
+    sends = headers * 2  # each instance twice
+    random.Random(seed).shuffle(sends)
+    inbox = Inbox(context.clients.data, context.clients.rq)
+    for header in sends:
+        inbox.push(summarize(header).study_uid, header)
+    run_queued_jobs(context)
+
+    summaries = [summarize(h) for h in headers]
+    expected = fold(StudyAggregate(summaries[0].study_uid), summaries)
+    assert context.store.load(expected.study_uid) == expected
+    data = context.clients.data
+    assert data.xlen(keys.INBOX) == 0, "every entry was acknowledged and deleted"
+    assert data.hget(keys.INFLIGHT, expected.study_uid) is None
+    assert data.zscore(keys.OPEN_STUDIES, expected.study_uid) is not None
+    assert data.exists(keys.study_check(expected.study_uid)), "a quiet check is scheduled"
+
+
+def test_a_second_fold_of_the_same_entry_is_a_no_op(context: WorkerContext, tmp_path: Path) -> None:
+    headers = headers_of(tmp_path)
+    inbox = Inbox(context.clients.data, context.clients.rq)
+    for header in headers:
+        inbox.push(summarize(header).study_uid, header)
+    data = context.clients.data
+    reply: Any = data.xreadgroup(keys.INBOX_GROUP, "a", {keys.INBOX: ">"}, count=100)
+    entries = [(entry_id, summarize(json.loads(fields["h"]))) for entry_id, fields in reply[0][1]]
+    assert context.store.fold(entries) == len(headers)
+    # A worker that had claimed the same entries (e.g. reclaimed after a stall) folds them again.
+    assert context.store.fold(entries) == 0
+    uid = entries[0][1].study_uid
+    assert len(context.store.load(uid).instances) == len(headers)
+    assert data.hget(keys.INFLIGHT, uid) is None, "in-flight count not decremented twice"
+
+
+def test_sweep_reclaims_entries_of_a_dead_worker(
+    context: WorkerContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = headers_of(tmp_path)
+    inbox = Inbox(context.clients.data, context.clients.rq)
+    for header in headers:
+        inbox.push(summarize(header).study_uid, header)
+    data = context.clients.data
+    # A worker reads the entries, then dies before folding them.
+    data.xreadgroup(keys.INBOX_GROUP, "dead-worker", {keys.INBOX: ">"}, count=100)
+    monkeypatch.setattr("workers.jobs.RECLAIM_IDLE_MS", 0)
+    result = sweep()
+    assert result["reclaimed"] == len(headers)
+    uid = summarize(headers[0]).study_uid
+    assert len(context.store.load(uid).instances) == len(headers)
+    assert data.xlen(keys.INBOX) == 0
+
+
+def test_unfoldable_entry_goes_to_dead_letter(context: WorkerContext) -> None:
+    data = context.clients.data
+    inbox = Inbox(data, context.clients.rq)
+    inbox.push("1.2.3", {"00100010": {"vr": "PN"}})  # no UIDs at all
+    drain_inbox()
+    letters = [json.loads(x) for x in data.lrange(keys.DEAD_LETTER, 0, -1)]
+    assert [(letter["study_uid"], letter["reason"]) for letter in letters] == [
+        ("1.2.3", "NotAnInstance")
+    ]
+    assert data.xlen(keys.INBOX) == 0
+    assert data.hget(keys.INFLIGHT, "1.2.3") is None
+
+
+def test_push_is_one_atomic_step(redis_url: str) -> None:
+    clients = connect(redis_url)
+    inbox = Inbox(clients.data, clients.rq)
+    receipt = inbox.push("1.2.3", {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}})
+    data: redis.Redis = clients.data
+    arrival_ms = int(receipt.entry_id.split("-")[0])
+    assert data.zscore(keys.OPEN_STUDIES, "1.2.3") == arrival_ms
+    assert data.hget(keys.INFLIGHT, "1.2.3") == "1"
+    assert data.exists(keys.DRAIN_REQUESTED)
+    assert clients.rq.llen(f"rq:queue:{keys.FOLD_QUEUE}") == 1
+    inbox.push("1.2.3", {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}})
+    assert clients.rq.llen(f"rq:queue:{keys.FOLD_QUEUE}") == 1, "one drain request is enough"
