@@ -8,7 +8,6 @@ the association and the instance by UID, never the patient.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from typing import Any
@@ -18,7 +17,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import events
 
 from scp import statuses
-from scp.header import extract_header, read_dataset
+from scp.header import Header, read_dataset_bytes, read_header
 from scp.inbox import Inbox
 
 logger = logging.getLogger(__name__)
@@ -37,8 +36,7 @@ def handle_store(event: events.Event, inbox: Inbox) -> Dataset | int:
     announced_sop = str(request.AffectedSOPInstanceUID or "")
     announced_class = str(request.AffectedSOPClassUID or "")
     try:
-        ds = read_dataset(_dataset_source(event))
-        _ = ds.get("SOPInstanceUID")  # force decoding of the elements we rely on
+        header = _read_header(event)
     except Exception as exc:
         logger.warning(
             "assoc=%s sop=%s rejected 0xC210: cannot decode dataset (%s)",
@@ -49,7 +47,8 @@ def handle_store(event: events.Event, inbox: Inbox) -> Dataset | int:
         return statuses.status(statuses.CANNOT_DECODE, "cannot decode dataset")
 
     try:
-        problem = _identity_problem(ds, announced_sop, announced_class)
+        uids = {keyword: _first(header.json, tag) for keyword, tag in _IDENTITY.items()}
+        problem = _identity_problem(uids, announced_sop, announced_class)
         if problem is not None:
             code, comment = problem
             logger.warning(
@@ -57,8 +56,7 @@ def handle_store(event: events.Event, inbox: Inbox) -> Dataset | int:
             )
             return statuses.status(code, comment)
 
-        header = extract_header(ds)
-        receipt = inbox.push(str(ds.StudyInstanceUID), header.json)
+        receipt = inbox.push(uids["StudyInstanceUID"], header.json)
     except redis.RedisError as exc:
         logger.error(
             "assoc=%s sop=%s refused 0xA700: Redis did not take the header (%s)",
@@ -84,28 +82,44 @@ def handle_store(event: events.Event, inbox: Inbox) -> Dataset | int:
     return statuses.SUCCESS
 
 
-def _dataset_source(event: events.Event) -> Any:
+def _read_header(event: events.Event) -> Header:
     # With STORE_RECV_CHUNKED_DATASET pynetdicom has already written the dataset to
     # a temporary Part 10 file; otherwise it is in memory.
-    try:
-        return event.dataset_path
-    except AttributeError:
-        return io.BytesIO(event.encoded_dataset(include_meta=True))
+    path = getattr(event.request, "_dataset_path", None)
+    if path is not None:
+        return read_header(path)
+    return read_dataset_bytes(
+        event.encoded_dataset(include_meta=False),
+        str(event.context.transfer_syntax),
+        lambda: event.encoded_dataset(include_meta=True),
+    )
+
+
+#: The UIDs that identify an instance, by keyword and DICOM JSON key.
+_IDENTITY = {
+    "StudyInstanceUID": "0020000D",
+    "SeriesInstanceUID": "0020000E",
+    "SOPInstanceUID": "00080018",
+    "SOPClassUID": "00080016",
+}
+
+
+def _first(header: dict[str, Any], key: str) -> str:
+    values = header.get(key, {}).get("Value") or [""]
+    return values[0] if isinstance(values[0], str) else ""
 
 
 def _identity_problem(
-    ds: Dataset, announced_sop: str, announced_class: str
+    uids: dict[str, str], announced_sop: str, announced_class: str
 ) -> tuple[int, str] | None:
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        value = ds.get(keyword)
-        text = str(value) if value is not None else ""
+    for keyword, text in uids.items():
         if not text:
             return statuses.MISSING_OR_INVALID_UID, f"{keyword} missing"
         if len(text) > 64 or not _UID.match(text):
             return statuses.MISSING_OR_INVALID_UID, f"{keyword} is not a valid UID"
-    if announced_sop and str(ds.SOPInstanceUID) != announced_sop:
+    if announced_sop and uids["SOPInstanceUID"] != announced_sop:
         return statuses.SOP_INSTANCE_UID_MISMATCH, "SOPInstanceUID differs from the request"
-    if announced_class and str(ds.SOPClassUID) != announced_class:
+    if announced_class and uids["SOPClassUID"] != announced_class:
         return statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the request"
     return None
 

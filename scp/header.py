@@ -11,7 +11,11 @@ whole instance.
 
 from __future__ import annotations
 
+import io
 import logging
+import mmap
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,29 +23,18 @@ from typing import Any, BinaryIO
 from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
+
+from scp.header_rules import BULK_THRESHOLD, MAX_SEQUENCE_DEPTH, is_bulk, normalize_text
+from scp.rawjson import Unsupported, dataset_to_json, part10_to_json
 
 logger = logging.getLogger(__name__)
 
-#: Binary values longer than this (bytes) are bulk data and are not kept.
-BULK_THRESHOLD = 1024
-#: Sequences nested deeper than this are cut off (a hostile-input guard).
-MAX_SEQUENCE_DEPTH = 12
 #: Values longer than this are deferred by pydicom and dropped here unless textual.
 _DEFER_SIZE = 64 * 1024
 
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_BULK_TAGS = frozenset(
-    {
-        0x7FE00008,  # Float Pixel Data
-        0x7FE00009,  # Double Float Pixel Data
-        0x7FE00010,  # Pixel Data
-        0x54001010,  # Waveform Data
-        0x00420011,  # Encapsulated Document
-        0x56000020,  # Spectroscopy Data
-        0x50003000,  # Audio/curve data (retired repeating group 50xx)
-    }
-)
 
 
 @dataclass
@@ -50,6 +43,33 @@ class Header:
 
     json: dict[str, Any]
     skipped: list[str] = field(default_factory=list)
+
+
+def read_header(path: str | Path) -> Header:
+    """Header of a DICOM Part 10 file: the fast encoder where it applies, else pydicom."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise InvalidDicomError("empty file")
+        # Mapped, not read: only the header's pages are touched, however large the pixel data.
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                return Header(part10_to_json(view)[1])
+            except Unsupported:
+                pass
+            finally:
+                view.release()
+    return extract_header(read_dataset(path))
+
+
+def read_dataset_bytes(data: bytes, transfer_syntax: str, part10: Callable[[], bytes]) -> Header:
+    """Header of an in-memory dataset (no file meta) in ``transfer_syntax``; ``part10``
+    builds the whole file for pydicom when the fast encoder gives way."""
+    try:
+        return Header(dataset_to_json(data, transfer_syntax))
+    except Unsupported:
+        return extract_header(read_dataset(io.BytesIO(part10())))
 
 
 def read_dataset(source: str | Path | BinaryIO) -> Dataset:
@@ -63,14 +83,6 @@ def extract_header(ds: Dataset) -> Header:
     return Header(_dataset_json(ds, skipped, depth=0), skipped)
 
 
-def _is_bulk(tag: BaseTag) -> bool:
-    if tag in _BULK_TAGS:
-        return True
-    group, element = tag.group, tag.element
-    # Overlay Data (60xx,3000) and retired Curve Data (50xx,3000) repeat over groups.
-    return (group & 0xFF00) in (0x6000, 0x5000) and element == 0x3000
-
-
 def _value_length(ds: Dataset, tag: BaseTag) -> int | None:
     raw = ds.get_item(tag)
     if isinstance(raw, RawDataElement):
@@ -81,7 +93,7 @@ def _value_length(ds: Dataset, tag: BaseTag) -> int | None:
 def _dataset_json(ds: Dataset, skipped: list[str], depth: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):
-        if tag.is_private or tag.element == 0 or _is_bulk(tag):
+        if tag.is_private or tag.element == 0 or is_bulk(tag):
             continue
         key = f"{tag:08X}"
         try:
@@ -104,7 +116,7 @@ def _dataset_json(ds: Dataset, skipped: list[str], depth: int) -> dict[str, Any]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue
         try:
-            out[key] = elem.to_json_dict(None, BULK_THRESHOLD)
+            out[key] = normalize_text(elem.to_json_dict(None, BULK_THRESHOLD))
         except Exception:
             skipped.append(key)
     return out

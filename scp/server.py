@@ -21,11 +21,16 @@ from scp.connections import connect
 from scp.handlers import handle_echo, handle_store
 from scp.inbox import Inbox
 from scp.settings import Settings
+from scp.transport import PromptRequestHandler, ReusePortServer
 
 logger = logging.getLogger(__name__)
 
 #: Simultaneous associations one SCP process accepts.
 MAX_ASSOCIATIONS = 32
+#: Largest PDU we accept. Senders split each dataset into PDUs of at most this size;
+#: pynetdicom's default (16 KiB) costs a CT slice three round trips through its
+#: reactor. 1 MiB bounds what one PDU can make us hold in memory.
+MAX_PDU_SIZE = 1024 * 1024
 
 
 def build_ae(settings: Settings) -> AE:
@@ -35,6 +40,7 @@ def build_ae(settings: Settings) -> AE:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     ae.maximum_associations = MAX_ASSOCIATIONS
+    ae.maximum_pdu_size = MAX_PDU_SIZE
     # A modality that calls us by another AE title is misconfigured; say so early.
     ae.require_called_aet = True
     return ae
@@ -42,9 +48,9 @@ def build_ae(settings: Settings) -> AE:
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     """Run the SCP until SIGINT/SIGTERM (or ``stop`` is set)."""
-    # Large objects (whole-slide images, long cine loops) go to a temporary file as
-    # they arrive instead of into memory; the handler reads only the header back.
-    _config.STORE_RECV_CHUNKED_DATASET = True
+    # Spooled: large objects (whole-slide images, tomosynthesis) go to a temporary file
+    # as they arrive instead of into memory; the handler maps only the header back in.
+    _config.STORE_RECV_CHUNKED_DATASET = settings.spool == "file"
     clients = connect(settings.require_redis_url())
     inbox = Inbox(clients.data, clients.rq)
     handlers: list[Any] = [
@@ -52,8 +58,13 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         (evt.EVT_C_STORE, handle_store, [inbox]),
     ]
     ae = build_ae(settings)
-    server = ae.start_server((settings.bind, settings.port), block=False, evt_handlers=handlers)
-    assert server is not None  # block=False always returns the server
+    server = ae.make_server(
+        (settings.bind, settings.port),
+        evt_handlers=handlers,
+        server_class=ReusePortServer,
+        request_handler=PromptRequestHandler,
+    )
+    threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
     logger.info("ae=%s listening on %s:%d", settings.ae_title, settings.bind, settings.port)
 
     stop = stop or threading.Event()

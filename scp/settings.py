@@ -43,6 +43,17 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "FHIR server to PUT ImagingStudy resources to; unset: folder output only.",
     ),
     "SCP2FHIR_FHIR_VERSION": ("R4", "FHIR version of the output: R4 (4.0.1) or R5 (5.0.0)."),
+    "SCP2FHIR_SPOOL": (
+        "file",
+        "Where the SCP holds a dataset while it arrives: `file` (a temporary file, memory "
+        "stays flat for objects of any size) or `memory` (~25% faster, RAM per association "
+        "= largest object).",
+    ),
+    "SCP2FHIR_SCP_PROCESSES": (
+        "2",
+        "SCP processes started by `scp2fhir up`; they share the port (SO_REUSEPORT), so "
+        "parallel associations use several cores.",
+    ),
     "SCP2FHIR_WORKERS": ("2", "Worker processes started by `scp2fhir up`."),
     "SCP2FHIR_DASHBOARD_PORT": (
         "9181",
@@ -79,6 +90,8 @@ class Settings:
     output_dir: Path = Path("out")
     fhir_base_url: str | None = None
     fhir_version: FhirVersion = "R4"
+    spool: str = "file"
+    scp_processes: int = 2
     workers: int = 2
     dashboard_port: int = 9181
     data_dir: Path = Path("scp2fhir-data")
@@ -116,6 +129,9 @@ class Settings:
         fsync = (get("SCP2FHIR_REDIS_FSYNC") or defaults.redis_fsync).lower()
         if fsync not in ("always", "everysec", "no"):
             raise ConfigError(f"SCP2FHIR_REDIS_FSYNC={fsync!r} must be always, everysec or no")
+        spool = (get("SCP2FHIR_SPOOL") or defaults.spool).lower()
+        if spool not in ("file", "memory"):
+            raise ConfigError(f"SCP2FHIR_SPOOL={spool!r} must be file or memory")
         log_level = (get("SCP2FHIR_LOG_LEVEL") or defaults.log_level).upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(
@@ -130,6 +146,8 @@ class Settings:
             output_dir=Path(get("SCP2FHIR_OUTPUT_DIR") or defaults.output_dir),
             fhir_base_url=fhir_base_url,
             fhir_version="R5" if version == "R5" else "R4",
+            spool=spool,
+            scp_processes=_int(env, "SCP2FHIR_SCP_PROCESSES", defaults.scp_processes, 1, 64),
             workers=_int(env, "SCP2FHIR_WORKERS", defaults.workers, 1, 64),
             dashboard_port=_int(env, "SCP2FHIR_DASHBOARD_PORT", defaults.dashboard_port, 0, 65535),
             data_dir=Path(get("SCP2FHIR_DATA_DIR") or defaults.data_dir),

@@ -44,7 +44,7 @@ class Child:
 
 def children(settings: Settings) -> list[Child]:
     cli = [sys.executable, "-m", "scp.cli"]
-    result = [Child("scp", [*cli, "scp"])]
+    result = [Child(f"scp-{n}", [*cli, "scp"]) for n in range(1, settings.scp_processes + 1)]
     result += [Child(f"worker-{n}", [*cli, "worker"]) for n in range(1, settings.workers + 1)]
     if settings.dashboard_port:
         result.append(

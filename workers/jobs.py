@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 256
 #: A drain job hands over to a fresh one after this long, so quiet checks get a turn.
 DRAIN_SLICE_SECONDS = 20.0
+#: After a short batch the drain waits this long for more, instead of spinning on a
+#: stream that fills one instance at a time (which costs the SCP its CPU).
+DRAIN_GATHER_SECONDS = 0.05
 #: Seconds between sweeps.
 SWEEP_SECONDS = 30.0
 #: An inbox entry claimed but not acknowledged for this long belongs to a dead worker.
@@ -88,6 +91,8 @@ def drain_inbox() -> int:
         if not raw:
             break
         total += fold_entries(ctx, [_entry(entry_id, fields) for entry_id, fields in raw])
+        if len(raw) < BATCH_SIZE:
+            time.sleep(DRAIN_GATHER_SECONDS)
         if time.monotonic() > deadline:
             if data.set(keys.DRAIN_REQUESTED, "1", nx=True, px=DRAIN_REQUEST_TTL_MS):
                 request_drain_job(ctx.fold_queue)

@@ -1,0 +1,51 @@
+"""What a header keeps and what it leaves out; shared by both header encoders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Binary values longer than this (bytes) are bulk data and are not kept.
+BULK_THRESHOLD = 1024
+#: Sequences nested deeper than this are cut off (a hostile-input guard).
+MAX_SEQUENCE_DEPTH = 12
+
+_BULK_TAGS = frozenset(
+    {
+        0x7FE00008,  # Float Pixel Data
+        0x7FE00009,  # Double Float Pixel Data
+        0x7FE00010,  # Pixel Data
+        0x54001010,  # Waveform Data
+        0x00420011,  # Encapsulated Document
+        0x56000020,  # Spectroscopy Data
+    }
+)
+
+
+def is_bulk(tag: int) -> bool:
+    """Pixel, waveform, spectroscopy, document, overlay and curve data: never kept."""
+    if tag in _BULK_TAGS:
+        return True
+    # Overlay Data (60xx,3000) and retired Curve/Audio Data (50xx,3000) repeat over groups.
+    return (tag >> 16) & 0xFF00 in (0x6000, 0x5000) and tag & 0xFFFF == 0x3000
+
+
+#: VRs whose leading and trailing spaces are insignificant (PS3.5 6.2); other text VRs
+#: lose trailing padding only.
+_STRIP_BOTH = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
+
+
+def normalize_text(element: dict[str, Any]) -> dict[str, Any]:
+    """Strip padding from each value of a text element, as the standard intends.
+
+    pydicom strips only the end of the whole (multi-valued) string, which leaves
+    e.g. ``"DERIVED "`` in ``DERIVED \\PRIMARY``.
+    """
+    values = element.get("Value")
+    if not values:
+        return element
+    vr = element["vr"]
+    if vr in _STRIP_BOTH:
+        element["Value"] = [v.strip(" \0") if isinstance(v, str) else v for v in values]
+    elif vr in ("SH", "LO", "UC"):
+        element["Value"] = [v.rstrip(" \0") if isinstance(v, str) else v for v in values]
+    return element

@@ -1,0 +1,202 @@
+"""pynetdicom's acceptor, without its 1 ms polling.
+
+Stock pynetdicom runs two loops per association that each sleep 1 ms whenever
+there is nothing to do: the DUL thread (between checks of the socket and of
+its send queue) and the association reactor (between checks for a decoded DIMSE
+message). Every C-STORE waits on both, which caps one association at about
+320 instances/s on our machines whatever the handler costs.
+
+The classes here change only *how those loops wait*, not what they do:
+
+* :class:`PromptDUL` blocks in ``select()`` on the association's socket and on a
+  wake-up pipe that :meth:`PromptDUL.send_pdu` writes to, so it reacts as soon
+  as the peer sends or a response is queued. It still wakes at least every
+  :data:`TIMER_TICK` seconds to run the ARTIM and idle timers.
+* :class:`PromptAssociation` blocks on the DIMSE message queue (again at most
+  :data:`TIMER_TICK`) instead of sleeping before each non-blocking check; release,
+  abort and timeout handling are unchanged.
+* :class:`PromptRequestHandler` installs both on each accepted association. It is
+  passed to pynetdicom through its public ``AE.make_server(request_handler=...)``.
+* :class:`ReusePortServer` sets ``SO_REUSEPORT`` so several SCP processes can
+  share one port and the kernel spreads associations over them.
+
+The loop bodies follow pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
+``Association._run_reactor`` step for step; ``tests/test_transport.py`` runs
+associations through them (release, abort, timeouts, many PDUs) and the whole
+suite uses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import socket
+from typing import Any, cast
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+logger = logging.getLogger(__name__)
+
+#: Longest a loop blocks before re-checking timers, release and abort (seconds).
+TIMER_TICK = 0.01
+
+
+class PromptDUL(DULServiceProvider):
+    """DUL reactor that waits on its socket and send queue instead of sleeping."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self._wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._wake()
+
+    def _wake(self) -> None:
+        # A full pipe means a wake-up is pending anyway; a closed one, that the loop ended.
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_write, b"\0")
+
+    def _wait(self) -> None:
+        """Block until the socket is readable, a PDU is queued to send, or a tick passes."""
+        if not self.to_provider_queue.empty():
+            return
+        sock = getattr(self.socket, "socket", None)
+        fds: list[Any] = [self._wake_read]
+        if sock is not None and sock.fileno() >= 0:
+            fds.append(sock)
+        try:
+            ready, _, _ = select.select(fds, [], [], TIMER_TICK)
+        except (OSError, ValueError):  # the socket closed under us
+            return
+        if self._wake_read in ready:
+            with contextlib.suppress(BlockingIOError, OSError):
+                while os.read(self._wake_read, 4096):
+                    pass
+
+    def run_reactor(self) -> None:
+        self._idle_timer.start()
+        try:
+            while not self._kill_thread:
+                if not self.assoc._dul_ready.is_set():
+                    self.assoc._dul_ready.set()
+                if self.artim_timer.expired:
+                    self.event_queue.put("Evt18")
+                try:
+                    if self._process_recv_primitive():
+                        pass
+                    elif self._is_transport_event():
+                        self._idle_timer.restart()
+                except Exception as exc:
+                    self._abort_on_error(exc)
+                    return
+                try:
+                    event = self.event_queue.get(block=False)
+                except queue.Empty:
+                    self._wait()
+                    continue
+                self.state_machine.do_action(event)
+        finally:
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+
+    def _abort_on_error(self, exc: Exception) -> None:
+        # As pynetdicom does: bypass the state machine, send an A-ABORT and stop both loops.
+        logger.error("exception in the DUL reactor, aborting the association: %s", exc)
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = 0x00
+        if self.socket is not None:
+            self.socket.send(abort.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
+
+class PromptAssociation(Association):
+    """Acceptor association whose reactor blocks on the DIMSE queue instead of sleeping."""
+
+    def _run_reactor(self) -> None:
+        self._is_paused = False
+        while not self._kill:
+            # Pausing lets the send_*() methods take messages off the queue themselves.
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            try:
+                context_id, msg = self.dimse.msg_queue.get(timeout=TIMER_TICK)
+            except queue.Empty:
+                context_id, msg = None, None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                logger.error("assoc=%s network timeout reached", self.name)
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class PromptRequestHandler(RequestHandler):
+    """Accepts each association as a :class:`PromptAssociation` with a :class:`PromptDUL`."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # pynetdicom builds the Association itself; we keep everything it set up and
+        # swap in the two loops. The stock DUL was never started.
+        assoc.__class__ = PromptAssociation
+        stock = assoc.dul
+        prompt = PromptDUL(assoc)
+        prompt.socket = stock.socket
+        # The socket announced the new connection (Evt5) on the stock DUL's queue.
+        while not stock.event_queue.empty():
+            prompt.event_queue.put(stock.event_queue.get())
+        assoc.dul = prompt
+        return assoc
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """Association server whose port other SCP processes may bind as well."""
+
+    def server_bind(self) -> None:
+        if self.socket is not None and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
