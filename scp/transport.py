@@ -34,6 +34,7 @@ import os
 import queue
 import select
 import socket
+import socketserver
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -190,11 +191,23 @@ class PromptRequestHandler(RequestHandler):
         while not stock.event_queue.empty():
             prompt.event_queue.put(stock.event_queue.get())
         assoc.dul = prompt
+        # The timeout setters push their values into the DUL's timers: set them again
+        # so the new DUL gets the AE's ACSE and network timeouts, not its defaults.
+        assoc.acse_timeout = assoc.acse_timeout
+        assoc.network_timeout = assoc.network_timeout
         return assoc
 
 
 class ReusePortServer(ThreadedAssociationServer):
-    """Association server whose port other SCP processes may bind as well."""
+    """Association server whose port other SCP processes may bind as well.
+
+    Made with ``AE.make_server`` (not ``AE.start_server``), so the AE does not list it
+    among its servers; :meth:`shutdown` does not expect it there.
+    """
+
+    def shutdown(self) -> None:
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
     def server_bind(self) -> None:
         if self.socket is not None and hasattr(socket, "SO_REUSEPORT"):

@@ -74,20 +74,28 @@ class ScpThread:
         self.thread = threading.Thread(target=serve, args=(settings, self.stop_event), daemon=True)
 
     def start(self, port: int) -> ScpThread:
-        import socket
-
         self.thread.start()
-
-        def listening() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_for(listening, timeout=10, what="the SCP to listen")
+        wait_for(lambda: echo(port), timeout=10, what="the SCP to answer C-ECHO")
         return self
 
     def stop(self) -> None:
         self.stop_event.set()
         self.thread.join(10)
+
+
+def echo(port: int, ae_title: str = "SCP2FHIR") -> bool:
+    """A whole C-ECHO association (a bare TCP connect would hold an acceptor thread
+    until the ACSE timeout)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    if not assoc.is_established:
+        return False
+    ok = bool(assoc.send_c_echo().Status == 0)
+    assoc.release()
+    return ok
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -17,7 +17,8 @@ from tests.support import make_study, sample_file
 
 DATA_STORE = Path(os.path.dirname(data_store.__file__)) / "data"
 CORPUS = sorted(
-    set(get_testdata_files("*")) | set(get_charset_files("*"))
+    set(get_testdata_files("*"))
+    | set(get_charset_files("*"))
     | set(glob.glob(str(DATA_STORE / "*.dcm")))
 )
 

@@ -1,0 +1,141 @@
+"""The prompt (non-polling) pynetdicom loops behave like stock pynetdicom's."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pydicom
+import pytest
+import redis
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+
+from scp import keys, server, statuses
+from scp.settings import Settings
+from tests.conftest import ScpThread
+from tests.support import free_port, sample_file, wait_for
+
+CT = pydicom.dcmread(sample_file("CT_small.dcm"))
+
+
+def start_scp(redis_url: str, **env: str) -> tuple[ScpThread, int]:
+    port = free_port()
+    settings = Settings.from_env(
+        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port), **env}
+    )
+    return ScpThread(settings).start(port), port
+
+
+@pytest.fixture(params=["file", "memory"])
+def scp(request: pytest.FixtureRequest, redis_url: str) -> Iterator[int]:
+    thread, port = start_scp(redis_url, SCP2FHIR_SPOOL=request.param)
+    yield port
+    thread.stop()
+
+
+def associate(port: int) -> object:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CT.SOPClassUID, CT.file_meta.TransferSyntaxUID)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCP2FHIR")
+    assert assoc.is_established
+    return assoc
+
+
+def fresh_ct() -> pydicom.Dataset:
+    ds = CT.copy()
+    ds.SOPInstanceUID = generate_uid()
+    return ds
+
+
+def test_many_stores_then_release(scp: int, data: redis.Redis) -> None:
+    assoc: object = associate(scp)
+    for _ in range(40):
+        assert assoc.send_c_store(fresh_ct()).Status == statuses.SUCCESS  # type: ignore[attr-defined]
+    began = time.monotonic()
+    assoc.release()  # type: ignore[attr-defined]
+    assert assoc.is_released  # type: ignore[attr-defined]
+    assert time.monotonic() - began < 1.0, "release is answered promptly"
+    assert data.xlen(keys.INBOX) == 40
+
+
+def test_abort_then_a_new_association_works(scp: int, data: redis.Redis) -> None:
+    assoc: object = associate(scp)
+    assert assoc.send_c_store(fresh_ct()).Status == statuses.SUCCESS  # type: ignore[attr-defined]
+    assoc.abort()  # type: ignore[attr-defined]
+    second: object = associate(scp)
+    assert second.send_c_echo().Status == statuses.SUCCESS  # type: ignore[attr-defined]
+    second.release()  # type: ignore[attr-defined]
+    assert data.xlen(keys.INBOX) == 1
+
+
+def test_dropped_connection_is_cleaned_up(scp: int) -> None:
+    baseline = threading.active_count()
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        assoc: object = associate(scp)
+        # The peer vanishes without release or abort.
+        assoc.dul.socket.socket.close()  # type: ignore[attr-defined]
+        assoc.kill()  # type: ignore[attr-defined]
+    wait_for(lambda: threading.active_count() <= baseline, 10, "association threads to end")
+    # Each prompt DUL owns a wake-up pipe: none may leak.
+    wait_for(lambda: len(os.listdir("/proc/self/fd")) <= fds + 2, 10, "descriptors to close")
+
+
+def test_fragmented_datasets(
+    redis_url: str, data: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small maximum PDU makes the sender split each dataset into many P-DATA PDUs.
+    monkeypatch.setattr(server, "MAX_PDU_SIZE", 4096)
+    thread, port = start_scp(redis_url)
+    try:
+        assoc: object = associate(port)
+        for _ in range(10):
+            assert assoc.send_c_store(fresh_ct()).Status == statuses.SUCCESS  # type: ignore[attr-defined]
+        assoc.release()  # type: ignore[attr-defined]
+    finally:
+        thread.stop()
+    assert data.xlen(keys.INBOX) == 10
+
+
+def test_idle_association_is_closed_by_the_network_timeout(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = server.build_ae
+
+    def quick_timeout(settings: Settings) -> AE:
+        ae = original(settings)
+        ae.network_timeout = 0.5
+        return ae
+
+    monkeypatch.setattr(server, "build_ae", quick_timeout)
+    thread, port = start_scp(redis_url)
+    try:
+        assoc: object = associate(port)
+        wait_for(lambda: not assoc.is_established, 10, "the SCP to end the idle association")  # type: ignore[attr-defined]
+    finally:
+        thread.stop()
+
+
+def test_two_processes_can_share_the_port(redis_url: str) -> None:
+    first, port = start_scp(redis_url)
+    try:
+        # A second server on the same port (as `scp2fhir up` starts them) binds fine.
+        settings = Settings.from_env({"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port)})
+        second = ScpThread(settings)
+        second.thread.start()
+        time.sleep(0.5)
+        assert second.thread.is_alive(), "SO_REUSEPORT lets a second SCP bind the port"
+        for _ in range(6):
+            assoc: object = associate(port)
+            assert assoc.send_c_echo().Status == statuses.SUCCESS  # type: ignore[attr-defined]
+            assoc.release()  # type: ignore[attr-defined]
+        second.stop()
+    finally:
+        first.stop()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "both servers closed the port"
