@@ -41,7 +41,45 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
+_ALL_VRS = [
+    "AE",
+    "AS",
+    "AT",
+    "CS",
+    "DA",
+    "DS",
+    "DT",
+    "FD",
+    "FL",
+    "IS",
+    "LO",
+    "LT",
+    "OB",
+    "OD",
+    "OF",
+    "OL",
+    "OV",
+    "OW",
+    "PN",
+    "SH",
+    "SL",
+    "SQ",
+    "SS",
+    "ST",
+    "SV",
+    "TM",
+    "UC",
+    "UI",
+    "UL",
+    "UN",
+    "UR",
+    "US",
+    "UT",
+    "UV",
+]
+#: The two VR bytes read as one little-endian 16-bit number -> the VR.
+_VR_BY_CODE = {int.from_bytes(vr.encode("ascii"), "little"): vr for vr in _ALL_VRS}
 _BINARY = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _AMBIGUOUS = frozenset({"US or SS", "OB or OW", "US or OW", "US or SS or OW"})
 _CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
@@ -68,7 +106,16 @@ _PIXEL_REPRESENTATION = 0x00280103
 
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
-_tag_vr_len16 = struct.Struct("<HH2sH").unpack_from
+_tag_and_vr = struct.Struct("<HHH").unpack_from
+_KEYS: dict[int, str] = {}
+
+
+def _key(tag: int) -> str:
+    """DICOM JSON key of a tag ("0020000D"), cached: formatting costs more than a lookup."""
+    key = _KEYS.get(tag)
+    if key is None:
+        key = _KEYS[tag] = f"{tag:08X}"
+    return key
 
 
 @lru_cache(maxsize=4096)
@@ -126,7 +173,7 @@ class _Reader:
         while pos < end:
             if pos + 8 > end:
                 raise Unsupported("truncated element header")
-            group, element = _u16(data, pos)[0], _u16(data, pos + 2)[0]
+            group, element, vr_code = _tag_and_vr(data, pos)
             tag = (group << 16) | element
             if stop_group is not None and group != stop_group:
                 return out, pos
@@ -139,8 +186,10 @@ class _Reader:
                 length = _u32(data, pos + 4)[0]
                 pos += 8
             else:
-                vr_bytes = bytes(data[pos + 4 : pos + 6])
-                if vr_bytes in _LONG_VRS:
+                vr = _VR_BY_CODE.get(vr_code, "")
+                if not vr:
+                    raise Unsupported("invalid VR")
+                if vr in _LONG_VRS:
                     if pos + 12 > end:
                         raise Unsupported("truncated element header")
                     length = _u32(data, pos + 8)[0]
@@ -148,10 +197,6 @@ class _Reader:
                 else:
                     length = _u16(data, pos + 6)[0]
                     pos += 8
-                try:
-                    vr = vr_bytes.decode("ascii")
-                except UnicodeDecodeError:
-                    raise Unsupported("invalid VR") from None
             if tag == _PIXEL_DATA and depth == 0:
                 return out, end
             # An explicit "UN" for a tag the dictionary knows is read with the dictionary's
@@ -171,7 +216,7 @@ class _Reader:
                         implicit=vr == "UN" or un_known or self.implicit,
                     )
                     if group % 2 == 0 and element != 0 and not is_bulk(tag):
-                        out[f"{tag:08X}"] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+                        out[_key(tag)] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
                     continue
                 raise Unsupported("undefined length outside a sequence")
             value_end = pos + length
@@ -184,11 +229,11 @@ class _Reader:
                 items, _ = self._sequence(
                     pos, value_end, depth, undefined=False, implicit=self.implicit or un_known
                 )
-                out[f"{tag:08X}"] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+                out[_key(tag)] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             else:
                 converted = self._element(tag, vr, data[pos:value_end])
                 if converted is not None:
-                    out[f"{tag:08X}"] = converted
+                    out[_key(tag)] = converted
             pos = value_end
         return out, pos
 
@@ -258,10 +303,7 @@ class _Reader:
                 raise Unsupported("character set needs pydicom")
             self.encoding = _ENCODINGS[text]
             return {"vr": vr, "Value": [text]}
-        if vr in _CHARSET_VRS:
-            text = bytes(raw).decode(self.encoding or "latin_1")
-        else:
-            text = bytes(raw).decode("latin_1")
+        text = str(raw, self.encoding or "latin_1") if vr in _CHARSET_VRS else str(raw, "latin_1")
         return _text_element(vr, text)
 
     def _binary_numbers(self, tag: int, vr: str, raw: memoryview) -> dict[str, Any]:
