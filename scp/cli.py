@@ -59,9 +59,23 @@ def _parser() -> argparse.ArgumentParser:
     up = verbs.add_parser("up", help="run everything on this machine (private Redis if none set)")
     common(up, "redis", "scp", "emit", "fhir")
     up.add_argument("--workers", help="overrides SCP2FHIR_WORKERS")
+    status = verbs.add_parser("status", help="open studies, last emitted, queues and failures")
+    common(status, "redis", "emit")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--last", type=int, default=10, help="how many emitted studies to list")
+    web = verbs.add_parser("web", help="serve /metrics, /healthz, /readyz and a status page")
+    common(web, "redis", "emit")
+    web.add_argument("--port", type=int, help="overrides SCP2FHIR_WEB_PORT")
     convert = verbs.add_parser("convert", help="DICOM files/folders -> ImagingStudy NDJSON")
     common(convert, "fhir")
     convert.add_argument("paths", nargs="+", type=Path)
+    retry = verbs.add_parser(
+        "retry-failed", help="re-queue dead-lettered FHIR deliveries (after fixing the cause)"
+    )
+    common(retry, "redis")
+    retry.add_argument(
+        "--study", action="append", default=[], help="only this Study Instance UID (repeatable)"
+    )
     return parser
 
 
@@ -79,15 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = _environment(args)
     try:
         settings = Settings.from_env(env)
-        if args.verb in ("scp", "worker"):
+        if args.verb in ("scp", "worker", "status", "web"):
             settings.require_redis_url()
+        if args.verb in ("worker", "up", "convert"):
+            from workers.context import mapping_options
+
+            mapping_options(settings)  # the mapping's own checks, reported the same way
     except ConfigError as exc:
         print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
         return 2
 
     from scp import logs
 
-    logs.configure(settings.log_level, args.verb)
+    logs.configure(settings.log_level, args.verb, settings.log_format, settings.log_hash_uids)
     if args.verb == "scp":
         from scp.server import serve
 
@@ -102,15 +120,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scp.supervisor import up as run_up
 
         return run_up(settings, env)
+    if args.verb == "status":
+        return _status(settings, args.json, args.last)
+    if args.verb == "web":
+        return _web(settings, args.port)
+    if args.verb == "retry-failed":
+        return _retry_failed(settings, args.study)
     if args.verb == "convert":
+        from workers.context import mapping_options
         from workers.convert import convert
 
-        studies, unreadable = convert(args.paths, settings.fhir_version, sys.stdout)
+        try:
+            options = mapping_options(settings)
+        except ConfigError as exc:
+            print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
+            return 2
+        studies, unreadable = convert(args.paths, settings.fhir_version, sys.stdout, options)
         logging.getLogger("scp2fhir.convert").info(
             "%d studies written, %d files unreadable", studies, unreadable
         )
         return 0 if studies or not unreadable else 1
     return 2
+
+
+def _status(settings: Settings, as_json: bool, last: int) -> int:
+    import json
+
+    from scp.connections import connect
+    from scp.status import render_text, snapshot
+
+    clients = connect(settings.require_redis_url())
+    snap = snapshot(clients.data, clients.rq, settings.quiet_seconds, last=last)
+    print(json.dumps(snap.as_json(), indent=2) if as_json else render_text(snap))
+    return 0
+
+
+def _web(settings: Settings, port: int | None) -> int:
+    import signal
+    import threading
+
+    from scp.connections import connect
+    from scp.web import serve
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    serve(settings, connect(settings.require_redis_url()), port or settings.web_port, stop)
+    return 0
+
+
+def _retry_failed(settings: Settings, studies: list[str]) -> int:
+    """Queue a fresh delivery for each dead-lettered study (``scp2fhir retry-failed``)."""
+    try:
+        url = settings.require_redis_url()
+    except ConfigError as exc:
+        print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from scp.connections import connect
+    from workers.delivery import retry_failed
+
+    queued = retry_failed(connect(url), settings, studies)
+    for uid in queued:
+        print(uid)
+    print(f"re-queued {len(queued)} deliveries", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import redis
 from pydicom.dataset import Dataset
 from pynetdicom import events
 
-from scp import statuses
+from scp import metrics, statuses
+from scp.associations import AssociationLog
 from scp.header import Header, read_dataset_bytes, read_header
 from scp.inbox import Inbox
 
@@ -29,8 +31,23 @@ def handle_echo(event: events.Event) -> int:
     return statuses.SUCCESS
 
 
-def handle_store(event: events.Event, inbox: Inbox) -> Dataset | int:
-    """Answer one C-STORE request."""
+def handle_store(
+    event: events.Event, inbox: Inbox, associations: AssociationLog | None = None
+) -> Dataset | int:
+    """Answer one C-STORE request, and count the answer."""
+    began = time.perf_counter()
+    answer = _store(event, inbox)
+    code = answer if isinstance(answer, int) else int(answer.Status)
+    recorder = metrics.recorder()
+    recorder.count("instances_received_total", status=f"0x{code:04X}")
+    if code in (statuses.SUCCESS, statuses.ELEMENTS_DISCARDED):
+        recorder.observe("receive_to_redis_seconds", time.perf_counter() - began)
+    if associations is not None:
+        associations.stored(event, code in (statuses.SUCCESS, statuses.ELEMENTS_DISCARDED))
+    return answer
+
+
+def _store(event: events.Event, inbox: Inbox) -> Dataset | int:
     assoc = _assoc_label(event)
     request: Any = event.request
     announced_sop = str(request.AffectedSOPInstanceUID or "")
@@ -106,7 +123,11 @@ _IDENTITY = {
 
 def _first(header: dict[str, Any], key: str) -> str:
     values = header.get(key, {}).get("Value") or [""]
-    return values[0] if isinstance(values[0], str) else ""
+    if not all(isinstance(value, str) for value in values):
+        return ""
+    # An identifying UID has exactly one value: several ("1.2\\1.3") are joined, so
+    # they fail the UID check instead of the first one silently standing for all.
+    return "\\".join(values)
 
 
 def _identity_problem(

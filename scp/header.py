@@ -5,8 +5,9 @@ out, always: pixel data of every kind, overlay/waveform/audio/spectroscopy data,
 encapsulated documents, any binary value (OB/OD/OF/OL/OV/OW/UN) longer than
 :data:`BULK_THRESHOLD` bytes, private elements (no worker reads them and they
 are the bulk of many vendors' headers) and group lengths. An element that cannot
-be decoded is skipped and reported by tag, so one bad value never costs the
-whole instance.
+be decoded, a text value longer than :data:`MAX_TEXT_BYTES` and the element a
+truncated dataset ends in are skipped and reported by tag, so one bad value never
+costs the whole instance.
 """
 
 from __future__ import annotations
@@ -21,13 +22,22 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
-from scp.header_rules import BULK_THRESHOLD, MAX_SEQUENCE_DEPTH, is_bulk, normalize_text
-from scp.rawjson import Unsupported, dataset_to_json, part10_to_json
+from scp.header_rules import (
+    BULK_THRESHOLD,
+    MAX_SEQUENCE_DEPTH,
+    MAX_TEXT_BYTES,
+    TEXT_VRS,
+    is_bulk,
+    normalize_text,
+)
+from scp.rawjson import Truncated, Unsupported, dataset_to_json, part10_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +66,13 @@ def read_header(path: str | Path) -> Header:
             view = memoryview(mapped)
             try:
                 return Header(part10_to_json(view)[1])
+            except Truncated as exc:
+                truncated: str | None = exc.key or "truncated"
             except Unsupported:
-                pass
+                truncated = None
             finally:
                 view.release()
-    return extract_header(read_dataset(path))
+    return _discard(extract_header(read_dataset(path)), truncated)
 
 
 def read_dataset_bytes(data: bytes, transfer_syntax: str, part10: Callable[[], bytes]) -> Header:
@@ -68,8 +80,20 @@ def read_dataset_bytes(data: bytes, transfer_syntax: str, part10: Callable[[], b
     builds the whole file for pydicom when the fast encoder gives way."""
     try:
         return Header(dataset_to_json(data, transfer_syntax))
+    except Truncated as exc:
+        truncated: str | None = exc.key or "truncated"
     except Unsupported:
-        return extract_header(read_dataset(io.BytesIO(part10())))
+        truncated = None
+    return _discard(extract_header(read_dataset(io.BytesIO(part10()))), truncated)
+
+
+def _discard(header: Header, truncated: str | None) -> Header:
+    """Leave out the element a truncated dataset ends in and report it. pydicom reads
+    such a dataset without complaint, dropping or keeping part of that element."""
+    if truncated is not None:
+        header.json.pop(truncated, None)
+        header.skipped.append(truncated)
+    return header
 
 
 def read_dataset(source: str | Path | BinaryIO) -> Dataset:
@@ -83,8 +107,45 @@ def extract_header(ds: Dataset) -> Header:
     return Header(_dataset_json(ds, skipped, depth=0), skipped)
 
 
+def _unread_verdict(ds: Dataset, tag: BaseTag) -> str | None:
+    """Judge an element by its encoding, before its value is read (pydicom defers long
+    values and reads them on access: a hostile one may be huge): "bulk" for a binary
+    value over :data:`BULK_THRESHOLD`, "too long" for text over :data:`MAX_TEXT_BYTES`,
+    None when the value has to be read to tell."""
+    raw = ds.get_item(tag, keep_deferred=True)
+    if not isinstance(raw, RawDataElement) or raw.length <= BULK_THRESHOLD:
+        return None
+    vr = raw.VR
+    if vr is None or vr == "UN":  # implicit VR, or explicit UN: pydicom uses the dictionary's
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+    if vr in _BINARY_VRS:
+        return "bulk"
+    if vr in TEXT_VRS and raw.length > MAX_TEXT_BYTES:
+        return "too long"
+    return None
+
+
+def _numbers_with_gaps(elem: DataElement) -> dict[str, Any] | None:
+    """IS/DS values with empty ones among them ("1\\"), which pydicom cannot put in
+    JSON: null where a value is empty (PS3.18 F.2.5), as the fast path writes them."""
+    if elem.VR not in ("IS", "DS"):
+        return None
+    values = list(elem.value) if isinstance(elem.value, MultiValue) else [elem.value]
+    number = int if elem.VR == "IS" else float
+    try:
+        return {
+            "vr": elem.VR,
+            "Value": [None if value in ("", None) else number(value) for value in values],
+        }
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _value_length(ds: Dataset, tag: BaseTag) -> int | None:
-    raw = ds.get_item(tag)
+    raw = ds.get_item(tag, keep_deferred=True)
     if isinstance(raw, RawDataElement):
         return raw.length
     return None
@@ -93,9 +154,14 @@ def _value_length(ds: Dataset, tag: BaseTag) -> int | None:
 def _dataset_json(ds: Dataset, skipped: list[str], depth: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):
-        if tag.is_private or tag.element == 0 or is_bulk(tag):
-            continue
+        if tag.is_private or tag.element == 0 or is_bulk(tag) or (tag.group == 2 and depth == 0):
+            continue  # (group 0002 belongs to the file meta, never to a dataset)
         key = f"{tag:08X}"
+        verdict = _unread_verdict(ds, tag)
+        if verdict is not None:
+            if verdict == "too long":
+                skipped.append(key)
+            continue
         try:
             elem: DataElement = ds[tag]
         except Exception:  # pydicom raises many kinds for bad raw values
@@ -118,5 +184,9 @@ def _dataset_json(ds: Dataset, skipped: list[str], depth: int) -> dict[str, Any]
         try:
             out[key] = normalize_text(elem.to_json_dict(None, BULK_THRESHOLD))
         except Exception:
-            skipped.append(key)
+            numbers = _numbers_with_gaps(elem)
+            if numbers is None:
+                skipped.append(key)
+            else:
+                out[key] = numbers
     return out

@@ -8,6 +8,33 @@ from typing import Any
 BULK_THRESHOLD = 1024
 #: Sequences nested deeper than this are cut off (a hostile-input guard).
 MAX_SEQUENCE_DEPTH = 12
+#: Text values longer than this (bytes, all values of the element together) are left out
+#: and reported (Warning 0xB006), so one hostile element cannot make an inbox entry of any
+#: size. Nothing is lost that a worker reads: the longest text it keeps is 65536
+#: characters (workers.dicomjson.UNLIMITED_CAP), at most 4 bytes each.
+MAX_TEXT_BYTES = 4 * 65536
+#: VRs whose values are character strings (PS3.5 6.2).
+TEXT_VRS = frozenset(
+    {
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    }
+)
 
 _BULK_TAGS = frozenset(
     {

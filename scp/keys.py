@@ -16,6 +16,29 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
     scp2fhir:emitted                       ZSET     S -> time (ms) of its last emission
     scp2fhir:dead-letter                   LIST     inbox entries no worker could fold (JSON)
     scp2fhir:sweep-scheduled               STRING   set while the periodic sweep is scheduled
+    scp2fhir:metrics:counters              HASH     "<name>|<label>=<value>" -> count
+    scp2fhir:metrics:hist:<name>           HASH     "le=<bound>" -> count, "count", "sum_us"
+
+  FHIR delivery (only with SCP2FHIR_FHIR_BASE_URL; ``H`` = hash of the server/token URL):
+
+    scp2fhir:deliver-pending               ZSET     S -> emission time (ms) of output not yet
+                                                    delivered; its aggregate is kept meanwhile
+    scp2fhir:deliver-failed                HASH     S -> RQ job id of its dead-lettered delivery
+                                                    (the job is in the deliver queue's
+                                                    FailedJobRegistry)
+    scp2fhir:study:S:delivery              HASH     what the bridge last wrote: id (server's),
+                                                    version (versionId, for If-Match), sha256
+                                                    of the content, at (ms)
+    scp2fhir:study:S:deliver-queued        STRING   set while a delivery job for S is queued
+                                                    or scheduled (SET NX: one at a time)
+    scp2fhir:study:S:deliver-lock          STRING   held by the worker delivering S
+    scp2fhir:fhir:capabilities:H           STRING   what the server's CapabilityStatement
+                                                    allows (JSON), cached for 10 minutes
+    scp2fhir:fhir:no-gzip:H                STRING   set for an hour after the server refused a
+                                                    gzip-compressed request body
+    scp2fhir:fhir:token:H                  STRING   OAuth2 access token (JSON) until shortly
+                                                    before it expires, shared by the workers'
+                                                    job processes; protect Redis accordingly
 
 RQ keeps its own keys under ``rq:``; scp2fhir's jobs run on the queues below.
 
@@ -36,11 +59,21 @@ INFLIGHT = f"{PREFIX}:inflight"
 EMITTED = f"{PREFIX}:emitted"
 DEAD_LETTER = f"{PREFIX}:dead-letter"
 SWEEP_SCHEDULED = f"{PREFIX}:sweep-scheduled"
+METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
+DELIVER_PENDING = f"{PREFIX}:deliver-pending"
+DELIVER_FAILED = f"{PREFIX}:deliver-failed"
 
 #: RQ queue for fold (drain) jobs; listed first so workers prefer folding.
 FOLD_QUEUE = "scp2fhir-fold"
 #: RQ queue for quiet checks, emissions and housekeeping.
 EMIT_QUEUE = "scp2fhir-emit"
+#: RQ queue for deliveries to the FHIR server, so a slow or absent server never holds
+#: up folding and quiet checks; its FailedJobRegistry is the delivery dead-letter list.
+DELIVER_QUEUE = "scp2fhir-deliver"
+
+
+def metrics_histogram(name: str) -> str:
+    return f"{PREFIX}:metrics:hist:{name}"
 
 
 def study(study_uid: str) -> str:
@@ -61,3 +94,27 @@ def study_check(study_uid: str) -> str:
 
 def study_lease(study_uid: str) -> str:
     return f"{PREFIX}:study:{study_uid}:lease"
+
+
+def study_delivery(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:delivery"
+
+
+def study_deliver_queued(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:deliver-queued"
+
+
+def study_deliver_lock(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:deliver-lock"
+
+
+def fhir_capabilities(server_hash: str) -> str:
+    return f"{PREFIX}:fhir:capabilities:{server_hash}"
+
+
+def fhir_no_gzip(server_hash: str) -> str:
+    return f"{PREFIX}:fhir:no-gzip:{server_hash}"
+
+
+def fhir_token(client_hash: str) -> str:
+    return f"{PREFIX}:fhir:token:{client_hash}"

@@ -10,9 +10,12 @@ encoded elements once and converts the common cases directly. It handles:
 * sequences of defined and undefined length, to :data:`MAX_DEPTH` levels.
 
 Anything else (big endian, other character sets, code extensions, ambiguous VRs it
-cannot settle, malformed lengths) raises :class:`Unsupported`; the caller then
-uses pydicom (:mod:`scp.header`), which is slower but knows every corner. The two
-paths are tested to produce identical JSON over pydicom's test files.
+cannot settle, malformed lengths, text values over :data:`MAX_TEXT_BYTES`, bytes that
+do not decode) raises :class:`Unsupported`, and nothing else escapes; the caller then
+uses pydicom (:mod:`scp.header`), which is slower but knows every corner. A dataset
+that ends inside an element raises :class:`Truncated`, naming that element. The two
+paths are tested to produce identical JSON over pydicom's test files and over
+datasets mutated at random (``tests/test_fuzz.py``).
 
 What is left out is the same as in :mod:`scp.header`: private elements, group
 lengths, bulk data, binary values above the threshold, everything from Pixel Data on.
@@ -28,20 +31,34 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 
-from scp.header_rules import BULK_THRESHOLD, MAX_SEQUENCE_DEPTH, is_bulk
+from scp.header_rules import BULK_THRESHOLD, MAX_SEQUENCE_DEPTH, MAX_TEXT_BYTES, is_bulk
 
-__all__ = ["Unsupported", "dataset_to_json", "part10_to_json"]
+__all__ = ["Truncated", "Unsupported", "dataset_to_json", "part10_to_json"]
 
 
 class Unsupported(Exception):
     """The fast path cannot decode this dataset; use pydicom."""
 
 
+class Truncated(Unsupported):
+    """The data ends inside an element (pydicom silently drops what it cannot read, so
+    this is where truncation is noticed)."""
+
+    def __init__(self, message: str, tag: int | None) -> None:
+        super().__init__(message)
+        #: DICOM JSON key of the top-level element the data ends in; None if the data
+        #: ends before its tag.
+        self.key = None if tag is None else f"{tag:08X}"
+
+
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
+#: VRs with a 32-bit length in explicit VR (PS3.5 Table 7.1-1; SV and UV too, since 2019).
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
 _ALL_VRS = [
     "AE",
     "AS",
@@ -128,19 +145,43 @@ def _implicit_vr(tag: int) -> str:
 
 def part10_to_json(data: bytes | memoryview) -> tuple[str, dict[str, Any]]:
     """Decode a DICOM Part 10 file: (transfer syntax UID, dataset JSON)."""
-    view = memoryview(data)
-    if bytes(view[128:132]) != b"DICM":
-        raise Unsupported("no DICM prefix")
-    reader = _Reader(view, implicit=False, encoding="latin_1")
-    meta, end = reader.dataset(132, len(view), depth=0, stop_group=0x0002)
-    syntax = meta.get("00020010", {}).get("Value", [None])[0]
-    if not isinstance(syntax, str):
-        raise Unsupported("no transfer syntax in the file meta")
-    return syntax, dataset_to_json(view[end:], syntax)
+    try:
+        return _part10_to_json(data)
+    except Unsupported:
+        raise
+    except Exception as exc:  # struct, Unicode, zlib errors...: malformed, pydicom decides
+        raise Unsupported(f"cannot decode ({type(exc).__name__})") from None
 
 
 def dataset_to_json(data: bytes | memoryview, transfer_syntax: str) -> dict[str, Any]:
     """Decode an encoded dataset (no file meta) in ``transfer_syntax``."""
+    try:
+        return _dataset_to_json(data, transfer_syntax)
+    except Unsupported:
+        raise
+    except Exception as exc:  # as above
+        raise Unsupported(f"cannot decode ({type(exc).__name__})") from None
+
+
+def _part10_to_json(data: bytes | memoryview) -> tuple[str, dict[str, Any]]:
+    view = memoryview(data)
+    if bytes(view[128:132]) != b"DICM":
+        raise Unsupported("no DICM prefix")
+    reader = _Reader(view, implicit=False, encoding="latin_1")
+    # The meta ends where its group length says (what pynetdicom writes), not at the first
+    # element of another group: a sender's dataset may begin with group 0002 elements of
+    # its own, which must not stand in for the meta (its transfer syntax above all).
+    meta_end = len(view)
+    if bytes(view[132:138]) == b"\x02\x00\x00\x00UL" and len(view) >= 144:
+        meta_end = min(meta_end, 144 + _u32(view, 140)[0])
+    meta, end = reader.dataset(132, meta_end, depth=0, stop_group=0x0002)
+    syntax = meta.get("00020010", {}).get("Value", [None])[0]
+    if not isinstance(syntax, str):
+        raise Unsupported("no transfer syntax in the file meta")
+    return syntax, _dataset_to_json(view[end:], syntax)
+
+
+def _dataset_to_json(data: bytes | memoryview, transfer_syntax: str) -> dict[str, Any]:
     if transfer_syntax == EXPLICIT_BE:
         raise Unsupported("big endian")
     if transfer_syntax == DEFLATED:
@@ -152,13 +193,22 @@ def dataset_to_json(data: bytes | memoryview, transfer_syntax: str) -> dict[str,
 
 
 class _Reader:
-    __slots__ = ("data", "encoding", "implicit", "signed_pixels")
+    __slots__ = ("data", "encoding", "implicit", "signed_pixels", "top")
 
     def __init__(self, data: memoryview, implicit: bool, encoding: str | None) -> None:
         self.data = data
         self.implicit = implicit
         self.encoding = encoding  # None until Specific Character Set is seen
         self.signed_pixels: bool | None = None
+        #: Tag of the top-level element being read (what truncation is reported against).
+        self.top: int | None = None
+
+    def _overrun(self, what: str, limit: int) -> Unsupported:
+        """The error for a length that runs past ``limit``: truncation when ``limit`` is
+        the end of the data, a malformed length (inside an item, say) otherwise."""
+        if limit >= len(self.data):
+            return Truncated(what, self.top)
+        return Unsupported(what)
 
     def dataset(
         self,
@@ -172,9 +222,17 @@ class _Reader:
         out: dict[str, Any] = {}
         while pos < end:
             if pos + 8 > end:
-                raise Unsupported("truncated element header")
+                if depth == 0:
+                    self.top = (
+                        _u16(data, pos)[0] << 16 | _u16(data, pos + 2)[0]
+                        if pos + 4 <= end
+                        else None
+                    )
+                raise self._overrun("truncated element header", end)
             group, element, vr_code = _tag_and_vr(data, pos)
             tag = (group << 16) | element
+            if depth == 0:
+                self.top = tag
             if stop_group is not None and group != stop_group:
                 return out, pos
             if tag == _ITEM_END:
@@ -191,7 +249,7 @@ class _Reader:
                     raise Unsupported("invalid VR")
                 if vr in _LONG_VRS:
                     if pos + 12 > end:
-                        raise Unsupported("truncated element header")
+                        raise self._overrun("truncated element header", end)
                     length = _u32(data, pos + 8)[0]
                     pos += 12
                 else:
@@ -221,9 +279,10 @@ class _Reader:
                 raise Unsupported("undefined length outside a sequence")
             value_end = pos + length
             if value_end > end:
-                raise Unsupported("value runs past the end")
-            if group % 2 == 1 or element == 0 or is_bulk(tag):
-                pos = value_end
+                raise self._overrun("value runs past the end", end)
+            meta_in_dataset = group == 2 and depth == 0 and stop_group is None
+            if group % 2 == 1 or element == 0 or is_bulk(tag) or meta_in_dataset:
+                pos = value_end  # (group 0002 belongs to the file meta, never to a dataset)
                 continue
             if vr == "SQ":
                 items, _ = self._sequence(
@@ -254,6 +313,8 @@ class _Reader:
         self.implicit = implicit
         try:
             while pos < end:
+                if pos + 8 > end:
+                    raise self._overrun("truncated item header", end)
                 tag = (_u16(data, pos)[0] << 16) | _u16(data, pos + 2)[0]
                 length = _u32(data, pos + 4)[0]
                 pos += 8
@@ -265,14 +326,14 @@ class _Reader:
                     item, pos = self.dataset(pos, end, depth + 1, item=True)
                 else:
                     if pos + length > end:
-                        raise Unsupported("item runs past the sequence")
+                        raise self._overrun("item runs past the sequence", end)
                     item, _ = self.dataset(pos, pos + length, depth + 1)
                     pos += length
                 if "00080005" in item:
                     raise Unsupported("character set inside an item")
                 items.append(item)
             if undefined:
-                raise Unsupported("sequence without delimiter")
+                raise self._overrun("sequence without delimiter", end)
             return items, pos
         finally:
             self.implicit = saved
@@ -297,6 +358,8 @@ class _Reader:
             return {"vr": vr, "Value": values}
         if len(vr) != 2 or not vr.isupper():
             raise Unsupported("unknown VR")
+        if len(raw) > MAX_TEXT_BYTES:
+            raise Unsupported("text value too long")  # pydicom's path skips and reports it
         if tag == _CHARSET_TAG:
             text = bytes(raw).decode("ascii", "strict").strip(" \0")
             if text not in _ENCODINGS:
@@ -317,16 +380,33 @@ class _Reader:
         return {"vr": vr, "Value": values}
 
 
+#: The characters the fast path reads in UIDs and numbers; anything else goes to pydicom.
+_PLAIN = {
+    "UI": frozenset("0123456789. \\"),
+    "IS": frozenset("0123456789+- \\"),
+    "DS": frozenset("0123456789+-.eE \\"),
+}
+
+
 def _text_element(vr: str, text: str) -> dict[str, Any] | None:
     if vr in _SINGLE_VALUED:
         value = text.rstrip(" \0")
         return {"vr": vr, "Value": [value]} if value else {"vr": vr}
     parts = text.split("\\")
+    if vr in _PLAIN and not _PLAIN[vr].issuperset(text.rstrip("\0")):
+        # Other characters (tabs, NULs inside, letters) are for pydicom to judge: how it
+        # strips and parses them is not worth copying.
+        raise Unsupported(f"unusual characters in {vr}")
     if vr == "UI":
-        values: list[Any] = [p.rstrip("\0 ").strip() for p in parts]
+        values: list[Any] = [p.rstrip("\0 ").strip(" \0") for p in parts]
     elif vr in ("IS", "DS"):
+        if any(p and not p.strip(" \0") for p in parts[:-1]):
+            raise Unsupported("a blank number")  # pydicom refuses it; let it say so
         values = [_number(vr, p.strip(" \0")) for p in parts]
     elif vr == "PN":
+        plain = text.rstrip(" \0")
+        if any(ord(c) < 0x20 for c in plain) or (len(parts) > 1 and not _plain_names(parts)):
+            raise Unsupported("unusual person name")  # control characters, empty values
         values = [_person_name(p.rstrip(" \0")) for p in parts]
     else:
         values = [
@@ -355,12 +435,21 @@ def _number(vr: str, text: str) -> int | float | None:
     return value
 
 
+def _plain_names(parts: list[str]) -> bool:
+    """Whether several person names are all present and unpadded (but for the end of the
+    last): how pydicom reads blank or padded ones among several is for pydicom to say."""
+    names = [*parts[:-1], parts[-1].rstrip(" \0")]
+    return all(n == n.strip(" \0") and _person_name(n) is not None for n in names)
+
+
 def _person_name(text: str) -> dict[str, str] | None:
     if not text:
         return None
     groups = text.split("=")
     while len(groups) > 1 and groups[-1] == "":
         groups.pop()
+    if groups == [""]:
+        return None  # only "=" separators: no name at all, as pydicom reads it
     names = {"Alphabetic": groups[0]}
     if len(groups) > 1:
         names["Ideographic"] = groups[1]

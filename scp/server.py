@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 from typing import Any
 
@@ -17,6 +18,9 @@ from pynetdicom import (
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from scp import metrics
+from scp.access import AccessPolicy, handle_requested, parse_networks
+from scp.associations import AssociationLog
 from scp.connections import connect
 from scp.handlers import handle_echo, handle_store
 from scp.inbox import Inbox
@@ -25,13 +29,6 @@ from scp.transport import PromptRequestHandler, ReusePortServer
 
 logger = logging.getLogger(__name__)
 
-#: Simultaneous associations one SCP process accepts.
-MAX_ASSOCIATIONS = 32
-#: Largest PDU we accept. Senders split each dataset into PDUs of at most this size;
-#: pynetdicom's default (16 KiB) costs a CT slice three round trips through its
-#: reactor. 1 MiB bounds what one PDU can make us hold in memory.
-MAX_PDU_SIZE = 1024 * 1024
-
 
 def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
@@ -39,11 +36,31 @@ def build_ae(settings: Settings) -> AE:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    ae.maximum_associations = MAX_ASSOCIATIONS
-    ae.maximum_pdu_size = MAX_PDU_SIZE
+    ae.maximum_associations = settings.max_associations
+    # Senders split each dataset into PDUs of at most this size; pynetdicom's default
+    # (16 KiB) costs a CT slice three trips through its reactor. The limit also bounds
+    # what one PDU can make us hold in memory.
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
     # A modality that calls us by another AE title is misconfigured; say so early.
     ae.require_called_aet = True
+    ae.require_calling_aet = list(settings.allowed_calling_aets)
     return ae
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """DICOM TLS (PS3.15 B.1): TLS 1.2 or newer; client certificates when a CA is set."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=settings.tls_ca)
+    return context
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -53,19 +70,37 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     _config.STORE_RECV_CHUNKED_DATASET = settings.spool == "file"
     clients = connect(settings.require_redis_url())
     inbox = Inbox(clients.data, clients.rq)
+    policy = AccessPolicy(
+        parse_networks(",".join(settings.allowed_peers)), settings.max_associations_per_ae
+    )
+    recorder = metrics.Recorder(clients.data).start()
+    metrics.install(recorder)
+    associations = AssociationLog()
     handlers: list[Any] = [
+        (evt.EVT_REQUESTED, handle_requested, [policy]),
+        (evt.EVT_ACCEPTED, associations.accepted),
+        (evt.EVT_RELEASED, associations.released),
+        (evt.EVT_ABORTED, associations.aborted),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [inbox]),
+        (evt.EVT_C_STORE, handle_store, [inbox, associations]),
     ]
     ae = build_ae(settings)
     server = ae.make_server(
         (settings.bind, settings.port),
         evt_handlers=handlers,
+        ssl_context=tls_context(settings),
         server_class=ReusePortServer,
         request_handler=PromptRequestHandler,
+        policy=policy,
     )
     threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
-    logger.info("ae=%s listening on %s:%d", settings.ae_title, settings.bind, settings.port)
+    logger.info(
+        "ae=%s listening on %s:%d%s",
+        settings.ae_title,
+        settings.bind,
+        settings.port,
+        " (DICOM TLS)" if settings.tls_cert else "",
+    )
 
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -76,4 +111,5 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     finally:
         logger.info("ae=%s shutting down", settings.ae_title)
         server.shutdown()
+        recorder.stop()
         clients.close()

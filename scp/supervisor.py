@@ -33,11 +33,15 @@ RESTART_BACKOFF_SECONDS = 5.0
 class Child:
     name: str
     command: list[str]
+    #: Variables for this child only (credentials stay out of the command line and `ps`).
+    extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     started_at: float = field(default=0.0)
 
     def start(self, env: Mapping[str, str]) -> None:
-        self.process = subprocess.Popen(self.command, env=dict(env), stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.command, env={**env, **self.extra_env}, stdin=subprocess.DEVNULL
+        )
         self.started_at = time.monotonic()
         logger.info("started %s pid=%d", self.name, self.process.pid)
 
@@ -46,23 +50,27 @@ def children(settings: Settings) -> list[Child]:
     cli = [sys.executable, "-m", "scp.cli"]
     result = [Child(f"scp-{n}", [*cli, "scp"]) for n in range(1, settings.scp_processes + 1)]
     result += [Child(f"worker-{n}", [*cli, "worker"]) for n in range(1, settings.workers + 1)]
+    if settings.web_port:
+        result.append(Child("web", [*cli, "web"]))
     if settings.dashboard_port:
-        result.append(
-            Child(
-                "rq-dashboard",
-                [
-                    sys.executable,
-                    "-m",
-                    "rq_dashboard",
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(settings.dashboard_port),
-                    "--redis-url",
-                    settings.redis_url or "",
-                ],
-            )
-        )
+        credentials = {}
+        if settings.dashboard_username and settings.dashboard_password:
+            credentials = {
+                "RQ_DASHBOARD_USERNAME": settings.dashboard_username,
+                "RQ_DASHBOARD_PASSWORD": settings.dashboard_password,
+            }
+        dashboard = [
+            sys.executable,
+            "-m",
+            "rq_dashboard",
+            "--bind",
+            settings.dashboard_bind,
+            "--port",
+            str(settings.dashboard_port),
+            "--redis-url",
+            settings.redis_url or "",
+        ]
+        result.append(Child("rq-dashboard", dashboard, extra_env=credentials))
     return result
 
 
@@ -84,7 +92,9 @@ def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None 
         for child in procs:
             child.start(child_env)
         if settings.dashboard_port:
-            logger.info("RQ dashboard on http://127.0.0.1:%d", settings.dashboard_port)
+            logger.info(
+                "RQ dashboard on http://%s:%d", settings.dashboard_bind, settings.dashboard_port
+            )
         logger.info(
             "ready: send DICOM to %s@<this host>:%d; ImagingStudy JSON goes to %s",
             settings.ae_title,

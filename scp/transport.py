@@ -18,7 +18,10 @@ The classes here change only *how those loops wait*, not what they do:
 * :class:`PromptRequestHandler` installs both on each accepted association. It is
   passed to pynetdicom through its public ``AE.make_server(request_handler=...)``.
 * :class:`ReusePortServer` sets ``SO_REUSEPORT`` so several SCP processes can
-  share one port and the kernel spreads associations over them.
+  share one port and the kernel spreads associations over them; it refuses peers
+  outside the allow-list at accept, and leaves the TLS handshake to the
+  connection's own thread (pynetdicom does it in the accept loop, where one
+  stalled peer blocks everyone).
 
 The loop bodies follow pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
 ``Association._run_reactor`` step for step; ``tests/test_transport.py`` runs
@@ -35,6 +38,7 @@ import queue
 import select
 import socket
 import socketserver
+import ssl
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -42,6 +46,9 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from scp import metrics
+from scp.access import AccessPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +186,22 @@ class PromptAssociation(Association):
 class PromptRequestHandler(RequestHandler):
     """Accepts each association as a :class:`PromptAssociation` with a :class:`PromptDUL`."""
 
+    def handle(self) -> None:
+        # The TLS handshake runs here, in this connection's own thread and bounded by
+        # the ACSE timeout, not in the accept loop (see ReusePortServer.get_request).
+        sock = self.request
+        if isinstance(sock, ssl.SSLSocket):
+            try:
+                sock.settimeout(self.server.ae.acse_timeout)
+                sock.do_handshake()
+                sock.settimeout(None)
+            except OSError as exc:  # ssl.SSLError and timeouts are OSErrors
+                logger.warning(
+                    "peer=%s TLS handshake failed: %s", self.client_address[0], type(exc).__name__
+                )
+                return
+        super().handle()
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         # pynetdicom builds the Association itself; we keep everything it set up and
@@ -202,8 +225,33 @@ class ReusePortServer(ThreadedAssociationServer):
     """Association server whose port other SCP processes may bind as well.
 
     Made with ``AE.make_server`` (not ``AE.start_server``), so the AE does not list it
-    among its servers; :meth:`shutdown` does not expect it there.
+    among its servers; :meth:`shutdown` does not expect it there. With a ``policy``,
+    connections from peers it does not allow are closed at accept.
     """
+
+    def __init__(self, *args: Any, policy: AccessPolicy | None = None, **kwargs: Any) -> None:
+        self.policy = policy or AccessPolicy()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # pynetdicom completes the TLS handshake right here, in the one thread that
+        # accepts every connection: a peer that connects and stalls would block all
+        # others. Wrap without the handshake; PromptRequestHandler.handle does it.
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        address = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        if self.policy.peer_allowed(address):
+            return True
+        logger.warning("peer=%s refused: not in SCP2FHIR_ALLOWED_PEERS", address)
+        metrics.recorder().count("association_rejections_total", reason="peer")
+        return False
 
     def shutdown(self) -> None:
         socketserver.BaseServer.shutdown(self)

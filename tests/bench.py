@@ -123,6 +123,7 @@ class System:
                 "SCP2FHIR_PORT": str(self.port),
                 "SCP2FHIR_QUIET_SECONDS": str(QUIET_SECONDS),
                 "SCP2FHIR_DASHBOARD_PORT": "0",
+                "SCP2FHIR_WEB_PORT": "0",
                 "SCP2FHIR_LOG_LEVEL": "WARNING",
                 "PYTHONPATH": str(ROOT),
                 **extra_env,

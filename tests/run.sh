@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -x /usr/bin/storescu ] || missing+=(dcmtk)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# docker-compose only parses and checks docker/compose.yaml (no engine runs here);
+# chromium renders the RQ dashboard for the operations test; node runs the FHIR test server.
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} from Debian's packages"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -83,13 +83,14 @@ def test_convert_writes_one_ndjson_line_per_study(tmp_path: Path) -> None:
 
 
 def test_up_runs_the_whole_system_on_a_private_redis(tmp_path: Path) -> None:
-    port = free_port()
+    port, web_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCP2FHIR_")}
     env.update(
         {
             "SCP2FHIR_PORT": str(port),
             "SCP2FHIR_QUIET_SECONDS": str(TEST_QUIET_SECONDS),
             "SCP2FHIR_DASHBOARD_PORT": str(free_port()),
+            "SCP2FHIR_WEB_PORT": str(web_port),
             "SCP2FHIR_WORKERS": "1",
             "PYTHONPATH": str(ROOT),
         }
@@ -117,6 +118,8 @@ def test_up_runs_the_whole_system_on_a_private_redis(tmp_path: Path) -> None:
         resource = read_json(path)
         assert resource["numberOfInstances"] == 6
         assert (tmp_path / "scp2fhir-data" / "redis").is_dir(), "private Redis data folder"
+        ready = wait_for(lambda: _get(f"http://127.0.0.1:{web_port}/readyz"), 30, "/readyz")
+        assert ready == 200
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(60)
@@ -128,6 +131,15 @@ def test_up_runs_the_whole_system_on_a_private_redis(tmp_path: Path) -> None:
         ["pgrep", "-f", str(tmp_path / "scp2fhir-data")], capture_output=True, text=True
     )
     assert leftovers.stdout == "", "the private redis-server outlived up"
+
+
+def _get(url: str) -> int | None:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def test_readme_documents_every_variable() -> None:

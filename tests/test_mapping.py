@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from fhir.resources.imagingstudy import ImagingStudy as ImagingStudyR5
 from fhir.resources.R4B.imagingstudy import ImagingStudy as ImagingStudyR4B
+from pydicom.dataset import Dataset
 
-from scp.header import extract_header, read_dataset
 from tests.golden import assert_golden
-from tests.support import sample_file
-from workers.dicomtime import fhir_date, fhir_datetime
-from workers.fold import StudyAggregate, fold
-from workers.mapping import fhir_id, imaging_study
-from workers.summary import summarize
+from tests.samples import (
+    aggregate,
+    code,
+    dataset,
+    enriched_ct,
+    enriched_mr_knee,
+    summary_of,
+    summary_of_file,
+)
+from tests.test_bundle import OPTIONS, validate_bundle
+from workers.dicomtime import fhir_date, fhir_datetime, fhir_dt, sort_key
+from workers.fold import Sourced, StudyAggregate
+from workers.mapping import FhirVersion, MappingOptions, fhir_id, imaging_study, study_bundle
+
+VERSIONS: list[FhirVersion] = ["R4", "R5"]
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SCT = "http://snomed.info/sct"
 
 
 def aggregate_of(*names: str) -> StudyAggregate:
-    summaries = [summarize(extract_header(read_dataset(sample_file(n))).json) for n in names]
-    return fold(StudyAggregate(summaries[0].study_uid), summaries)
+    return aggregate(*(summary_of_file(n) for n in names))
 
 
 def validate(resource: dict[str, Any], version: str) -> None:
@@ -27,42 +39,171 @@ def validate(resource: dict[str, Any], version: str) -> None:
     model.model_validate(resource)
 
 
-@pytest.mark.parametrize("version", ["R4", "R5"])
-def test_ct_golden_and_valid(version: str) -> None:
-    resource = imaging_study(aggregate_of("CT_small.dcm"), version)  # type: ignore[arg-type]
+def enriched() -> StudyAggregate:
+    return aggregate(summary_of(enriched_ct()), summary_of(enriched_mr_knee()))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_ct_golden_and_valid(version: FhirVersion) -> None:
+    resource = imaging_study(aggregate_of("CT_small.dcm"), version)
     validate(resource, version)
     assert_golden(f"ImagingStudy_CT_small_{version}.json", resource)
 
 
-@pytest.mark.parametrize("version", ["R4", "R5"])
-@pytest.mark.parametrize(
-    "name",
-    [
-        "MR_small.dcm",
-        "JPEG2000.dcm",
-        "SC_rgb_jpeg_dcmtk.dcm",
-        "waveform_ecg.dcm",
-        "rtplan.dcm",
-        "image_dfl.dcm",
-        "US1_J2KR.dcm",
-        "emri_small.dcm",
-    ],
-)
-def test_real_files_map_to_valid_resources(name: str, version: str) -> None:
-    resource = imaging_study(aggregate_of(name), version)  # type: ignore[arg-type]
+@pytest.mark.parametrize("version", VERSIONS)
+def test_enriched_study_golden_and_valid(version: FhirVersion) -> None:
+    resource = imaging_study(enriched(), version)
     validate(resource, version)
-    assert resource["numberOfInstances"] == 1
-    assert resource["series"][0]["instance"][0]["sopClass"]["system"] == "urn:ietf:rfc:3986"
+    assert_golden(f"ImagingStudy_enriched_{version}.json", resource)
+
+
+@pytest.mark.parametrize(
+    ("name", "version"), [("test-SR.dcm", "R4"), ("emri_small.dcm", "R5"), ("liver.dcm", "R4")]
+)
+def test_more_goldens(name: str, version: FhirVersion) -> None:
+    resource = imaging_study(aggregate_of(name), version)
+    validate(resource, version)
+    assert_golden(f"ImagingStudy_{name.removesuffix('.dcm')}_{version}.json", resource)
 
 
 def test_r4_and_r5_shapes_differ_where_the_versions_do() -> None:
-    aggregate = aggregate_of("CT_small.dcm")
-    r4, r5 = imaging_study(aggregate, "R4"), imaging_study(aggregate, "R5")
-    assert r4["modality"] == [
-        {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}
-    ]
-    assert r5["modality"] == [{"coding": r4["modality"]}]
+    study = enriched()
+    r4, r5 = imaging_study(study, "R4"), imaging_study(study, "R5")
+    ct = {"system": DCM, "code": "CT", "display": "Computed Tomography"}
+    assert ct in r4["modality"]
+    assert {"coding": [ct]} in r5["modality"]
     assert r5["series"][0]["modality"] == {"coding": [r4["series"][0]["modality"]]}
+    assert r5["series"][0]["bodySite"] == {"concept": {"coding": [r4["series"][0]["bodySite"]]}}
+    assert r5["series"][1]["laterality"] == {"coding": [r4["series"][1]["laterality"]]}
+    assert r5["procedure"] == [{"concept": c} for c in r4["procedureCode"]]
+    assert r5["reason"] == [{"concept": c} for c in r4["reasonCode"]]
+    assert "interpreter" in r4 and "interpreter" not in r5  # R5 dropped it
+    assert "basedOn" in r5 and "basedOn" not in r4
+
+
+def test_every_element_of_the_enriched_study() -> None:
+    r5 = imaging_study(enriched(), "R5", options=MappingOptions(patient_id_system="urn:x:y"))
+    acsn = {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}
+    accession = {
+        "type": {"coding": [acsn]},
+        "system": "https://ris.example.org/accession",
+        "value": "ACC-2024-0001",
+        "assigner": {"display": "RIS"},
+    }
+    assert r5["identifier"][1] == accession
+    assert r5["basedOn"] == [{"type": "ServiceRequest", "identifier": accession}]
+    # The issuer's universal id wins over the configured default system.
+    assert r5["subject"]["identifier"]["system"] == "urn:oid:1.2.826.0.1.3680043.8.498.4242.100"
+    assert r5["subject"]["identifier"]["assigner"] == {"display": "GENERAL HOSPITAL"}
+    assert r5["referrer"] == {"type": "Practitioner", "display": "Anna Smith MD"}
+    assert r5["procedure"][0]["concept"]["coding"] == [
+        {"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}
+    ]
+    assert r5["reason"][0]["concept"]["coding"][0]["system"] == SCT
+    assert r5["reason"][1] == {"concept": {"text": "Fever and cough for 10 days"}}
+    assert r5["location"] == {"display": "Radiology, JFK IMAGING CENTER"}
+    assert r5["note"] == [{"text": "Patient could not hold breath for the whole scan."}]
+    ct, mr = r5["series"]
+    assert (ct["number"], mr["number"]) == (1, 2)
+    assert ct["bodySite"]["concept"]["coding"] == [
+        {"system": SCT, "code": "816094009", "display": "Chest"}
+    ]
+    assert mr["bodySite"]["concept"]["coding"][0]["code"] == "72696002"  # KNEE
+    assert mr["laterality"] == {"coding": [{"system": SCT, "code": "7771000", "display": "Left"}]}
+    functions = [p["function"]["coding"][0]["code"] for p in ct["performer"]]
+    assert functions == ["PRF", "SPRF", "DEV"]
+    assert [p["actor"]["display"] for p in ct["performer"]] == [
+        "Rita Rad",
+        "Terry Tech",
+        "GE MEDICAL SYSTEMS RHAPSODE (CT01_OC0), serial number SN-12345",
+    ]
+    assert r5["numberOfSeries"] == 2 and r5["numberOfInstances"] == 2
+
+
+def test_modalities_come_from_the_series_not_modalities_in_study() -> None:
+    ds = enriched_ct()
+    ds.ModalitiesInStudy = ["CT", "MR", "PT"]
+    resource = imaging_study(aggregate(summary_of(ds)), "R4")
+    assert [c["code"] for c in resource["modality"]] == ["CT"]
+
+
+def test_image_laterality_is_reduced_over_the_series() -> None:
+    def image(number: int, side: str) -> Dataset:
+        ds = dataset("MR_small.dcm")
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{number}"
+        ds.InstanceNumber = number
+        del ds.Laterality
+        ds.ImageLaterality = side
+        return ds
+
+    left = [summary_of(image(1, "L")), summary_of(image(2, "L"))]
+    lateralities = [
+        imaging_study(aggregate(*group), "R4")["series"][0].get("laterality", {}).get("code")
+        for group in (left, [*left, summary_of(image(3, "R"))], [summary_of(image(4, "U"))])
+    ]
+    assert lateralities == ["7771000", "51440002", None]  # L; L+R = both; unpaired: none
+
+
+def test_series_started_falls_back_to_the_earliest_acquisition() -> None:
+    def image(number: int, time: str) -> Dataset:
+        ds = dataset("CT_small.dcm")
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{number}"
+        del ds.SeriesDate, ds.SeriesTime
+        ds.AcquisitionTime = time
+        return ds
+
+    resource = imaging_study(
+        aggregate(summary_of(image(1, "120000")), summary_of(image(2, "101500.5"))), "R4"
+    )
+    assert resource["series"][0]["started"] == "1997-04-30T10:15:00.5-05:00"
+
+
+def test_sorting_is_by_number_then_uid() -> None:
+    def image(series: str, number: int | None, uid: str) -> Dataset:
+        ds = dataset("CT_small.dcm")
+        ds.SeriesInstanceUID = f"1.2.3.{series}"
+        ds.SeriesNumber = {"1": 10, "2": 2, "3": None}[series]
+        ds.SOPInstanceUID = uid
+        if number is None:
+            del ds.InstanceNumber
+        else:
+            ds.InstanceNumber = number
+        return ds
+
+    resource = imaging_study(
+        aggregate(
+            summary_of(image("1", 2, "1.2.3.1.9")),
+            summary_of(image("1", 1, "1.2.3.1.8")),
+            summary_of(image("1", None, "1.2.3.1.1")),
+            summary_of(image("1", 1, "1.2.3.1.7")),
+            summary_of(image("2", 1, "1.2.3.2.1")),
+            summary_of(image("3", 1, "1.2.3.3.1")),
+        ),
+        "R4",
+    )
+    assert [s["uid"] for s in resource["series"]] == ["1.2.3.2", "1.2.3.1", "1.2.3.3"]
+    assert [i["uid"] for i in resource["series"][1]["instance"]] == [
+        "1.2.3.1.7",
+        "1.2.3.1.8",
+        "1.2.3.1.9",
+        "1.2.3.1.1",
+    ]
+
+
+def test_key_object_title_falls_back_to_the_series_description() -> None:
+    ds = dataset("test-SR.dcm")
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.59"
+    ds.Modality = "KO"
+    ds.SeriesDescription = "Key images for report"
+    del ds.ConceptNameCodeSequence
+    titled = dataset("test-SR.dcm")
+    titled.SOPClassUID = ds.SOPClassUID
+    titled.SOPInstanceUID = f"{ds.SOPInstanceUID}.2"
+    titled.ConceptNameCodeSequence = [code("113000", "DCM", "Of Interest")]
+    resource = imaging_study(aggregate(summary_of(ds), summary_of(titled)), "R5")
+    instances = resource["series"][0]["instance"]
+    assert {i["title"] for i in instances} == {"Key images for report", "Of Interest"}
+    assert instances[0]["sopClass"]["display"] == "Key Object Selection Document Storage"
 
 
 def test_missing_patient_id_is_marked_absent_not_invented() -> None:
@@ -70,10 +211,6 @@ def test_missing_patient_id_is_marked_absent_not_invented() -> None:
     assert aggregate.study is not None
     study_attrs = dict(aggregate.study.attrs)
     study_attrs.pop("patient_id")
-    from dataclasses import replace
-
-    from workers.fold import Sourced
-
     resource = imaging_study(
         replace(aggregate, study=Sourced(aggregate.study.source, study_attrs)), "R4"
     )
@@ -86,6 +223,14 @@ def test_missing_patient_id_is_marked_absent_not_invented() -> None:
         ]
     }
     validate(resource, "R4")
+
+
+def test_no_timezone_keeps_only_the_date() -> None:
+    ds = dataset("CT_small.dcm")
+    del ds.TimezoneOffsetFromUTC
+    resource = imaging_study(aggregate(summary_of(ds)), "R4")
+    assert resource["started"] == "2004-01-19"
+    assert resource["series"][0]["started"] == "1997-04-30"
 
 
 def test_fhir_id_is_stable_and_valid() -> None:
@@ -101,9 +246,12 @@ def test_fhir_id_is_stable_and_valid() -> None:
         ("20240131", "101530", "+0100", "2024-01-31T10:15:30+01:00"),
         ("20240131", "101530.123", "-0500", "2024-01-31T10:15:30.123-05:00"),
         ("20240131", "1015", "+0000", "2024-01-31T10:15:00+00:00"),
+        ("20240131", "10:15:30", "+0000", "2024-01-31T10:15:30+00:00"),  # ACR-NEMA time
+        ("2024.01.31", None, None, "2024-01-31"),  # ACR-NEMA date
         ("20240131", "101530", None, "2024-01-31"),  # no zone: keep the date only
         ("20231340", "101530", "+0100", None),  # not a date
         ("20240131", "256000", "+0100", "2024-01-31"),  # bad time: the date survives
+        ("20240131", "235960", "+0100", "2024-01-31"),  # leap second: FHIR has none
         ("20240131", "101530", "+9900", "2024-01-31"),  # bad zone
         (None, "101530", "+0100", None),
     ],
@@ -114,7 +262,77 @@ def test_dicom_date_time(
     assert fhir_datetime(da, tm, tz) == expected
 
 
-def test_fhir_date() -> None:
+@pytest.mark.parametrize(
+    ("dt", "zone", "expected"),
+    [
+        ("20240131101530.25+0100", None, "2024-01-31T10:15:30.25+01:00"),
+        ("20240131101530", "-05:00", "2024-01-31T10:15:30-05:00"),
+        ("20240131101530+0200", "-05:00", "2024-01-31T10:15:30+02:00"),  # its own zone wins
+        ("20240131101530", None, "2024-01-31"),
+        ("202401", None, "2024-01"),
+        ("2024", "+01:00", "2024"),
+        ("20241301", None, None),
+        ("2024013110", "+01:00", "2024-01-31T10:00:00+01:00"),
+        ("20240131101530+1900", None, None),
+        ("yesterday", None, None),
+    ],
+)
+def test_dicom_dt(dt: str, zone: str | None, expected: str | None) -> None:
+    assert fhir_dt(dt, zone) == expected
+
+
+def test_fhir_date_and_order() -> None:
     assert fhir_date("20240229") == "2024-02-29"
     assert fhir_date("20230229") is None
     assert fhir_date("2024-01-01") is None
+    values = ["2024-01-31T10:00:00+01:00", "2024-01-31T09:30:00+00:00", "2024-01-30"]
+    assert min(values, key=sort_key) == "2024-01-30"
+    assert min(values[:2], key=sort_key) == "2024-01-31T10:00:00+01:00"  # 09:00 UTC
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_mapping_survives_unexpected_attribute_values(version: FhirVersion) -> None:
+    """Aggregates come from Redis: whatever a record holds, the output stays valid."""
+    study = {
+        "patient_id": 5,
+        "patient_name": "Doe^John",
+        "patient_sex": ["M"],
+        "started": 7,
+        "accession_number": ["A"],
+        "accession_issuer": "RIS",
+        "procedures": ["x", {"code": " ", "scheme": "LN"}],
+        "reasons": [None],
+        "reason_texts": [1, ""],
+        "interpreters": "House",
+        "referrer": ["x"],
+        "institution": {},
+        "coding_schemes": "x",
+    }
+    series = {
+        "modality": 3,
+        "series_number": -1,
+        "body_part": 5,
+        "anatomic_region": "SCT",
+        "laterality": "X",
+        "specimens": "S",
+        "operators": {"Alphabetic": "A^B"},
+        "performing_physicians": [5],
+        "manufacturer": 1,
+        "started": [],
+    }
+    record = {
+        "series_uid": "1.2.3",
+        "sop_class_uid": 12,
+        "instance_number": "1",
+        "acquired": 5,
+        "laterality": 1,
+        "title": [],
+    }
+    junk = StudyAggregate(
+        "1.2",
+        study=Sourced("1.2.3.4", study),
+        instances={"1.2.3.4": record},
+        series={"1.2.3": Sourced("1.2.3.4", series)},
+    )
+    validate(imaging_study(junk, version, options=OPTIONS), version)
+    validate_bundle(study_bundle(junk, version, OPTIONS), version)

@@ -90,8 +90,7 @@ def test_fragmented_datasets(
     redis_url: str, data: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A small maximum PDU makes the sender split each dataset into many P-DATA PDUs.
-    monkeypatch.setattr(server, "MAX_PDU_SIZE", 4096)
-    thread, port = start_scp(redis_url)
+    thread, port = start_scp(redis_url, SCP2FHIR_MAX_PDU="4096")
     try:
         assoc: object = associate(port)
         for _ in range(10):

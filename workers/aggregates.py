@@ -46,8 +46,9 @@ for i = 2, #ARGV, 9 do
     redis.call('XDEL', stream, id)
     redis.call('HSET', ARGV[i + 5], sop, ARGV[i + 8])
     redis.call('PERSIST', ARGV[i + 5])
-    prefer(ARGV[i + 3], sop, ARGV[i + 6])
-    prefer(ARGV[i + 4], sop, ARGV[i + 7])
+    -- Empty attrs: not this batch's winner for that study/series (see fold()).
+    if ARGV[i + 6] ~= '' then prefer(ARGV[i + 3], sop, ARGV[i + 6]) end
+    if ARGV[i + 7] ~= '' then prefer(ARGV[i + 4], sop, ARGV[i + 7]) end
     if redis.call('HINCRBY', inflight, study, -1) <= 0 then redis.call('HDEL', inflight, study) end
     applied = applied + 1
   end
@@ -72,9 +73,12 @@ end
 return rejected
 """
 
-# Close a study after its emission, unless something arrived meanwhile.
+# Close a study after its emission, unless something arrived meanwhile. A retention of 0
+# means the output still has to be delivered to the FHIR server: the aggregate is kept
+# (no expiry) and the study is listed as pending; the delivery starts the clock.
 _CLOSE = """
 local open, inflight, emitted, check, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local pending = KEYS[6]
 local study, seen, token, now, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local closed = 0
 local score = redis.call('ZSCORE', open, study)
@@ -82,7 +86,12 @@ if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflig
   redis.call('ZREM', open, study)
   redis.call('ZADD', emitted, now, study)
   redis.call('DEL', check)
-  for i = 6, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
+  if tonumber(retention) > 0 then
+    for i = 7, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
+  else
+    for i = 7, #KEYS do redis.call('PERSIST', KEYS[i]) end
+    redis.call('ZADD', pending, now, study)
+  end
   closed = 1
 end
 if redis.call('GET', lease) == token then redis.call('DEL', lease) end
@@ -109,8 +118,23 @@ class AggregateStore:
         were new (entries already acknowledged by another worker are skipped)."""
         if not folded:
             return 0
+        # Within a batch only one instance per study and per series can win prefer(): the
+        # one with the smallest SOP Instance UID (the later one on a tie, as in prefer).
+        # Sending the others' attributes would only make Redis compare and discard them.
+        study_winner: dict[str, int] = {}
+        series_winner: dict[tuple[str, str], int] = {}
+        for index, (_, s) in enumerate(folded):
+            best = study_winner.get(s.study_uid)
+            if best is None or s.sop_uid <= folded[best][1].sop_uid:
+                study_winner[s.study_uid] = index
+            key = (s.study_uid, s.series_uid)
+            best = series_winner.get(key)
+            if best is None or s.sop_uid <= folded[best][1].sop_uid:
+                series_winner[key] = index
+        study_wins = set(study_winner.values())
+        series_wins = set(series_winner.values())
         args: list[str] = [keys.INBOX_GROUP]
-        for entry_id, s in folded:
+        for index, (entry_id, s) in enumerate(folded):
             args += [
                 entry_id,
                 s.study_uid,
@@ -118,8 +142,8 @@ class AggregateStore:
                 keys.study(s.study_uid),
                 keys.series(s.study_uid, s.series_uid),
                 keys.study_instances(s.study_uid),
-                _dumps(s.study),
-                _dumps(s.series),
+                _dumps(s.study) if index in study_wins else "",
+                _dumps(s.series) if index in series_wins else "",
                 _dumps(s.instance),
             ]
         return int(self._fold(keys=[keys.INBOX, keys.INFLIGHT], args=args))
@@ -165,9 +189,12 @@ class AggregateStore:
         lease_token: str,
         now_ms: int,
         retention_ms: int,
+        until_delivered: bool = False,
     ) -> bool:
         """Mark the study emitted if no instance arrived since ``seen_ms``; start the
-        retention clock on its keys. Releases the lease either way."""
+        retention clock on its keys, or, ``until_delivered``, keep them and list the study
+        in :data:`scp.keys.DELIVER_PENDING` (the delivery starts the clock once the FHIR
+        server has the output). Releases the lease either way."""
         uid = aggregate.study_uid
         study_keys = [keys.study(uid), keys.study_instances(uid)] + [
             keys.series(uid, series_uid) for series_uid in aggregate.series
@@ -179,9 +206,10 @@ class AggregateStore:
                 keys.EMITTED,
                 keys.study_check(uid),
                 keys.study_lease(uid),
+                keys.DELIVER_PENDING,
                 *study_keys,
             ],
-            args=[uid, seen_ms, lease_token, now_ms, retention_ms],
+            args=[uid, seen_ms, lease_token, now_ms, 0 if until_delivered else retention_ms],
         )
         return bool(closed)
 

@@ -14,8 +14,22 @@ from rq import Queue
 
 from scp import keys
 from scp.connections import RedisClients
-from scp.settings import Settings
+from scp.settings import ConfigError, Settings
 from workers.aggregates import AggregateStore
+from workers.mapping import MappingOptions
+
+
+def mapping_options(settings: Settings) -> MappingOptions:
+    """The mapping's options from settings; a bad value is a configuration error."""
+    try:
+        return MappingOptions(
+            accession_system=settings.accession_system,
+            patient_id_system=settings.patient_id_system,
+            wado_rs_base_url=settings.wado_rs_url,
+            bundle=settings.fhir_bundle,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,7 @@ class WorkerContext:
     store: AggregateStore
     fold_queue: Queue
     emit_queue: Queue
+    options: MappingOptions
 
     @classmethod
     def build(cls, settings: Settings, clients: RedisClients) -> WorkerContext:
@@ -34,6 +49,7 @@ class WorkerContext:
             store=AggregateStore(clients.data),
             fold_queue=Queue(keys.FOLD_QUEUE, connection=clients.rq),
             emit_queue=Queue(keys.EMIT_QUEUE, connection=clients.rq),
+            options=mapping_options(settings),
         )
 
     @property

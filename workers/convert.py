@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from scp.header import extract_header, read_dataset
+from scp.header import read_header
 from workers.fold import fold_all
-from workers.mapping import FhirVersion, imaging_study
-from workers.summary import InstanceSummary, summarize
+from workers.mapping import FhirVersion, MappingOptions, emitted
+from workers.summary import InstanceSummary, log_warnings, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +30,54 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def convert(paths: Iterable[Path], version: FhirVersion, out: TextIO) -> tuple[int, int]:
-    """Write one ImagingStudy per study as NDJSON to ``out``.
+class Progress:
+    """A one-line count on a terminal; nothing at all when stderr is a pipe or a file."""
+
+    def __init__(self, stream: TextIO, every_seconds: float = 0.2) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.every = every_seconds
+        self.last = 0.0
+
+    def step(self, read: int, unreadable: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= self.every:
+            self.last = now
+            self.stream.write(f"\rread {read} instances, {unreadable} unreadable files")
+            self.stream.flush()
+
+    def done(self, read: int, unreadable: int) -> None:
+        if self.enabled:
+            self.stream.write(f"\rread {read} instances, {unreadable} unreadable files\n")
+            self.stream.flush()
+
+
+def convert(
+    paths: Iterable[Path],
+    version: FhirVersion,
+    out: TextIO,
+    options: MappingOptions | None = None,
+) -> tuple[int, int]:
+    """Write one ImagingStudy (or, with ``options.bundle``, one transaction Bundle) per
+    study as NDJSON to ``out``. Values left out as invalid are logged by tag per file.
 
     Returns (studies written, files that could not be read)."""
     summaries: list[InstanceSummary] = []
     unreadable = 0
+    progress = Progress(sys.stderr)
     for path in iter_files(paths):
+        progress.step(len(summaries), unreadable)
         try:
-            summaries.append(summarize(extract_header(read_dataset(path)).json))
+            summary = summarize(read_header(path).json)
         except Exception as exc:
             unreadable += 1
             logger.warning("file=%s skipped: %s", path, type(exc).__name__)
+            continue
+        log_warnings(summary, logger)
+        summaries.append(summary)
+    progress.done(len(summaries), unreadable)
     aggregates = fold_all(summaries)
     for study_uid in sorted(aggregates):
-        resource = imaging_study(aggregates[study_uid], version)
+        resource = emitted(aggregates[study_uid], version, options)
         out.write(json.dumps(resource, ensure_ascii=False, separators=(",", ":")) + "\n")
     return len(aggregates), unreadable

@@ -8,7 +8,10 @@
   schedules itself again for when the study could be quiet.
 * ``sweep`` (emit queue, every :data:`SWEEP_SECONDS`) repairs what crashes leave:
   entries a dead worker had claimed, a drain request whose job was lost, open
-  studies whose check was lost.
+  studies whose check was lost, emitted studies whose delivery job was lost.
+* ``deliver_study`` (deliver queue; only with a FHIR server configured) sends the
+  study's current output to the FHIR server (:mod:`workers.delivery`); emission only
+  queues it, so a slow or absent server never holds up the quiet checks.
 
 All times come from the Redis clock, so workers on several hosts agree.
 """
@@ -25,14 +28,15 @@ from typing import Any
 
 import redis
 
-from scp import keys
+from scp import keys, metrics
 from scp.inbox import DRAIN_REQUEST_TTL_MS, request_drain_job
+from workers import delivery
 from workers.aggregates import InboxEntry
 from workers.context import WorkerContext, current
-from workers.delivery import put_resource
-from workers.mapping import imaging_study
+from workers.fold import StudyAggregate
+from workers.mapping import Resource, imaging_study, study_bundle
 from workers.output import write_resource
-from workers.summary import InstanceSummary, summarize
+from workers.summary import InstanceSummary, log_warnings, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +102,9 @@ def drain_inbox() -> int:
                 request_drain_job(ctx.fold_queue)
             break
     ensure_sweep_scheduled(ctx)
+    recorder = metrics.recorder()
+    recorder.count("instances_folded_total", total)
+    recorder.flush()
     return total
 
 
@@ -120,6 +127,7 @@ def fold_entries(ctx: WorkerContext, entries: list[InboxEntry]) -> int:
             )
             rejected.append((entry, type(exc).__name__))
             continue
+        log_warnings(summary, logger)
         if summary.study_uid != entry.study_uid:
             rejected.append((entry, "study UID differs from the inbox entry"))
             continue
@@ -207,15 +215,32 @@ def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> 
     instance arrived meanwhile. Returns whether it was closed."""
     settings = ctx.settings
     aggregate = ctx.store.load(study_uid)
-    resource = imaging_study(aggregate, settings.fhir_version)
+    resource = imaging_study(aggregate, settings.fhir_version, options=ctx.options)
     path = write_resource(settings.output_dir, resource)
-    if settings.fhir_base_url:
-        put_resource(settings.fhir_base_url, settings.fhir_version, resource)
+    if ctx.options.bundle:
+        write_resource(
+            settings.output_dir, study_bundle(aggregate, settings.fhir_version, ctx.options)
+        )
     now = redis_now_ms(ctx.clients.data)
+    # With a FHIR server the aggregate is kept until the delivery succeeds (the delivery
+    # starts the retention clock), so a redelivery can always rebuild the output.
     closed = ctx.store.close(
-        aggregate, seen_ms, lease_token, now, settings.retention_seconds * 1000
+        aggregate,
+        seen_ms,
+        lease_token,
+        now,
+        settings.retention_seconds * 1000,
+        until_delivered=settings.fhir_base_url is not None,
     )
+    if closed and settings.fhir_base_url is not None:
+        # After the close: a study still open when its delivery runs is skipped. If this
+        # worker dies right here, the sweep queues the delivery (deliver-pending).
+        delivery.enqueue_delivery(ctx, study_uid)
     if closed:
+        recorder = metrics.recorder()
+        recorder.count("emissions_total")
+        recorder.observe("last_instance_to_emitted_seconds", (now - seen_ms) / 1000)
+        recorder.flush()  # jobs run in RQ's short-lived work horses: flush before exit
         lag_ms = now - seen_ms - int(settings.quiet_seconds * 1000)
         logger.info(
             "study=%s emitted id=%s series=%d instances=%d after_quiet_ms=%d path=%s",
@@ -267,5 +292,32 @@ def sweep() -> dict[str, Any]:
     open_studies: list[str] = data.zrange(keys.OPEN_STUDIES, 0, -1)  # type: ignore[assignment]
     unchecked = [uid for uid in open_studies if not data.exists(keys.study_check(uid))]
     schedule_checks(ctx, unchecked)
+    redelivered = delivery.sweep_deliveries(ctx)
     ensure_sweep_scheduled(ctx)
-    return {"reclaimed": reclaimed, "backlog": backlog, "rescheduled": len(unchecked)}
+    return {
+        "reclaimed": reclaimed,
+        "backlog": backlog,
+        "rescheduled": len(unchecked),
+        "redelivered": redelivered,
+    }
+
+
+# --- delivery --------------------------------------------------------------------------
+
+
+def delivery_output(ctx: WorkerContext, aggregate: StudyAggregate, standalone: bool) -> Resource:
+    """What a delivery sends: the study's transaction Bundle when the mapping options ask
+    for one (and the server takes transactions), else the ImagingStudy, built exactly as
+    :func:`emit` builds them."""
+    version = ctx.settings.fhir_version
+    if ctx.options.bundle and not standalone:
+        return study_bundle(aggregate, version, ctx.options)
+    return imaging_study(aggregate, version, options=ctx.options)
+
+
+def deliver_study(study_uid: str, attempt: int = 1) -> str:
+    """Send the study's current output to the FHIR server (deliver queue)."""
+    ctx = current()
+    return delivery.deliver(
+        ctx, study_uid, attempt, lambda aggregate, alone: delivery_output(ctx, aggregate, alone)
+    )

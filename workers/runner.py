@@ -6,7 +6,7 @@ import logging
 
 from rq import Worker
 
-from scp import keys
+from scp import keys, metrics
 from scp.connections import connect
 from scp.settings import Settings
 from workers.context import WorkerContext, install
@@ -18,10 +18,13 @@ logger = logging.getLogger(__name__)
 def run(settings: Settings, burst: bool = False) -> None:
     clients = connect(settings.require_redis_url())
     ensure_group(clients.data)
+    # No flush thread here: RQ forks a work horse per job, and a thread holding the
+    # recorder's lock at fork time would deadlock the horse. Jobs flush when they end.
+    metrics.install(metrics.Recorder(clients.data))
     context = WorkerContext.build(settings, clients)
     install(context)
     ensure_sweep_scheduled(context)
-    worker = Worker([keys.FOLD_QUEUE, keys.EMIT_QUEUE], connection=clients.rq)
+    worker = Worker([keys.FOLD_QUEUE, keys.EMIT_QUEUE, keys.DELIVER_QUEUE], connection=clients.rq)
     logger.info(
         "worker=%s queues=%s,%s output=%s",
         worker.name,

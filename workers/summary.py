@@ -3,16 +3,36 @@
 The summary splits a header into study-level, series-level and instance-level
 attributes under FHIR-neutral names, so nothing downstream reads DICOM again.
 Attribute dicts hold JSON values only; absent data is absent, never ``None``.
+Values are checked here (:mod:`workers.dicomjson`): what is malformed is left
+out and its tag listed in :attr:`InstanceSummary.warnings`; the caller logs
+them (:func:`log_warnings`).
+
+Instance records are stored once per instance, so they stay small: only what
+varies per instance or is reduced over instances by the mapping (the acquisition
+date-time, kept only when the instance has no Series Date, which is when the
+mapping needs the series' earliest acquisition; the image laterality) and the
+rare per-instance title.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from workers.dicomjson import DicomJson
+from workers.dicomjson import Code, DicomJson, describe_tags
+from workers.dicomtime import combine
+
+logger = logging.getLogger(__name__)
 
 Attributes = dict[str, Any]
+
+#: Key Object Selection Document Storage: its title falls back to the series description.
+KEY_OBJECT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+
+_LATERALITIES = frozenset({"R", "L", "B", "U"})
+_SEXES = frozenset({"M", "F", "O"})
+_ENTITY_TYPES = frozenset({"DNS", "EUI64", "ISO", "URI", "UUID", "X400", "X500"})
 
 
 class NotAnInstance(ValueError):
@@ -27,57 +47,235 @@ class InstanceSummary:
     study: Attributes
     series: Attributes
     instance: Attributes
-
-
-_STUDY_TEXT = {
-    "patient_id": "PatientID",
-    "issuer_of_patient_id": "IssuerOfPatientID",
-    "patient_name": "PatientName",
-    "study_date": "StudyDate",
-    "study_time": "StudyTime",
-    "timezone_offset": "TimezoneOffsetFromUTC",
-    "accession_number": "AccessionNumber",
-    "study_id": "StudyID",
-    "study_description": "StudyDescription",
-}
-_SERIES_TEXT = {
-    "modality": "Modality",
-    "series_description": "SeriesDescription",
-    "series_date": "SeriesDate",
-    "series_time": "SeriesTime",
-    "timezone_offset": "TimezoneOffsetFromUTC",
-}
+    #: Tags of values that were present but unusable and so left out (never values).
+    warnings: tuple[str, ...] = ()
 
 
 def summarize(header: dict[str, Any]) -> InstanceSummary:
     """Split ``header`` into its study, series and instance attributes."""
     dj = DicomJson(header)
-    study_uid = dj.text("StudyInstanceUID")
-    series_uid = dj.text("SeriesInstanceUID")
-    sop_uid = dj.text("SOPInstanceUID")
+    study_uid = dj.raw_uid("StudyInstanceUID")
+    series_uid = dj.raw_uid("SeriesInstanceUID")
+    sop_uid = dj.raw_uid("SOPInstanceUID")
     if not (study_uid and series_uid and sop_uid):
         raise NotAnInstance("StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID are required")
-
-    study = _texts(dj, _STUDY_TEXT)
-    series = _texts(dj, _SERIES_TEXT)
-    number = dj.integer("SeriesNumber")
-    if number is not None:
-        series["series_number"] = number
-
-    instance: Attributes = {"series_uid": series_uid}
-    sop_class = dj.text("SOPClassUID")
-    if sop_class:
-        instance["sop_class_uid"] = sop_class
-    instance_number = dj.integer("InstanceNumber")
-    if instance_number is not None:
-        instance["instance_number"] = instance_number
-    return InstanceSummary(study_uid, series_uid, sop_uid, study, series, instance)
+    zone = dj.offset("TimezoneOffsetFromUTC")
+    study = _study(dj, zone)
+    series = _series(dj, zone)
+    instance = _instance(dj, zone, series_uid, needs_acquisition="started" not in series)
+    return InstanceSummary(
+        study_uid, series_uid, sop_uid, study, series, instance, tuple(dj.warnings)
+    )
 
 
-def _texts(dj: DicomJson, names: dict[str, str]) -> Attributes:
+def log_warnings(summary: InstanceSummary, log: logging.Logger = logger) -> None:
+    """One warning line naming the left-out elements by tag and keyword (never values)."""
+    if summary.warnings:
+        log.warning(
+            "study=%s series=%s sop=%s left out invalid elements: %s",
+            summary.study_uid,
+            summary.series_uid,
+            summary.sop_uid,
+            describe_tags(summary.warnings),
+        )
+
+
+# --- study ---------------------------------------------------------------------------------
+
+
+def _study(dj: DicomJson, zone: str | None) -> Attributes:
     out: Attributes = {}
-    for name, keyword in names.items():
-        value = dj.text(keyword)
-        if value is not None:
-            out[name] = value
+    _put(out, "patient_id", dj.text("PatientID"))
+    _put(
+        out,
+        "patient_id_issuer",
+        _issuer(dj.text("IssuerOfPatientID"), dj.items("IssuerOfPatientIDQualifiersSequence")),
+    )
+    _put(out, "patient_name", dj.name("PatientName"))
+    _put(out, "patient_birth_date", dj.date("PatientBirthDate"))
+    _put(out, "patient_sex", dj.enumerated("PatientSex", _SEXES))
+    _put(out, "started", combine(dj.date("StudyDate"), dj.time("StudyTime"), zone))
+    _put(out, "accession_number", dj.text("AccessionNumber"))
+    _put(out, "accession_issuer", _issuer(None, dj.items("IssuerOfAccessionNumberSequence")))
+    _put(out, "study_id", dj.text("StudyID"))
+    _put(out, "study_description", dj.text("StudyDescription"))
+    _put(out, "referrer", dj.name("ReferringPhysicianName"))
+    _put(out, "interpreters", dj.names("NameOfPhysiciansReadingStudy"))
+    requests = dj.items("RequestAttributesSequence")
+    procedures = dj.codes("ProcedureCodeSequence")
+    if not procedures:
+        procedures = _unique(c for r in requests for c in r.codes("RequestedProcedureCodeSequence"))
+    _put(out, "procedures", procedures)
+    reasons = _unique(
+        [
+            *dj.codes("ReasonForRequestedProcedureCodeSequence"),
+            *dj.codes("ReasonForPerformedProcedureCodeSequence"),
+            *(c for r in requests for c in r.codes("ReasonForRequestedProcedureCodeSequence")),
+        ]
+    )
+    _put(out, "reasons", reasons)
+    reason_texts = _unique(
+        [
+            *dj.texts("ReasonForTheRequestedProcedure"),
+            *(t for r in requests for t in r.texts("ReasonForTheRequestedProcedure")),
+            *dj.texts("ReasonForStudy"),
+        ]
+    )
+    _put(out, "reason_texts", reason_texts)
+    _put(out, "institution", dj.text("InstitutionName"))
+    _put(out, "department", dj.text("InstitutionalDepartmentName"))
+    _put(out, "comments", dj.text("StudyComments"))
+    _put(out, "coding_schemes", _coding_schemes(dj))
     return out
+
+
+def _issuer(local: str | None, items: list[DicomJson]) -> dict[str, str] | None:
+    """An identifier's issuer: local name and/or universal id with its type."""
+    issuer: dict[str, str] = {}
+    if local:
+        issuer["local"] = local
+    for item in items[:1]:
+        if "local" not in issuer:
+            _put(issuer, "local", item.text("LocalNamespaceEntityID"))
+        universal = item.text("UniversalEntityID")
+        kind = item.enumerated("UniversalEntityIDType", _ENTITY_TYPES)
+        if universal and kind:
+            issuer["universal"] = universal
+            issuer["type"] = kind
+    return issuer or None
+
+
+def _coding_schemes(dj: DicomJson) -> dict[str, str]:
+    """Private or local coding schemes the dataset identifies: designator -> system URI."""
+    schemes: dict[str, str] = {}
+    for item in dj.items("CodingSchemeIdentificationSequence"):
+        designator = item.text("CodingSchemeDesignator")
+        url = item.text("CodingSchemeURL")
+        uid = item.uid("CodingSchemeUID")
+        if designator and url and " " not in url:
+            schemes[designator] = url
+        elif designator and uid:
+            schemes[designator] = f"urn:oid:{uid}"
+    return schemes
+
+
+# --- series --------------------------------------------------------------------------------
+
+
+def _series(dj: DicomJson, zone: str | None) -> Attributes:
+    out: Attributes = {}
+    _put(out, "modality", dj.code_string("Modality", required=True))
+    _put(out, "series_description", dj.text("SeriesDescription"))
+    _put(out, "series_number", dj.integer("SeriesNumber"))
+    _put(out, "started", combine(dj.date("SeriesDate"), dj.time("SeriesTime"), zone))
+    _put(out, "body_part", dj.code_string("BodyPartExamined"))
+    region = dj.codes("AnatomicRegionSequence")
+    if not region:
+        region = [c for frame in _frame_anatomy(dj) for c in frame.codes("AnatomicRegionSequence")]
+    _put(out, "anatomic_region", region[0] if region else None)
+    _put(out, "laterality", dj.enumerated("Laterality", _LATERALITIES))
+    _put(out, "manufacturer", dj.text("Manufacturer"))
+    _put(out, "model", dj.text("ManufacturerModelName"))
+    _put(out, "station", dj.text("StationName"))
+    _put(out, "serial_number", dj.text("DeviceSerialNumber"))
+    _put(out, "software_versions", dj.joined("SoftwareVersions"))
+    _put(out, "operators", dj.names("OperatorsName"))
+    _put(out, "performing_physicians", dj.names("PerformingPhysicianName"))
+    _put(out, "specimens", _specimens(dj))
+    return out
+
+
+def _frame_anatomy(dj: DicomJson) -> list[DicomJson]:
+    """Frame Anatomy of a multi-frame image's shared functional groups."""
+    return [
+        anatomy
+        for shared in dj.items("SharedFunctionalGroupsSequence")[:1]
+        for anatomy in shared.items("FrameAnatomySequence")[:1]
+    ]
+
+
+def _specimens(dj: DicomJson) -> list[dict[str, Any]]:
+    specimens: list[dict[str, Any]] = []
+    for item in dj.items("SpecimenDescriptionSequence"):
+        specimen: dict[str, Any] = {}
+        _put(specimen, "id", item.text("SpecimenIdentifier", required=True))
+        _put(specimen, "uid", item.uid("SpecimenUID", required=True))
+        _put(
+            specimen,
+            "issuer",
+            _issuer(None, item.items("IssuerOfTheSpecimenIdentifierSequence")),
+        )
+        _put(specimen, "description", item.text("SpecimenShortDescription"))
+        if "id" in specimen or "uid" in specimen:
+            specimens.append(specimen)
+    return specimens
+
+
+# --- instance ------------------------------------------------------------------------------
+
+
+def _instance(
+    dj: DicomJson, zone: str | None, series_uid: str, needs_acquisition: bool
+) -> Attributes:
+    out: Attributes = {"series_uid": series_uid}
+    sop_class = dj.uid("SOPClassUID", required=True)
+    _put(out, "sop_class_uid", sop_class)
+    _put(out, "instance_number", dj.integer("InstanceNumber"))
+    acquired = dj.date_time("AcquisitionDateTime", zone) or combine(
+        dj.date("AcquisitionDate"), dj.time("AcquisitionTime"), zone
+    )
+    # Only a series without Series Date needs its earliest acquisition; Series Date is a
+    # series-level attribute, so an instance that has it speaks for its series.
+    if needs_acquisition:
+        _put(out, "acquired", acquired)
+    laterality = dj.enumerated("ImageLaterality", _LATERALITIES)
+    if laterality is None:
+        for frame in _frame_anatomy(dj):
+            laterality = frame.enumerated("FrameLaterality", _LATERALITIES)
+    if laterality in ("L", "R", "B"):
+        out["laterality"] = laterality
+    _put(out, "title", _title(dj))
+    return out
+
+
+def _title(dj: DicomJson) -> str | None:
+    """A document's or object's own title: SR/KO concept name, document title, content
+    label (presentation states, segmentations, ...), or an RT plan/structure set label."""
+    if dj.code_string("ValueType") == "CONTAINER":
+        names = dj.codes("ConceptNameCodeSequence")
+        if names:
+            return names[0]["meaning"]
+    return (
+        dj.text("DocumentTitle")
+        or dj.text("ContentLabel")
+        or dj.text("RTPlanLabel")
+        or dj.text("StructureSetLabel")
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _put(out: dict[str, Any], name: str, value: Any) -> None:
+    if value is not None and value != [] and value != {}:
+        out[name] = value
+
+
+def _unique(codes: Any) -> list[Any]:
+    out: list[Any] = []
+    for code in codes:
+        if code not in out:
+            out.append(code)
+    return out
+
+
+__all__ = [
+    "KEY_OBJECT_SOP_CLASS",
+    "Attributes",
+    "Code",
+    "InstanceSummary",
+    "NotAnInstance",
+    "describe_tags",
+    "log_warnings",
+    "summarize",
+]

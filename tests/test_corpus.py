@@ -1,0 +1,241 @@
+"""Every real DICOM file at hand converts to valid FHIR R4 (R4B model) and R5.
+
+The corpus is all of pydicom's bundled test and charset files and the pydicom-data
+wheel (CT, MR, CR, US, NM, SR, RT dose/plan/structure set, SEG, ECG, secondary
+capture, multi-frame, every character set), plus real images turned into the kinds
+the files lack (DX, MG with image laterality, slide microscopy with a specimen).
+Each is validated alone and folded with the files that share its study, as the
+ImagingStudy on its own and as the transaction Bundle with every resource in it.
+
+``python -m tests.test_corpus`` prints the counts.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhir.resources import get_fhir_model_class as model_r5
+from fhir.resources.R4B import get_fhir_model_class as model_r4b
+from pydicom.data import get_charset_files
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from scp.header import extract_header
+from tests.samples import CORPUS_ROOTS, PYDICOM_DATA, aggregate, corpus_files, dataset, read
+from tests.samples import header_of as header_from_dataset
+from workers.fold import fold_all
+from workers.mapping import FhirVersion, MappingOptions, imaging_study, study_bundle
+from workers.summary import InstanceSummary, NotAnInstance, summarize
+
+VERSIONS: tuple[FhirVersion, ...] = ("R4", "R5")
+OPTION_SETS = (
+    MappingOptions(),
+    MappingOptions(
+        accession_system="urn:oid:1.2.826.0.1.3680043.8.498.4242.200",
+        patient_id_system="urn:oid:1.2.826.0.1.3680043.8.498.4242.300",
+        wado_rs_base_url="https://pacs.example.org/dicom-web",
+        bundle=True,
+    ),
+)
+
+
+@dataclass
+class Corpus:
+    summaries: dict[str, InstanceSummary] = field(default_factory=dict)
+    modalities: Counter[str] = field(default_factory=Counter)
+    multiframe: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def synthesized() -> dict[str, Dataset]:
+    """Real images given the identity of the kinds the corpus lacks."""
+    cr = read(PYDICOM_DATA / "test_files" / "dicomdirtests" / "77654033" / "CR1" / "6154")
+    dx = copy.deepcopy(cr)
+    dx.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - Presentation
+    dx.Modality = "DX"
+    dx.SOPInstanceUID = generate_uid()
+    mg = copy.deepcopy(cr)
+    mg.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography - For Presentation
+    mg.Modality = "MG"
+    mg.SOPInstanceUID = generate_uid()
+    mg.BodyPartExamined = "BREAST"
+    mg.ImageLaterality = "R"
+    sm = dataset("SC_rgb.dcm")
+    sm.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image
+    sm.Modality = "SM"
+    sm.SOPInstanceUID = generate_uid()
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = "S-2024-0042-A1"
+    specimen.SpecimenUID = "1.2.826.0.1.3680043.8.498.4242.900"
+    specimen.SpecimenShortDescription = "Liver biopsy, H&E"
+    sm.SpecimenDescriptionSequence = [specimen]
+    for ds in (dx, mg, sm):
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return {"synthesized:DX": dx, "synthesized:MG": mg, "synthesized:SM": sm}
+
+
+@cache
+def corpus() -> Corpus:
+    found = Corpus()
+    headers: dict[str, dict[str, Any]] = {}
+    for path in corpus_files():
+        root = next(r for r in CORPUS_ROOTS if r in path.parents)
+        name = f"{root.parent.name}/{path.relative_to(root)}"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = read(path)
+                headers[name] = extract_header(ds).json
+        except Exception as exc:
+            found.skipped[name] = type(exc).__name__
+            continue
+        if _frames(ds) > 1:
+            found.multiframe.append(name)
+    for name, ds in synthesized().items():
+        headers[name] = header_from_dataset(ds)
+    for name, header in headers.items():
+        try:
+            summary = summarize(header)
+        except NotAnInstance:
+            found.skipped[name] = "not an instance (no UIDs)"
+            continue
+        found.summaries[name] = summary
+        found.modalities[summary.series.get("modality", "(none)")] += 1
+    return found
+
+
+def _frames(ds: Dataset) -> int:
+    try:
+        return int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def validation_errors(study: Any, label: str) -> list[str]:
+    errors = []
+    for version in VERSIONS:
+        model = model_r4b if version == "R4" else model_r5
+        for options in OPTION_SETS:
+            try:
+                model("ImagingStudy").model_validate(imaging_study(study, version, options=options))
+                bundle = study_bundle(study, version, options)
+                model("Bundle").model_validate(bundle)
+                for entry in bundle["entry"]:
+                    resource = entry["resource"]
+                    model(resource["resourceType"]).model_validate(resource)
+            except Exception as exc:  # a validation error: collect them all
+                errors.append(f"{label} {version}: {str(exc)[:300]}")
+    return errors
+
+
+def test_the_corpus_covers_the_kinds_of_dicom() -> None:
+    found = corpus()
+    kinds = {"CT", "MR", "CR", "DX", "US", "NM", "SR", "RTDOSE", "RTPLAN", "RTSTRUCT", "SEG"}
+    assert kinds | {"MG", "SM", "ECG", "OT"} <= set(found.modalities), found.modalities
+    assert len(found.multiframe) >= 10
+    assert len(found.summaries) >= 220
+
+
+def test_every_file_maps_to_valid_resources_on_its_own() -> None:
+    errors: list[str] = []
+    for name, summary in corpus().summaries.items():
+        errors += validation_errors(aggregate(summary), name)
+    assert errors == []
+
+
+def test_every_study_of_the_corpus_maps_to_valid_resources() -> None:
+    aggregates = fold_all(corpus().summaries.values())
+    errors: list[str] = []
+    for uid, study in aggregates.items():
+        errors += validation_errors(study, uid)
+    assert errors == []
+
+
+#: Patient's Name of each character set file, as it reads (every group).
+CHARSET_NAMES = {
+    "chrArab.dcm": ["لنزار قباني"],
+    "chrFren.dcm": ["Jérôme Buc"],
+    "chrFrenMulti.dcm": ["Jérôme Buc"],
+    "chrGerm.dcm": ["Rüdiger Äneas"],
+    "chrGreek.dcm": ["Διονυσιος"],
+    "chrH31.dcm": ["Tarou Yamada", "山田 太郎", "やまだ たろう"],
+    "chrH32.dcm": ["ﾔﾏﾀﾞ ﾀﾛｳ", "山田 太郎", "やまだ たろう"],
+    "chrHbrw.dcm": ["דבורה שרון"],
+    "chrI2.dcm": ["Gildong Hong", "洪 吉洞", "홍 길동"],
+    "chrJapMulti.dcm": ["やまだ たろう"],
+    "chrJapMultiExplicitIR6.dcm": ["やまだ たろう"],
+    "chrKoreanMulti.dcm": ["김희중"],
+    "chrRuss.dcm": ["Люкceмбypг"],
+    "chrX1.dcm": ["XiaoDong Wang", "王 小東"],
+    "chrX2.dcm": ["XiaoDong Wang", "王 小东"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHARSET_NAMES))
+def test_every_character_set_comes_out_as_unicode(name: str) -> None:
+    path = get_charset_files(name)[0]
+    summary = summarize(extract_header(read(path)).json)
+    bundle = study_bundle(aggregate(summary), "R5", OPTION_SETS[1])
+    patient = bundle["entry"][0]["resource"]
+    assert patient["resourceType"] == "Patient"
+    assert [n["text"] for n in patient["name"]] == CHARSET_NAMES[name]
+    assert validation_errors(aggregate(summary), name) == []
+
+
+def test_operators_in_korean_are_readable() -> None:
+    summary = summarize(extract_header(read(get_charset_files("chrKoreanMulti.dcm")[0])).json)
+    series = imaging_study(aggregate(summary), "R4")["series"][0]
+    assert {"type": "Practitioner", "display": "김희중"} in [
+        p["actor"] for p in series["performer"]
+    ]
+
+
+def test_slide_microscopy_specimen() -> None:
+    summary = summarize(header_from_dataset(synthesized()["synthesized:SM"]))
+    series = imaging_study(aggregate(summary), "R5")["series"][0]
+    assert series["specimen"] == [
+        {
+            "type": "Specimen",
+            "identifier": {
+                "system": "urn:dicom:uid",
+                "value": "urn:oid:1.2.826.0.1.3680043.8.498.4242.900",
+            },
+            "display": "S-2024-0042-A1",
+        }
+    ]
+
+
+def test_mammography_image_laterality() -> None:
+    summary = summarize(header_from_dataset(synthesized()["synthesized:MG"]))
+    series = imaging_study(aggregate(summary), "R4")["series"][0]
+    assert series["laterality"]["code"] == "24028007"
+    assert series["bodySite"]["code"] == "76752008"
+
+
+def main() -> None:
+    found = corpus()
+    files = sum(1 for root in CORPUS_ROOTS for p in Path(root).rglob("*") if p.is_file())
+    aggregates = fold_all(found.summaries.values())
+    errors = [e for n, s in found.summaries.items() for e in validation_errors(aggregate(s), n)]
+    errors += [e for uid, s in aggregates.items() for e in validation_errors(s, uid)]
+    per_file = len(found.summaries) * len(VERSIONS) * len(OPTION_SETS)
+    print(f"corpus files: {files} (+{len(synthesized())} synthesized)")
+    print(f"instances converted: {len(found.summaries)}; skipped: {len(found.skipped)}")
+    print(f"studies: {len(aggregates)}; multi-frame files: {len(found.multiframe)}")
+    print(f"modalities: {dict(sorted(found.modalities.items()))}")
+    print(f"validation runs: {per_file + len(aggregates) * 4} (each: ImagingStudy + Bundle)")
+    print(f"validation errors: {len(errors)}")
+    for error in errors:
+        print("  ", error)
+
+
+if __name__ == "__main__":
+    main()

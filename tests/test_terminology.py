@@ -1,0 +1,85 @@
+"""The code tables shipped as data: Annex L body parts, laterality, modalities, schemes."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from workers import terminology
+from workers.terminology import (
+    body_part_coding,
+    code_system,
+    coding,
+    laterality_coding,
+    modality_coding,
+    sop_class_coding,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_annex_l_table() -> None:
+    table = terminology._body_parts()
+    assert len(table) > 300
+    for term, (code, meaning) in table.items():
+        assert re.match(r"^[A-Z0-9]{1,16}$", term), term
+        assert re.match(r"^[1-9][0-9]{5,17}$", code), (term, code)  # SNOMED CT concept id
+        assert meaning.strip() == meaning and meaning
+    assert body_part_coding("CHEST") == {
+        "system": "http://snomed.info/sct",
+        "code": "816094009",
+        "display": "Chest",
+    }
+    assert body_part_coding("WHOLE BODY") == body_part_coding("WHOLEBODY")  # common variant
+    assert body_part_coding("l_spine") == body_part_coding("LSPINE")
+    assert body_part_coding("NOT A PART") is None
+
+
+@pytest.mark.parametrize(
+    ("dicom", "code"), [("R", "24028007"), ("L", "7771000"), ("B", "51440002"), ("U", None)]
+)
+def test_laterality(dicom: str, code: str | None) -> None:
+    made = laterality_coding(dicom)
+    assert (made["code"] if made else None) == code
+
+
+def test_modality_codings() -> None:
+    assert modality_coding("US") == {
+        "system": "http://dicom.nema.org/resources/ontology/DCM",
+        "code": "US",
+        "display": "Ultrasound",
+    }
+    assert modality_coding("XYZ") == {
+        "system": "http://dicom.nema.org/resources/ontology/DCM",
+        "code": "XYZ",
+    }  # a DCM defined term the table does not know: no display invented
+    assert modality_coding("ct scan!") is None
+
+
+def test_code_systems() -> None:
+    assert code_system("SCT") == "http://snomed.info/sct"
+    assert code_system("LN") == "http://loinc.org"
+    assert code_system("SRT") == "urn:oid:2.16.840.1.113883.6.5"
+    assert code_system("99LOCAL") is None
+    assert code_system("99LOCAL", {"99LOCAL": "urn:oid:1.2.3"}) == "urn:oid:1.2.3"
+    assert coding({"code": "X 1", "scheme": "99LOCAL", "meaning": "x"}) == {
+        "code": "X 1",
+        "display": "x",
+    }
+    assert coding({"code": " X", "scheme": "LN", "meaning": "x"}) is None
+
+
+def test_sop_class_names_come_from_the_uid_dictionary() -> None:
+    assert sop_class_coding("1.2.840.10008.5.1.4.1.1.2")["display"] == "CT Image Storage"
+    assert "display" not in sop_class_coding("1.2.3.4.5")
+
+
+def test_data_files_are_package_data() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["workers"]
+    assert "data/*.csv" in patterns
+    for name in ("annex_l_body_parts.csv", "laterality.csv", "dcm_modalities.csv"):
+        assert (ROOT / "workers" / "data" / name).is_file()

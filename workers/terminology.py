@@ -1,0 +1,155 @@
+"""Code tables (shipped as data files in ``workers/data/``) and the codings made from them.
+
+* DICOM modality codes (PS3.16 CID 29/33) with their meanings,
+* Body Part Examined -> SNOMED CT (PS3.16 Annex L, Table L-1),
+* Laterality -> SNOMED CT (PS3.16 CID 244),
+* DICOM coding scheme designators -> FHIR code system URIs,
+* SOP Class UID -> name (pydicom's UID dictionary, from PS3.6).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from pydicom.uid import UID
+
+from workers.dicomjson import Code
+
+Coding = dict[str, Any]
+
+DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
+SNOMED_SYSTEM = "http://snomed.info/sct"
+RFC3986_SYSTEM = "urn:ietf:rfc:3986"
+PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+#: series.performer.function codes (v3 ParticipationType), as FHIR's DICOM mappings use them.
+PERFORMER = {"code": "PRF", "display": "performer"}
+SECONDARY_PERFORMER = {"code": "SPRF", "display": "secondary performer"}
+DEVICE = {"code": "DEV", "display": "device"}
+
+_CS = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+_FHIR_CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
+
+
+@cache
+def _table(name: str) -> tuple[dict[str, str], ...]:
+    text = resources.files("workers").joinpath("data", name).read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return tuple(dict(row) for row in csv.DictReader(lines))
+
+
+@cache
+def _modalities() -> dict[str, str]:
+    return {row["code"]: row["meaning"] for row in _table("dcm_modalities.csv")}
+
+
+@cache
+def _body_parts() -> dict[str, tuple[str, str]]:
+    return {
+        row["body_part_examined"]: (row["code"], row["meaning"])
+        for row in _table("annex_l_body_parts.csv")
+    }
+
+
+@cache
+def _lateralities() -> dict[str, tuple[str, str]]:
+    return {row["dicom"]: (row["code"], row["meaning"]) for row in _table("laterality.csv")}
+
+
+@cache
+def _schemes() -> dict[str, str]:
+    return {
+        row["designator"]: row["system"] or f"urn:oid:{row['oid']}"
+        for row in _table("coding_schemes.csv")
+    }
+
+
+def modality_coding(code: str) -> Coding | None:
+    """A DCM coding for a modality code (with the standard's meaning when it is one of
+    CID 29/33); ``None`` for a value that is no code string."""
+    if not _CS.match(code):
+        return None
+    coding: Coding = {"system": DCM_SYSTEM, "code": code}
+    meaning = _modalities().get(code)
+    if meaning:
+        coding["display"] = meaning
+    return coding
+
+
+def body_part_coding(body_part: str) -> Coding | None:
+    """Body Part Examined defined term -> SNOMED CT coding per Annex L (``None`` if the
+    term is not in Table L-1). Spaces and underscores are ignored, so the common variants
+    ``WHOLE BODY`` or ``L_SPINE`` find WHOLEBODY and LSPINE."""
+    term = body_part.upper().replace(" ", "").replace("_", "")
+    entry = _body_parts().get(term)
+    if entry is None:
+        return None
+    return {"system": SNOMED_SYSTEM, "code": entry[0], "display": entry[1]}
+
+
+def laterality_coding(laterality: str) -> Coding | None:
+    """R / L / B -> SNOMED CT (``None`` for U, unpaired, and anything else)."""
+    entry = _lateralities().get(laterality)
+    if entry is None:
+        return None
+    return {"system": SNOMED_SYSTEM, "code": entry[0], "display": entry[1]}
+
+
+def code_system(designator: str, local: dict[str, str] | None = None) -> str | None:
+    """The FHIR system URI of a DICOM coding scheme; ``local`` are the schemes the
+    dataset identified itself (Coding Scheme Identification Sequence)."""
+    if designator == "URN":
+        return RFC3986_SYSTEM
+    known = _schemes().get(designator)
+    if known:
+        return known
+    if local and designator in local:
+        return local[designator]
+    return None
+
+
+def coding(code: Code, local: dict[str, str] | None = None) -> Coding | None:
+    """A DICOM coded entry as a FHIR Coding (``None`` if the code value cannot be a FHIR
+    code)."""
+    if not isinstance(code, dict):
+        return None
+    value = code.get("code")
+    if not isinstance(value, str) or not _FHIR_CODE.match(value):
+        return None
+    out: Coding = {}
+    scheme = code.get("scheme")
+    system = code_system(scheme, local) if isinstance(scheme, str) else None
+    if system:
+        out["system"] = system
+    if code.get("version") and system:
+        out["version"] = code["version"]
+    out["code"] = value
+    if code.get("meaning"):
+        out["display"] = code["meaning"]
+    return out
+
+
+def concept(codes: list[Code], local: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The first usable coded entry as a CodeableConcept."""
+    for code in codes:
+        made = coding(code, local)
+        if made is not None:
+            return {"coding": [made]}
+    return None
+
+
+def sop_class_coding(uid: str) -> Coding:
+    """A SOP Class UID as the coding ImagingStudy uses, with the class name as display."""
+    out: Coding = {"system": RFC3986_SYSTEM, "code": f"urn:oid:{uid}"}
+    name = UID(uid).name
+    if name and name != uid:
+        out["display"] = name
+    return out
+
+
+def function_concept(function: dict[str, str]) -> dict[str, Any]:
+    return {"coding": [{"system": PARTICIPATION_TYPE, **function}]}
