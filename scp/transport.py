@@ -139,6 +139,37 @@ class PromptAssociation(Association):
     """Acceptor association whose reactor blocks on the DIMSE queue instead of sleeping."""
 
     def _run_reactor(self) -> None:
+        try:
+            self._react()
+        finally:
+            self._discard_spooled()
+
+    def _discard_spooled(self) -> None:
+        """Delete spool files of datasets this association will never hand over.
+
+        pynetdicom deletes a spooled dataset after its C-STORE was served; one still
+        arriving (or queued) when the association is aborted or dropped stays on disk,
+        at full size, for good.
+        """
+        files = []
+        message = getattr(self.dimse, "message", None)
+        if message is not None:
+            files.append(getattr(message, "_data_set_file", None))
+        while True:
+            try:
+                _, primitive = self.dimse.msg_queue.get_nowait()
+            except queue.Empty:
+                break
+            files.append(getattr(primitive, "_dataset_file", None))
+        for spooled in files:
+            if spooled is None:
+                continue
+            with contextlib.suppress(OSError):
+                spooled.close()
+            with contextlib.suppress(OSError):
+                os.unlink(spooled.name)
+
+    def _react(self) -> None:
         self._is_paused = False
         while not self._kill:
             # Pausing lets the send_*() methods take messages off the queue themselves.

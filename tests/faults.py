@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib
 import json
 import os
@@ -267,21 +268,30 @@ class Child:
         return self.process.poll() is None
 
     def kill9(self) -> None:
-        """SIGKILL to the process and everything it forked (its process group)."""
+        """SIGKILL to the process and everything it forked, as when its host dies. (RQ's
+        work horse runs in a session of its own: the process group is not enough.)"""
+        family = children_of(self.process.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait(10)
 
     def stop(self, timeout: float = 20) -> None:
+        family = children_of(self.process.pid)
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill9()
-        # RQ's scheduler and horse may outlive a worker that was killed alone.
+        # Whatever it forked and left behind (a paused work horse, say) goes too.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
@@ -415,12 +425,38 @@ def _pause(marker: str) -> None:
         time.sleep(60)
 
 
+def _shift_wall_clock(offset: float) -> None:
+    """Move this process's wall clock (time.time, datetime.now) by ``offset`` seconds, as
+    on a host whose clock is off; the monotonic clock, which measures durations, stays.
+    (libfaketime would be the outside way, but it breaks Python's sleeps and timed waits:
+    EINVAL from clock_nanosleep, or waits that never end.) Installed before RQ and
+    scp2fhir are imported, so both see the shifted clock, as on that host."""
+    real_time, real_time_ns = time.time, time.time_ns
+    time.time = lambda: real_time() + offset
+    time.time_ns = lambda: real_time_ns() + int(offset * 1e9)
+    shift = datetime.timedelta(seconds=offset)
+    base = datetime.datetime
+
+    class Shifted(base):  # type: ignore[valid-type,misc]
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> Any:
+            return base.now(tz) + shift
+
+        @classmethod
+        def utcnow(cls) -> Any:
+            return base.now(datetime.UTC).replace(tzinfo=None) + shift
+
+    datetime.datetime = Shifted  # type: ignore[misc]
+
+
 def install_faults(spec: Mapping[str, Any]) -> None:
     """Apply ``spec``: ``timers`` {"module.NAME": value}; ``pause`` {"at": "fold" | "close",
     "marker": path, "after_instances": n (fold only)}."""
     for dotted, value in spec.get("timers", {}).items():
         module, name = dotted.rsplit(".", 1)
         setattr(importlib.import_module(module), name, value)
+    if "clock_offset_seconds" in spec:
+        _shift_wall_clock(float(spec["clock_offset_seconds"]))
     pause = spec.get("pause")
     if not pause:
         return

@@ -369,7 +369,8 @@ def test_gzip_bodies_when_the_server_takes_them_plain_when_it_refuses(
         first, headers = study_headers(tmp_path / "a", [("CT", 12)])
         push(redis_url, headers)
         wait_delivered(proxy.base_url, first.study_uid, 12, timeout=20)
-        assert "sending plain bodies" in worker.text()
+        # Logged (and remembered) right after the plain body was accepted.
+        wait_for(lambda: "sending plain bodies" in worker.text(), 5, "the gzip warning")
         assert data.keys(keys.fhir_no_gzip("*"))
         second, headers = study_headers(tmp_path / "b", [("MR", 12)])
         push(redis_url, headers)

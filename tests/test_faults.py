@@ -7,6 +7,7 @@ is in the emitted ImagingStudy, none twice, each study emitted (closed) exactly 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -464,31 +465,17 @@ def test_load_eight_associations_twenty_studies(tmp_path: Path) -> None:
 
 # --- one clock: Redis's ---------------------------------------------------------------------
 
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
-
-@pytest.mark.parametrize("offset", ["+1h", "-1h"])
-def test_quiet_detection_ignores_the_workers_clock(tmp_path: Path, offset: str) -> None:
-    """A worker whose clock is an hour off (libfaketime) emits the study one quiet period
-    after the last instance, as on time: a local-clock decision would emit at once (+1h)
-    or only an hour late (-1h). The SCP runs on the real clock."""
-    assert LIBFAKETIME.exists(), "libfaketime is required (apt-get install faketime)"
+@pytest.mark.parametrize("offset", [3600.0, -3600.0], ids=["ahead-1h", "behind-1h"])
+def test_quiet_detection_ignores_the_workers_clock(tmp_path: Path, offset: float) -> None:
+    """A worker whose wall clock is an hour off (as on another host) emits the study one
+    quiet period after the last instance: a decision on the local clock would emit at
+    once (ahead) or an hour late (behind). The SCP runs on the real clock."""
     quiet = 3.0
     system = make_system(tmp_path, quiet=quiet)
     try:
         system.start_scp()
-        faked = {
-            **system.env,
-            "LD_PRELOAD": str(LIBFAKETIME),
-            "FAKETIME": offset,
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-            "FAKETIME_NO_CACHE": "1",
-        }
-        system.all_workers.append(
-            start_worker(faked, tmp_path / "worker.log")  # the clock of another host
-        )
-        probe = start_worker_clock_probe(faked)
-        assert abs(probe - time.time() - (3600 if offset == "+1h" else -3600)) < 60
+        worker = system.start_worker({"clock_offset_seconds": offset})
         study = generate_study(tmp_path / "study", [("CT", 10)])
         storescu(system.port, study.files)
         last_sent = time.monotonic()
@@ -496,25 +483,12 @@ def test_quiet_detection_ignores_the_workers_clock(tmp_path: Path, offset: str) 
         took = time.monotonic() - last_sent
         assert_exact(resource, study)
         assert quiet * 0.9 <= took <= quiet + 10, f"emitted {took:.1f} s after the last instance"
+        # The clock really was off in there: RQ logs with it.
+        shifted = time.time() + offset
+        hours = {time.strftime(" %H:", time.localtime(shifted - d)) for d in (0, 60)}
+        assert any(hour in worker.output() for hour in hours)
     finally:
         system.stop()
-
-
-def start_worker_clock_probe(env: dict[str, str]) -> float:
-    """What time.time() says in a process started with ``env`` (proof that the clock is
-    faked where the worker runs)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", "import time; print(time.time())"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return float(out.stdout.strip())
 
 
 def test_quiet_decision_reads_only_the_redis_clock(
@@ -555,3 +529,79 @@ def test_quiet_decision_reads_only_the_redis_clock(
         ctx.clients.close()
     finally:
         own.stop()
+
+
+# --- Redis memory stays bounded too ---------------------------------------------------------
+
+
+def test_sweep_forgets_idle_consumers_and_old_emissions(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each drain job reads under a consumer name of its own: the sweep deletes those that
+    hold nothing (never one with pending entries), and trims the emitted index to the
+    retention, so neither grows with every job or study forever."""
+    from scp.connections import connect
+    from scp.header import read_header
+    from scp.inbox import Inbox
+    from scp.settings import Settings
+    from workers import jobs
+    from workers.context import WorkerContext, install
+    from workers.summary import summarize
+
+    settings = Settings.from_env(
+        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out")}
+    )
+    ctx = WorkerContext.build(settings, connect(redis_url))
+    install(ctx)
+    jobs.ensure_group(ctx.clients.data)
+    data = ctx.clients.data
+    study = generate_study(tmp_path / "study", [("CT", 30)])
+    inbox = Inbox(data, ctx.clients.rq)
+    for path in study.files:
+        inbox.push(study.study_uid, read_header(path).json)
+    # Twenty finished drain jobs, and one that died holding five entries.
+    for job in range(20):
+        reply: Any = data.xreadgroup(keys.INBOX_GROUP, f"host-{job}", {keys.INBOX: ">"}, count=1)
+        entries = [(i, summarize(json.loads(f["h"]))) for i, f in reply[0][1]]
+        ctx.store.fold(entries)
+    data.xreadgroup(keys.INBOX_GROUP, "dead-horse", {keys.INBOX: ">"}, count=5)
+    time.sleep(0.05)
+    assert ctx.store.forget_idle_consumers(0) == 20, "only those with nothing pending"
+    assert [c["name"] for c in data.xinfo_consumers(keys.INBOX, keys.INBOX_GROUP)] == ["dead-horse"]
+    data.zadd(keys.EMITTED, {"1.2.3.old": 1, "1.2.3.new": jobs.redis_now_ms(data)})
+    monkeypatch.setattr(jobs, "RECLAIM_IDLE_MS", 0)
+    result = jobs.sweep()
+    assert result["reclaimed"] == 5, "the dead job's entries are folded, not forgotten"
+    assert len(ctx.store.load(study.study_uid).instances) == 25
+    assert "dead-horse" not in {
+        c["name"] for c in data.xinfo_consumers(keys.INBOX, keys.INBOX_GROUP)
+    }
+    assert data.zscore(keys.EMITTED, "1.2.3.old") is None
+    assert data.zscore(keys.EMITTED, "1.2.3.new") is not None
+    ctx.clients.close()
+
+
+@pytest.mark.parametrize("fsync", ["always", "everysec"])
+def test_private_redis_of_up_keeps_what_it_acknowledged(tmp_path: Path, fsync: str) -> None:
+    """`scp2fhir up`'s own Redis: append-only file on, with the configured appendfsync;
+    what it acknowledged before a kill -9 is there after a restart."""
+    from scp.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis", fsync)
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        config = client.config_get("append*")
+        assert (config["appendonly"], config["appendfsync"]) == ("yes", fsync)
+        for n in range(500):
+            client.xadd(keys.INBOX, {"s": str(n)})
+        client.close()
+        assert server.process is not None
+        server.process.kill()
+        server.process.wait()
+        server.start()
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        assert client.xlen(keys.INBOX) == 500
+        client.close()
+    finally:
+        server.stop()

@@ -355,3 +355,73 @@ def test_seeds_take_the_fast_path_where_expected(seed: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert fast == extract_header(read_dataset(io.BytesIO(data))).json
+
+
+# --- what the fuzzing found, kept as plain regression tests ----------------------------------
+
+
+def _agreement(
+    body: bytes, syntax: str = "1.2.840.10008.1.2.1", with_pydicom: bool = True
+) -> dict[str, Any]:
+    """Both spool modes (and both encoders) on ``body``: they must say the same."""
+    from tests.faults import write_part10
+
+    path = write_part10(_SCRATCH / "case.dcm", body, "1.2.840.10008.5.1.4.1.1.2", "1.2.3", syntax)
+    data = path.read_bytes()
+    from_file = _outcome(functools.partial(read_header, path))
+    in_memory = _outcome(functools.partial(read_dataset_bytes, body, syntax, lambda: data))
+    assert from_file == in_memory
+    assert isinstance(from_file, tuple)
+    try:
+        _, fast = part10_to_json(data)
+    except Unsupported:
+        return dict(from_file[0])
+    if not with_pydicom:
+        return fast
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slow = extract_header(read_dataset(io.BytesIO(data)))
+    assert (fast, []) == (slow.json, slow.skipped)
+    return fast
+
+
+def _el(tag: int, vr: str, value: bytes) -> bytes:
+    from tests.faults import element
+
+    return element(tag, vr, value)
+
+
+_UIDS = _el(0x00080016, "UI", b"1.2.840.10008.5.1.4.1.1.2\0") + _el(0x00080018, "UI", b"1.2.3\0")
+
+
+@pytest.mark.parametrize(
+    ("vr", "tag", "value"),
+    [
+        ("SV", 0x0008041C, (-5).to_bytes(8, "little", signed=True)),  # 32-bit length VRs
+        ("UV", 0x0008041D, (7).to_bytes(8, "little")),
+        ("UI", 0x0020000D, b"\x001.2.3\0"),  # a leading NUL
+        ("DS", 0x00181100, b"\x0038.6"),  # NUL inside a number
+        ("IS", 0x00200013, b" \\1"),  # a blank value among several
+        ("DS", 0x00281050, b"40\\"),  # an empty last value
+        ("PN", 0x00100010, b"=="),  # only separators
+        ("PN", 0x00100010, b"Doe^J\\"),  # an empty name among several
+        ("PN", 0x00100010, b"Doe\tJ "),  # a control character
+        ("UI", 0x0020000E, b"1.2\t3\0"),
+    ],
+)
+def test_encoders_agree_on_odd_values(vr: str, tag: int, value: bytes) -> None:
+    data = value + b" " if len(value) % 2 else value
+    after = _el(0x00100020, "LO", b"ID")  # what follows must still be read right
+    header = _agreement(_UIDS + _el(tag, vr, data) + after)
+    assert header.get("00100020") == {"vr": "LO", "Value": ["ID"]}
+
+
+def test_group_0002_in_a_dataset_is_not_file_meta() -> None:
+    """A sender's dataset that begins with file meta elements of its own (a transfer syntax
+    among them) is read with the negotiated syntax, and the meta elements are left out.
+    (pydicom, reading the spooled file, would take them for the file's meta: only where
+    the fast path gives way does that remain, see the faults report.)"""
+    own_meta = _el(0x00020010, "UI", b"1.2.840.10008.1.2.2\0") + _el(0x00020013, "SH", b"OTHER ")
+    header = _agreement(own_meta + _UIDS, with_pydicom=False)
+    assert header["00080018"] == {"vr": "UI", "Value": ["1.2.3"]}
+    assert not [key for key in header if key.startswith("0002")]

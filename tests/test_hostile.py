@@ -415,11 +415,6 @@ def _send_half_a_dataset(port: int, abort: bool) -> None:
         assoc.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pynetdicom leaves the spool file of an unfinished dataset; the fix (discard it "
-    "when the association ends) belongs in scp/transport.py, see the faults report",
-)
 @pytest.mark.parametrize("abort", [True, False], ids=["aborted", "dropped"])
 def test_unfinished_dataset_leaves_no_spool_file(
     redis_url: str, tmp_path: Path, abort: bool

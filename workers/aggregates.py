@@ -98,6 +98,23 @@ if redis.call('GET', lease) == token then redis.call('DEL', lease) end
 return closed
 """
 
+# Forget consumers of the inbox group that hold no entry and have been idle a while. Each
+# drain job reads under a name of its own (host and pid of its work horse), so without
+# this the group gains a consumer per job, forever. One script: a consumer with nothing
+# pending loses nothing when deleted, and none can take an entry between check and delete.
+_FORGET_CONSUMERS = """
+local forgotten = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"""
+
 
 @dataclass(frozen=True)
 class InboxEntry:
@@ -112,6 +129,7 @@ class AggregateStore:
         self._fold = connection.register_script(_FOLD)
         self._reject = connection.register_script(_REJECT)
         self._close = connection.register_script(_CLOSE)
+        self._forget_consumers = connection.register_script(_FORGET_CONSUMERS)
 
     def fold(self, folded: Sequence[tuple[str, InstanceSummary]]) -> int:
         """Fold (entry id, summary) pairs and acknowledge their entries; returns how many
@@ -181,6 +199,10 @@ class AggregateStore:
             instances=instances,
             series={uid: s for uid, s in series.items() if s is not None},
         )
+
+    def forget_idle_consumers(self, idle_ms: int) -> int:
+        """Delete inbox consumers with nothing pending, idle for over ``idle_ms``."""
+        return int(self._forget_consumers(keys=[keys.INBOX], args=[keys.INBOX_GROUP, idle_ms]))
 
     def close(
         self,

@@ -286,6 +286,11 @@ def sweep() -> dict[str, Any]:
             reclaimed += fold_entries(ctx, entries)
         if start == "0-0" or not claimed:
             break
+    forgotten = ctx.store.forget_idle_consumers(RECLAIM_IDLE_MS)
+    # The emitted index lists studies for `scp2fhir status`; past the retention their
+    # aggregates are gone, and so goes their entry (else it grows by a study, forever).
+    retention_ms = ctx.settings.retention_seconds * 1000
+    data.zremrangebyscore(keys.EMITTED, "-inf", redis_now_ms(data) - retention_ms)
     backlog = data.xlen(keys.INBOX)
     if backlog and data.set(keys.DRAIN_REQUESTED, "1", nx=True, px=DRAIN_REQUEST_TTL_MS):
         request_drain_job(ctx.fold_queue)
@@ -299,6 +304,7 @@ def sweep() -> dict[str, Any]:
         "backlog": backlog,
         "rescheduled": len(unchecked),
         "redelivered": redelivered,
+        "forgotten_consumers": forgotten,
     }
 
 
