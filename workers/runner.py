@@ -48,7 +48,9 @@ def run(settings: Settings, burst: bool = False) -> None:
             # RQ returns both on a requested shutdown and when it gave up on an error
             # (it logs "found an unhandled exception, quitting", e.g. Redis went away
             # mid-job). Only the first may end the process: a worker outlives Redis restarts.
-            if burst or worker._stop_requested:
+            # A signal always sets the shutdown date (an idle worker never sets
+            # _stop_requested: RQ raises StopRequested instead).
+            if burst or worker._shutdown_requested_date is not None:
                 return
         logger.error(
             "worker=%s stopped on an error; starting again in %ss", worker.name, REDIS_RETRY_SECONDS
