@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from scp import keys
 from scp.connections import connect
 from scp.inbox import Inbox
 from scp.settings import Settings
-from tests.support import make_study
+from tests.support import make_study, wait_for
 from workers.context import WorkerContext, install
 from workers.fold import StudyAggregate, fold
 from workers.jobs import drain_inbox, ensure_group, sweep
@@ -45,6 +46,9 @@ def headers_of(tmp_path: Path) -> list[dict[str, object]]:
 
 
 def run_queued_jobs(ctx: WorkerContext) -> None:
+    # The SCP side enqueues its drain request in the background, just after the push.
+    queued = f"rq:queue:{keys.FOLD_QUEUE}"
+    wait_for(lambda: ctx.clients.rq.llen(queued) >= 1, 5, "the drain job")
     SimpleWorker([keys.FOLD_QUEUE], connection=ctx.clients.rq).work(burst=True)
 
 
@@ -124,6 +128,9 @@ def test_push_is_one_atomic_step(redis_url: str) -> None:
     assert data.zscore(keys.OPEN_STUDIES, "1.2.3") == arrival_ms
     assert data.hget(keys.INFLIGHT, "1.2.3") == "1"
     assert data.exists(keys.DRAIN_REQUESTED)
-    assert clients.rq.llen(f"rq:queue:{keys.FOLD_QUEUE}") == 1
+    queued = f"rq:queue:{keys.FOLD_QUEUE}"
+    # The drain job is enqueued in the background, right after the push.
+    wait_for(lambda: clients.rq.llen(queued) == 1, 5, "the drain job")
     inbox.push("1.2.3", {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}})
-    assert clients.rq.llen(f"rq:queue:{keys.FOLD_QUEUE}") == 1, "one drain request is enough"
+    time.sleep(0.3)
+    assert clients.rq.llen(queued) == 1, "one drain request is enough"
