@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +56,6 @@ class Inbox:
         self._redis = connection
         self._push = connection.register_script(_PUSH)
         self._fold_queue = Queue(keys.FOLD_QUEUE, connection=rq_connection)
-        # Drain jobs are enqueued off the C-STORE path: the answer to the sender waits for
-        # the durable push only, never for RQ (whose pooled connections may first have to
-        # find out that Redis was restarted).
-        self._drain_wanted = threading.Event()
-        threading.Thread(target=self._request_drains, name="drain-requests", daemon=True).start()
 
     def push(self, study_uid: str, header: dict[str, Any]) -> Receipt:
         """Store ``header`` durably; raises :class:`redis.RedisError` if Redis did not take it."""
@@ -71,14 +65,8 @@ class Inbox:
             args=[study_uid, payload, DRAIN_REQUEST_TTL_MS],
         )
         if drain_needed:
-            self._drain_wanted.set()
-        return Receipt(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
-
-    def _request_drains(self) -> None:
-        while True:
-            self._drain_wanted.wait()
-            self._drain_wanted.clear()
             request_drain_job(self._fold_queue)
+        return Receipt(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
 
 
 def request_drain_job(fold_queue: Queue) -> None:
