@@ -24,6 +24,7 @@ _FLAG_VARIABLES = {
     "quiet_seconds": "SCP2FHIR_QUIET_SECONDS",
     "output_dir": "SCP2FHIR_OUTPUT_DIR",
     "fhir_version": "SCP2FHIR_FHIR_VERSION",
+    "profile": "SCP2FHIR_PROFILE",
     "workers": "SCP2FHIR_WORKERS",
 }
 
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--output-dir", help="overrides SCP2FHIR_OUTPUT_DIR")
         if "fhir" in flags:
             p.add_argument("--fhir-version", help="overrides SCP2FHIR_FHIR_VERSION (R4, R5)")
+            p.add_argument(
+                "--profile", help="overrides SCP2FHIR_PROFILE (base, mii, osiris, qicore)"
+            )
 
     common(verbs.add_parser("scp", help="run the storage SCP"), "redis", "scp")
     worker = verbs.add_parser("worker", help="run an RQ worker (with RQ's scheduler)")
@@ -69,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     convert = verbs.add_parser("convert", help="DICOM files/folders -> ImagingStudy NDJSON")
     common(convert, "fhir")
     convert.add_argument("paths", nargs="+", type=Path)
+    convert.add_argument(
+        "--explain",
+        action="store_true",
+        help="instead of the resources, list per study what the profile wanted and the "
+        "DICOM headers could not give, and why",
+    )
     retry = verbs.add_parser(
         "retry-failed", help="re-queue dead-lettered FHIR deliveries (after fixing the cause)"
     )
@@ -135,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
             return 2
-        studies, unreadable = convert(args.paths, settings.fhir_version, sys.stdout, options)
+        studies, unreadable = convert(
+            args.paths, settings.fhir_version, sys.stdout, options, explain=args.explain
+        )
         logging.getLogger("scp2fhir.convert").info(
             "%d studies written, %d files unreadable", studies, unreadable
         )

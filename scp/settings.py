@@ -115,6 +115,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "1: also emit one transaction Bundle per study (Patient, Endpoint, Device, "
         "ImagingStudy) to OUTPUT_DIR/Bundle/.",
     ),
+    "SCP2FHIR_PROFILE": (
+        "base",
+        "Implementation-guide profile of the output: base (FHIR ImagingStudy), mii (MII "
+        "Bildgebung), osiris (Osiris onco-imagingstudy) or qicore (QI-Core); the three "
+        'guides are R4 only. README "Profiles".',
+    ),
     "SCP2FHIR_ALLOWED_CALLING_AETS": (
         "(any)",
         "Comma-separated calling AE titles allowed to associate; others are rejected.",
@@ -297,6 +303,7 @@ class Settings:
     patient_id_system: str | None = None
     wado_rs_url: str | None = None
     fhir_bundle: bool = False
+    profile: str = "base"
     allowed_calling_aets: tuple[str, ...] = ()
     allowed_peers: tuple[str, ...] = ()
     max_associations: int = 32
@@ -418,6 +425,9 @@ class Settings:
             patient_id_system=get("SCP2FHIR_PATIENT_ID_SYSTEM"),
             wado_rs_url=get("SCP2FHIR_WADO_RS_URL"),
             fhir_bundle=_flag(env, "SCP2FHIR_FHIR_BUNDLE"),
+            # Checked against the profile registry with the other mapping options
+            # (workers.context.mapping_options), which knows the profiles.
+            profile=(get("SCP2FHIR_PROFILE") or defaults.profile).lower(),
             allowed_calling_aets=calling,
             allowed_peers=peers,
             max_associations=_int(

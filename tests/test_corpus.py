@@ -103,7 +103,8 @@ def corpus() -> Corpus:
         headers[name] = header_from_dataset(ds)
     for name, header in headers.items():
         try:
-            summary = summarize(header)
+            # with the technique, for the profiles' corpus test (the base mapping ignores it)
+            summary = summarize(header, with_technique=True)
         except NotAnInstance:
             found.skipped[name] = "not an instance (no UIDs)"
             continue

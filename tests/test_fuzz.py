@@ -43,7 +43,7 @@ from scp.rawjson import Unsupported, part10_to_json
 from tests.samples import enriched_ct, enriched_mr_knee
 from tests.support import sample_file
 from workers.fold import StudyAggregate, fold
-from workers.mapping import imaging_study
+from workers.mapping import MappingOptions, imaging_study
 from workers.summary import InstanceSummary, NotAnInstance, summarize
 
 FUZZ = settings(
@@ -306,7 +306,8 @@ def mutated_headers(draw: st.DrawFn, study_uid: str) -> dict[str, Any]:
 def _summaries(headers: list[dict[str, Any]]) -> Iterator[InstanceSummary]:
     for header in headers:
         try:
-            yield summarize(header)
+            # with the technique the profiles read, so they are fuzzed too
+            yield summarize(header, with_technique=True)
         except NotAnInstance:
             continue  # the dead-letter path: an instance without identity
 
@@ -323,6 +324,9 @@ def test_summary_fold_and_mapping_never_fail(headers: list[dict[str, Any]]) -> N
         ImagingStudyR4B.model_validate(r4)
         assert r4["numberOfInstances"] == len({s.sop_uid for s in summaries})
         ImagingStudyR5.model_validate(imaging_study(aggregate, "R5"))
+        for profile in ("mii", "osiris", "qicore"):
+            options = MappingOptions(profile=profile)
+            ImagingStudyR4B.model_validate(imaging_study(aggregate, "R4", options=options))
 
 
 @FUZZ

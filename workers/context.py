@@ -17,19 +17,29 @@ from scp.connections import RedisClients
 from scp.settings import ConfigError, Settings
 from workers.aggregates import AggregateStore
 from workers.mapping import MappingOptions
+from workers.profiles import profile_named
 
 
 def mapping_options(settings: Settings) -> MappingOptions:
     """The mapping's options from settings; a bad value is a configuration error."""
     try:
-        return MappingOptions(
+        options = MappingOptions(
             accession_system=settings.accession_system,
             patient_id_system=settings.patient_id_system,
             wado_rs_base_url=settings.wado_rs_url,
             bundle=settings.fhir_bundle,
+            profile=settings.profile,
         )
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"SCP2FHIR_PROFILE or a mapping option: {exc}") from None
+    profile = profile_named(options.profile)
+    if settings.fhir_version not in profile.fhir_versions:
+        raise ConfigError(
+            f"SCP2FHIR_PROFILE={profile.name} is defined for FHIR "
+            f"{', '.join(sorted(profile.fhir_versions))}, not "
+            f"SCP2FHIR_FHIR_VERSION={settings.fhir_version}"
+        )
+    return options
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import TextIO
 from scp.header import read_header
 from workers.fold import fold_all
 from workers.mapping import FhirVersion, MappingOptions, emitted
+from workers.profiles import Gaps
 from workers.summary import InstanceSummary, log_warnings, summarize
 
 logger = logging.getLogger(__name__)
@@ -57,18 +58,23 @@ def convert(
     version: FhirVersion,
     out: TextIO,
     options: MappingOptions | None = None,
+    *,
+    explain: bool = False,
 ) -> tuple[int, int]:
     """Write one ImagingStudy (or, with ``options.bundle``, one transaction Bundle) per
     study as NDJSON to ``out``. Values left out as invalid are logged by tag per file.
+    With ``explain``, write instead what the profile wanted and the headers could not
+    give (:func:`explanation`).
 
     Returns (studies written, files that could not be read)."""
+    options = options or MappingOptions()
     summaries: list[InstanceSummary] = []
     unreadable = 0
     progress = Progress(sys.stderr)
     for path in iter_files(paths):
         progress.step(len(summaries), unreadable)
         try:
-            summary = summarize(read_header(path).json)
+            summary = summarize(read_header(path).json, with_technique=options.needs_technique)
         except Exception as exc:
             unreadable += 1
             logger.warning("file=%s skipped: %s", path, type(exc).__name__)
@@ -78,6 +84,24 @@ def convert(
     progress.done(len(summaries), unreadable)
     aggregates = fold_all(summaries)
     for study_uid in sorted(aggregates):
-        resource = emitted(aggregates[study_uid], version, options)
-        out.write(json.dumps(resource, ensure_ascii=False, separators=(",", ":")) + "\n")
+        gaps = Gaps()
+        resource = emitted(aggregates[study_uid], version, options, gaps=gaps)
+        if explain:
+            out.write(explanation(study_uid, options.profile, gaps))
+        else:
+            out.write(json.dumps(resource, ensure_ascii=False, separators=(",", ":")) + "\n")
     return len(aggregates), unreadable
+
+
+def explanation(study_uid: str, profile: str, gaps: Gaps) -> str:
+    """The ``--explain`` view of one study: one line per gap, grouped by where."""
+    if not len(gaps):
+        return f"study {study_uid} (profile {profile}): no gaps\n"
+    lines = [f"study {study_uid} (profile {profile}): {len(gaps)} gaps"]
+    where = None
+    for gap in gaps:
+        if gap.where != where:
+            where = gap.where
+            lines.append(f"  {where}")
+        lines.append(f"    {gap.element} [{gap.kind}] {gap.reason}")
+    return "\n".join(lines) + "\n"

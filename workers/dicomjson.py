@@ -14,6 +14,7 @@ attribute is left out, and its tag is recorded in :attr:`DicomJson.warnings`
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -61,6 +62,29 @@ _MULTILINE_VRS = frozenset({"LT", "ST", "UT"})
 _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
+
+
+_NUMERIC_VRS = frozenset({"DS", "IS", "FD", "FL", "US", "UL", "UV", "SS", "SL", "SV"})
+#: Integral numbers above this stay floats: JSON readers lose precision past 2**53.
+_MAX_EXACT = 2**53
+
+
+def _finite(value: Any) -> int | float | None:
+    """``value`` as a finite JSON number, integral values as ``int``; else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        if value.is_integer() and abs(value) < _MAX_EXACT:
+            return int(value)
+        return value
+    return None
 
 
 #: keyword -> (tag key, VRs the data dictionary allows); filled on first use.
@@ -270,6 +294,33 @@ class DicomJson:
             self.warn(keyword)
             return None
         return number
+
+    def numbers(self, keyword: str) -> list[int | float]:
+        """All values of a numeric element (DS, IS, FD, FL and the binary integers) as
+        JSON numbers; integral values become ``int`` (a DS ``"5"`` arrives as 5.0). An
+        element with any value that is not a finite number is left out whole."""
+        if self._absent(keyword):
+            return []
+        checked = self._checked(keyword)
+        if checked is None:
+            return []
+        vr, values = checked
+        if vr not in _NUMERIC_VRS:
+            self.warn(keyword)
+            return []
+        out: list[int | float] = []
+        for value in values:
+            number = _finite(value)
+            if number is None:
+                self.warn(keyword)
+                return []
+            out.append(number)
+        return out
+
+    def number(self, keyword: str) -> int | float | None:
+        """The first value of a numeric element (see :meth:`numbers`)."""
+        numbers = self.numbers(keyword)
+        return numbers[0] if numbers else None
 
     def uid(self, keyword: str, required: bool = False) -> str | None:
         """A valid UID; invalid ones are left out."""

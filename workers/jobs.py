@@ -36,6 +36,7 @@ from workers.context import WorkerContext, current
 from workers.fold import StudyAggregate
 from workers.mapping import Resource, imaging_study, study_bundle
 from workers.output import write_resource
+from workers.profiles import Gaps
 from workers.summary import InstanceSummary, log_warnings, summarize
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,9 @@ def fold_entries(ctx: WorkerContext, entries: list[InboxEntry]) -> int:
     rejected: list[tuple[InboxEntry, str]] = []
     for entry in entries:
         try:
-            summary = summarize(json.loads(entry.header))
+            summary = summarize(
+                json.loads(entry.header), with_technique=ctx.options.needs_technique
+            )
         except Exception as exc:  # a header no summary can be made of goes to dead-letter
             logger.error(
                 "entry=%s study=%s dead-lettered: %s",
@@ -215,7 +218,8 @@ def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> 
     instance arrived meanwhile. Returns whether it was closed."""
     settings = ctx.settings
     aggregate = ctx.store.load(study_uid)
-    resource = imaging_study(aggregate, settings.fhir_version, options=ctx.options)
+    gaps = Gaps()
+    resource = imaging_study(aggregate, settings.fhir_version, options=ctx.options, gaps=gaps)
     path = write_resource(settings.output_dir, resource)
     if ctx.options.bundle:
         write_resource(
@@ -251,7 +255,21 @@ def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> 
             lag_ms,
             path,
         )
+        log_gaps(study_uid, ctx.options.profile, gaps)
     return closed
+
+
+def log_gaps(study_uid: str, profile: str, gaps: Gaps) -> None:
+    """One line naming what the profile wanted and the headers could not give (element
+    paths and DICOM tags, never values); ``scp2fhir convert --explain`` shows the same."""
+    if len(gaps):
+        logger.warning(
+            "study=%s profile=%s gaps=%d: %s",
+            study_uid,
+            profile,
+            len(gaps),
+            "; ".join(gap.line() for gap in gaps),
+        )
 
 
 # --- sweep -----------------------------------------------------------------------------

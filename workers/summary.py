@@ -22,6 +22,7 @@ from typing import Any
 
 from workers.dicomjson import Code, DicomJson, describe_tags
 from workers.dicomtime import combine
+from workers.technique import technique
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ class InstanceSummary:
     warnings: tuple[str, ...] = ()
 
 
-def summarize(header: dict[str, Any]) -> InstanceSummary:
-    """Split ``header`` into its study, series and instance attributes."""
+def summarize(header: dict[str, Any], *, with_technique: bool = False) -> InstanceSummary:
+    """Split ``header`` into its study, series and instance attributes. With
+    ``with_technique`` (an implementation-guide profile is active), each instance record
+    also carries its acquisition technique (:mod:`workers.technique`)."""
     dj = DicomJson(header)
     study_uid = dj.raw_uid("StudyInstanceUID")
     series_uid = dj.raw_uid("SeriesInstanceUID")
@@ -63,6 +66,8 @@ def summarize(header: dict[str, Any]) -> InstanceSummary:
     study = _study(dj, zone)
     series = _series(dj, zone)
     instance = _instance(dj, zone, series_uid, needs_acquisition="started" not in series)
+    if with_technique:
+        _put(instance, "technique", technique(dj))
     return InstanceSummary(
         study_uid, series_uid, sop_uid, study, series, instance, tuple(dj.warnings)
     )
@@ -94,6 +99,11 @@ def _study(dj: DicomJson, zone: str | None) -> Attributes:
     _put(out, "patient_name", dj.name("PatientName"))
     _put(out, "patient_birth_date", dj.date("PatientBirthDate"))
     _put(out, "patient_sex", dj.enumerated("PatientSex", _SEXES))
+    # Patient's Weight (kg) and Size (m) at the time of the study (PS3.3 C.7.2.2).
+    weight = dj.number("PatientWeight")
+    _put(out, "patient_weight_kg", weight if weight is not None and weight > 0 else None)
+    size = dj.number("PatientSize")
+    _put(out, "patient_size_m", size if size is not None and size > 0 else None)
     _put(out, "started", combine(dj.date("StudyDate"), dj.time("StudyTime"), zone))
     _put(out, "accession_number", dj.text("AccessionNumber"))
     _put(out, "accession_issuer", _issuer(None, dj.items("IssuerOfAccessionNumberSequence")))

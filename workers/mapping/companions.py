@@ -34,6 +34,7 @@ from workers.mapping.study import (
     study_attrs,
 )
 from workers.names import human_names
+from workers.profiles import Gaps, profile_named
 
 _GENDER = {"M": "male", "F": "female", "O": "other"}
 
@@ -71,8 +72,9 @@ def search_token(system: str, value: str) -> str:
 
 
 def _entries(
-    aggregate: StudyAggregate, version: FhirVersion, options: MappingOptions
+    aggregate: StudyAggregate, version: FhirVersion, options: MappingOptions, gaps: Gaps
 ) -> list[dict[str, Any]]:
+    profile = profile_named(options.profile)
     study = study_attrs(aggregate)
     entries: list[dict[str, Any]] = []
     links = Links(subject=logical_subject(study, options))
@@ -113,10 +115,12 @@ def _entries(
             modalities.append(code)
     for key, (attrs, modalities) in equipment.items():
         url = full_url("Device", *key)
-        entries.append(_put(url, device_resource(key, attrs, sorted(modalities), version)))
+        device = device_resource(key, attrs, sorted(modalities), version)
+        profile.refine_device(device)
+        entries.append(_put(url, device))
         links.devices[key] = {"reference": url, "type": "Device", "display": device_display(key)}
 
-    study_resource = build_imaging_study(aggregate, version, options, links)
+    study_resource = build_imaging_study(aggregate, version, options, links, gaps)
     entries.append(_put(full_url("ImagingStudy", aggregate.study_uid), study_resource))
     return entries
 
@@ -134,28 +138,39 @@ def study_resources(
 ) -> list[Resource]:
     """Every resource of a study as its Bundle holds them (Patient, Endpoint, Devices,
     ImagingStudy): the hook for validating a study's output in a FHIR server."""
-    entries = _entries(aggregate, version, options or MappingOptions())
+    entries = _entries(aggregate, version, options or MappingOptions(), Gaps())
     return [entry["resource"] for entry in entries]
 
 
 def study_bundle(
-    aggregate: StudyAggregate, version: FhirVersion, options: MappingOptions | None = None
+    aggregate: StudyAggregate,
+    version: FhirVersion,
+    options: MappingOptions | None = None,
+    *,
+    gaps: Gaps | None = None,
 ) -> Resource:
     """The study as one FHIR transaction Bundle (pure; deterministic fullUrls)."""
+    entries = _entries(
+        aggregate, version, options or MappingOptions(), Gaps() if gaps is None else gaps
+    )
     return {
         "resourceType": "Bundle",
         "id": fhir_id(aggregate.study_uid),
         "type": "transaction",
-        "entry": _entries(aggregate, version, options or MappingOptions()),
+        "entry": entries,
     }
 
 
 def emitted(
-    aggregate: StudyAggregate, version: FhirVersion, options: MappingOptions | None = None
+    aggregate: StudyAggregate,
+    version: FhirVersion,
+    options: MappingOptions | None = None,
+    *,
+    gaps: Gaps | None = None,
 ) -> Resource:
     """What the pipeline emits for a study: its Bundle when ``options.bundle``, else the
-    ImagingStudy alone."""
+    ImagingStudy alone. The profile's gaps (:mod:`workers.profiles.gaps`) go to ``gaps``."""
     options = options or MappingOptions()
     if options.bundle:
-        return study_bundle(aggregate, version, options)
-    return imaging_study(aggregate, version, options=options)
+        return study_bundle(aggregate, version, options, gaps=gaps)
+    return imaging_study(aggregate, version, options=options, gaps=gaps)

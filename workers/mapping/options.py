@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from workers.profiles import profile_named
+
 FhirVersion = Literal["R4", "R5"]
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$")
@@ -30,14 +32,22 @@ class MappingOptions:
     #: Emit one FHIR transaction Bundle per study (Patient, Endpoint, Device and the
     #: ImagingStudy) instead of the ImagingStudy alone (:func:`~workers.mapping.emitted`).
     bundle: bool = False
+    #: The implementation-guide profile the resources follow (:mod:`workers.profiles`).
+    profile: str = "base"
 
     def __post_init__(self) -> None:
         for name in ("accession_system", "patient_id_system"):
             value = getattr(self, name)
             if value is not None and not _URI.match(value):
                 raise ValueError(f"{name}={value!r} is not an absolute URI")
+        profile_named(self.profile)  # raises ValueError naming the choices
         if self.wado_rs_base_url is not None:
             object.__setattr__(self, "wado_rs_base_url", wado_rs_address(self.wado_rs_base_url))
+
+    @property
+    def needs_technique(self) -> bool:
+        """Whether instance summaries must carry their acquisition technique."""
+        return profile_named(self.profile).needs_technique
 
 
 def wado_rs_address(url: str) -> str:

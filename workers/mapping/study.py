@@ -20,6 +20,7 @@ from workers.mapping.devices import DeviceKey, device_display
 from workers.mapping.endpoint import endpoint_resource
 from workers.mapping.options import FhirVersion, MappingOptions
 from workers.mapping.series import Members, build_series, modality_code, sort_series
+from workers.profiles import Gaps, profile_named
 from workers.terminology import concept, modality_coding
 
 #: id of the contained Endpoint of a standalone ImagingStudy
@@ -74,19 +75,37 @@ def standalone_links(study: dict[str, Any], version: FhirVersion, options: Mappi
 
 
 def imaging_study(
-    aggregate: StudyAggregate, version: FhirVersion, *, options: MappingOptions | None = None
+    aggregate: StudyAggregate,
+    version: FhirVersion,
+    *,
+    options: MappingOptions | None = None,
+    gaps: Gaps | None = None,
 ) -> Resource:
     """The ImagingStudy on its own: Patient by identifier, practitioners and the device
-    as displays, the WADO-RS Endpoint (if configured) contained."""
+    as displays, the WADO-RS Endpoint (if configured) contained. What the profile wanted
+    and the data could not give is added to ``gaps``."""
     options = options or MappingOptions()
     return build_imaging_study(
-        aggregate, version, options, standalone_links(study_attrs(aggregate), version, options)
+        aggregate,
+        version,
+        options,
+        standalone_links(study_attrs(aggregate), version, options),
+        Gaps() if gaps is None else gaps,
     )
 
 
 def build_imaging_study(
-    aggregate: StudyAggregate, version: FhirVersion, options: MappingOptions, links: Links
+    aggregate: StudyAggregate,
+    version: FhirVersion,
+    options: MappingOptions,
+    links: Links,
+    gaps: Gaps,
 ) -> Resource:
+    profile = profile_named(options.profile)
+    if version not in profile.fhir_versions:
+        raise ValueError(
+            f"profile {profile.name} is defined for FHIR {sorted(profile.fhir_versions)}"
+        )
     study = study_attrs(aggregate)
     schemes = study.get("coding_schemes")
     local_schemes = schemes if isinstance(schemes, dict) else None
@@ -165,6 +184,7 @@ def build_imaging_study(
     sort_series(series_list)
     if series_list:
         resource["series"] = series_list
+    profile.refine_study(resource, aggregate, gaps)
     return resource
 
 

@@ -1,0 +1,33 @@
+"""Implementation-guide profiles, selected with ``SCP2FHIR_PROFILE``.
+
+Each profile is one module holding one :class:`Profile` (``PROFILE``) that refines what
+the base mapping builds; none knows about another. Adding a profile is a new module and
+one line in :data:`PROFILES`.
+
+* ``base`` -- FHIR ImagingStudy (R4 or R5) as the base mapping builds it;
+* ``mii`` -- German Medical Informatics Initiative, module Bildgebung (R4);
+* ``osiris`` -- French Osiris oncology ImagingStudy (R4);
+* ``qicore`` -- US QI-Core ImagingStudy (R4).
+"""
+
+from __future__ import annotations
+
+from workers.profiles import base, mii, osiris, qicore
+from workers.profiles.gaps import Gap, Gaps
+from workers.profiles.profile import Profile
+
+PROFILES: dict[str, Profile] = {
+    module.PROFILE.name: module.PROFILE for module in (base, mii, osiris, qicore)
+}
+
+
+def profile_named(name: str) -> Profile:
+    """The profile called ``name``; ``ValueError`` naming the choices otherwise."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        choices = ", ".join(PROFILES)
+        raise ValueError(f"profile={name!r} is not one of {choices}") from None
+
+
+__all__ = ["PROFILES", "Gap", "Gaps", "Profile", "profile_named"]

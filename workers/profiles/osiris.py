@@ -1,0 +1,243 @@
+"""Osiris: the French oncology data model's ImagingStudy (``onco-imagingstudy``, R4, 1.1.0).
+
+* study: one identifier (the Study Instance UID; the Accession Number moves to
+  ``basedOn`` as the ServiceRequest's identifier, since ``identifier`` is 1..1), and the
+  elements the profile requires are checked: modality, subject, started, endpoint
+  (``SCP2FHIR_WADO_RS_URL``), reasonReference (an Osiris Analysis: never in DICOM),
+  description;
+* series: the ``imaging-settings`` extension (geometry plus one of ``mr_image``,
+  ``ct_image``, ``dx_image``, ``pt_nm_image`` by modality) and ``series-weightheigt``.
+  Values come from the DICOM tags named in :data:`SETTINGS` and :data:`BLOCKS`; a value
+  is given only where every instance of the series agrees, an integer only where the
+  DICOM value is integral (never rounded). Everything required but missing is a gap.
+
+Weight is in kg and height in m, as DICOM records them (Patient's Weight / Size); the
+profile types them as bare decimals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.fold import StudyAggregate
+from workers.profiles.facts import VARIES, SeriesFacts, series_records
+from workers.profiles.fhir import (
+    add_extension,
+    based_on_accession,
+    complex_extension,
+    decimal_text,
+    series_where,
+)
+from workers.profiles.gaps import MUST_SUPPORT, REQUIRED, Gaps
+from workers.profiles.gaps import VARIES as VARIES_GAP
+from workers.profiles.profile import Profile, Resource
+
+_IG = "https://ig-osiris.cancer.fr/ig/osiris/StructureDefinition/"
+STUDY_PROFILE = _IG + "onco-imagingstudy"
+IMAGING_SETTINGS = _IG + "imaging-settings"
+WEIGHT_HEIGHT = _IG + "series-weightheigt"
+
+#: One setting: (slice name, technique fact, DICOM tag, FHIR type, required).
+Setting = tuple[str, str, str, str, bool]
+
+#: The geometry every image series describes.
+SETTINGS: list[Setting] = [
+    ("slice_thickness", "slice_thickness", "(0018,0050)", "string", True),
+    ("pixel_spacing", "pixel_spacing", "(0028,0030)", "string", True),
+    ("field_of_view", "reconstruction_diameter", "(0018,1100)", "integer", False),
+    ("rows", "rows", "(0028,0010)", "integer", True),
+    ("columns", "columns", "(0028,0011)", "integer", True),
+]
+
+#: Modality block -> (modalities it describes, its settings).
+BLOCKS: dict[str, tuple[frozenset[str], list[Setting]]] = {
+    "mr_image": (
+        frozenset({"MR"}),
+        [
+            ("sequence_name", "sequence_name", "(0018,0024)", "string", True),
+            ("magnetic_field_strength", "magnetic_field_strength", "(0018,0087)", "decimal", True),
+            ("mr_acquisition_type", "mr_acquisition_type", "(0018,0023)", "string", True),
+            ("repetition_time", "repetition_time", "(0018,0080)", "decimal", True),
+            ("echo_time", "echo_time", "(0018,0081)", "decimal", True),
+            ("imaging_frequency", "imaging_frequency", "(0018,0084)", "decimal", True),
+            ("flip_angle", "flip_angle", "(0018,1314)", "decimal", True),
+            ("inversion_time", "inversion_time", "(0018,0082)", "decimal", True),
+            ("receive_coil_name", "receive_coil", "(0018,1250)", "string", True),
+        ],
+    ),
+    "ct_image": (
+        frozenset({"CT"}),
+        [
+            ("kvp", "kvp", "(0018,0060)", "integer", False),
+            ("xray_tube_current", "tube_current_ma", "(0018,1151)", "integer", True),
+            ("exposure_time", "exposure_time_ms", "(0018,1150)", "integer", True),
+            ("spiral_pitch_factor", "spiral_pitch_factor", "(0018,9311)", "decimal", True),
+            ("filter_type", "filter_type", "(0018,1160)", "string", True),
+            ("convolution_kernel", "convolution_kernel", "(0018,1210)", "string", True),
+        ],
+    ),
+    "dx_image": (
+        frozenset({"DX", "CR", "MG"}),
+        [
+            ("image_laterality", "image_laterality", "(0020,0062)", "string", True),
+            ("patient_orientation", "patient_orientation", "(0020,0020)", "string", False),
+            ("kvp", "kvp", "(0018,0060)", "integer", True),
+            ("exposure", "exposure_mas", "(0018,1152)", "integer", True),
+            ("exposure_time", "exposure_time_ms", "(0018,1150)", "integer", True),
+        ],
+    ),
+    "pt_nm_image": (
+        frozenset({"PT", "NM"}),
+        [
+            (
+                "attenuation_correction_method",
+                "attenuation_correction",
+                "(0054,1101)",
+                "string",
+                True,
+            ),
+            ("reconstruction_method", "reconstruction_method", "(0054,1103)", "string", True),
+            ("scatter_correction_method", "scatter_correction", "(0054,1105)", "string", True),
+        ],
+    ),
+}
+
+#: Required study elements the base mapping fills from DICOM when it can.
+_STUDY_REQUIRED = [
+    ("modality", "(0008,0060) Modality of no series is a DICOM modality code"),
+    ("started", "(0008,0020) Study Date absent"),
+    ("description", "(0008,1030) Study Description absent"),
+]
+_SERIES_REQUIRED = [
+    ("description", "(0008,103E) Series Description absent"),
+    ("started", "(0008,0021) Series Date absent and no acquisition date"),
+]
+
+
+class OsirisProfile(Profile):
+    name = "osiris"
+    title = "Osiris onco-imagingstudy (France, R4)"
+    url = STUDY_PROFILE
+    fhir_versions = frozenset({"R4"})
+    needs_technique = True
+
+    def refine_study(self, study: Resource, aggregate: StudyAggregate, gaps: Gaps) -> None:
+        self.claim(study)
+        _one_identifier(study)
+        for element, reason in _STUDY_REQUIRED:
+            if element not in study:
+                gaps.add("study", element, REQUIRED, reason)
+        if "extension" in (study.get("subject") or {}):
+            gaps.add("study", "subject", REQUIRED, "(0010,0020) Patient ID absent")
+        if not study.get("endpoint"):
+            gaps.add("study", "endpoint", REQUIRED, "no WADO-RS endpoint (SCP2FHIR_WADO_RS_URL)")
+        gaps.add(
+            "study",
+            "reasonReference",
+            REQUIRED,
+            "an Osiris Analysis resource: DICOM headers do not identify one",
+        )
+        if not study.get("series"):
+            gaps.add("study", "series", REQUIRED, "no series")
+        attrs = aggregate.study.attrs if aggregate.study else {}
+        records = series_records(aggregate)
+        for series in study.get("series") or []:
+            facts = SeriesFacts(records.get(series["uid"], []))
+            _series(series, facts, attrs, gaps)
+
+
+def _one_identifier(study: Resource) -> None:
+    """``identifier`` is 1..1: keep the Study Instance UID; the Accession Number becomes
+    the identifier of the ServiceRequest the study is based on."""
+    based_on = based_on_accession(study)
+    if based_on:
+        study["basedOn"] = based_on
+    identifiers = study.get("identifier") or []
+    if identifiers:
+        study["identifier"] = identifiers[:1]
+
+
+def _series(series: Resource, facts: SeriesFacts, study: dict[str, Any], gaps: Gaps) -> None:
+    where = series_where(series)
+    for element, reason in _SERIES_REQUIRED:
+        if element not in series:
+            gaps.add(where, element, REQUIRED, reason)
+    if not series.get("performer"):
+        gaps.add(where, "performer.actor", REQUIRED, "(0008,0070) Manufacturer absent: no Device")
+    modality = str((series.get("modality") or {}).get("code", ""))
+    parts = _settings(SETTINGS, facts, where, "extension:imaging-settings", gaps)
+    for block, (modalities, settings) in BLOCKS.items():
+        if modality in modalities:
+            made = _settings(settings, facts, where, f"extension:imaging-settings.{block}", gaps)
+            if made:
+                parts.append({"url": block, "extension": made})
+    add_extension(series, complex_extension(IMAGING_SETTINGS, parts))
+    if not parts:
+        gaps.add(
+            where,
+            "extension:imaging-settings",
+            REQUIRED,
+            "no image geometry: the series holds no images (or was received before a "
+            "profile was selected)",
+        )
+    measures = [
+        {"url": name, "valueDecimal": value}
+        for name, key in (
+            ("patient_weight", "patient_weight_kg"),
+            ("patient_height", "patient_size_m"),
+        )
+        if isinstance(value := study.get(key), int | float)
+    ]
+    add_extension(series, complex_extension(WEIGHT_HEIGHT, measures))
+
+
+def _settings(
+    settings: list[Setting], facts: SeriesFacts, where: str, path: str, gaps: Gaps
+) -> list[dict[str, Any]]:
+    made: list[dict[str, Any]] = []
+    for slice_name, fact, tag, kind, required in settings:
+        element = f"{path}.{slice_name}"
+        value = facts.value(fact)
+        if value is VARIES:
+            gaps.add(where, element, VARIES_GAP, facts.spread(fact).reason(tag))
+            continue
+        if value is None:
+            if required and facts.recorded:
+                gaps.add(where, element, REQUIRED, f"{tag} absent")
+            continue
+        typed = _typed(value, kind)
+        if typed is None:
+            gaps.add(
+                where,
+                element,
+                REQUIRED if required else MUST_SUPPORT,
+                f"{tag} is not a whole number; the profile wants an integer",
+            )
+            continue
+        made.append({"url": slice_name, **typed})
+    return made
+
+
+def _typed(value: Any, kind: str) -> dict[str, Any] | None:
+    if kind == "string":
+        if isinstance(value, list):
+            return {
+                "valueString": "\\".join(
+                    decimal_text(v) if not isinstance(v, str) else v for v in value
+                )
+            }
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {"valueString": decimal_text(value)}
+        return {"valueString": str(value)}
+    if kind == "integer":
+        return (
+            {"valueInteger": value}
+            if isinstance(value, int) and not isinstance(value, bool)
+            else None
+        )
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"valueDecimal": value}
+    return None
+
+
+PROFILE = OsirisProfile()
