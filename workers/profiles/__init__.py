@@ -12,13 +12,14 @@ one line in :data:`PROFILES`.
 
 from __future__ import annotations
 
-from workers.profiles import base, mii, osiris, qicore
+from workers.profiles.base import PROFILE as BASE
 from workers.profiles.gaps import Gap, Gaps
+from workers.profiles.mii import PROFILE as MII
+from workers.profiles.osiris import PROFILE as OSIRIS
 from workers.profiles.profile import Profile
+from workers.profiles.qicore import PROFILE as QICORE
 
-PROFILES: dict[str, Profile] = {
-    module.PROFILE.name: module.PROFILE for module in (base, mii, osiris, qicore)
-}
+PROFILES: dict[str, Profile] = {profile.name: profile for profile in (BASE, MII, OSIRIS, QICORE)}
 
 
 def profile_named(name: str) -> Profile:

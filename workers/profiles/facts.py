@@ -61,7 +61,7 @@ class SeriesFacts:
     def value(self, name: str) -> Any:
         """The value every instance agrees on; ``None`` when no instance has it,
         :data:`VARIES` when they disagree or only some have it."""
-        seen: dict[str, Any] = {}
+        seen: dict[Any, Any] = {}
         missing = 0
         for technique in self._techniques:
             if name in technique:
@@ -90,7 +90,11 @@ class SeriesFacts:
         return None
 
 
-def _key(value: Any) -> str:
+def _key(value: Any) -> Any:
+    """A hashable stand-in for a fact's value that tells 1, 1.0 and True apart (they are
+    equal in Python) and compares lists and coded entries by content."""
+    if isinstance(value, str | int | float | bool):
+        return (type(value).__name__, value)
     return json.dumps(value, sort_keys=True)
 
 
