@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from scp import logs
 from scp.connections import connect
@@ -202,6 +201,3 @@ def test_docker_files_are_valid() -> None:
         ["hadolint", str(ROOT / "docker/Dockerfile")], capture_output=True, text=True, timeout=60
     )
     assert lint.returncode == 0, lint.stdout
-
-
-_ = redis  # imported for the fixtures' types

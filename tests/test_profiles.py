@@ -25,7 +25,7 @@ from fhir.resources.R4B.imagingstudy import ImagingStudy as ImagingStudyR4B
 from scp.header import read_header
 from scp.settings import ConfigError, Settings
 from tests import profile_datasets as datasets
-from tests import sdcheck
+from tests import samples, sdcheck
 from tests.conftest import (
     TEST_QUIET_SECONDS,
     ScpThread,
@@ -613,3 +613,40 @@ def test_every_corpus_study_maps_under_every_profile() -> None:
                         ]
     assert extensions >= 50
     assert problems_found == [], "\n".join(problems_found[:20])
+
+
+def _item(**elements: Any) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    for keyword, value in elements.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def test_enhanced_multiframe_images_are_read_from_their_functional_groups() -> None:
+    """Enhanced CT keeps exposure, kernel and geometry in functional groups (PS3.3
+    C.7.6.16), not at the top level: shared groups are read, per-frame groups only where
+    every frame agrees (frames that disagree give no value, not the first frame's)."""
+    ds = pydicom.dcmread(_files()[0])
+    for keyword in ("KVP", "CTDIvol", "XRayTubeCurrent", "ConvolutionKernel", "FilterType"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    del ds.PixelSpacing, ds.SliceThickness
+    ds.SharedFunctionalGroupsSequence = [
+        _item(
+            CTXRayDetailsSequence=[_item(KVP=100, FilterType="WEDGE")],
+            CTExposureSequence=[_item(CTDIvol=7.5, XRayTubeCurrentInmA=310.0)],
+            CTReconstructionSequence=[_item(ConvolutionKernel="Br40")],
+        )
+    ]
+    ds.PerFrameFunctionalGroupsSequence = [
+        _item(PixelMeasuresSequence=[_item(PixelSpacing=[0.5, 0.5], SliceThickness=t)])
+        for t in (1.0, 1.0, 2.0)
+    ]
+    technique = summarize(samples.header_of(ds), with_technique=True).instance["technique"]
+    assert technique["kvp"] == 100
+    assert technique["ctdi_vol"] == pytest.approx(7.5)
+    assert technique["tube_current_ma"] == 310
+    assert technique["convolution_kernel"] == "Br40"
+    assert technique["filter_type"] == "WEDGE"
+    assert technique["pixel_spacing"] == [0.5, 0.5]  # every frame agrees
+    assert "slice_thickness" not in technique  # frames disagree

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import subprocess
@@ -236,7 +235,6 @@ def test_redis_with_acl_user_and_tls(tmp_path: Path, pki: tuple[Path, Pair, Pair
         "&*",
         "+@all",
     )
-    secured.port = secured.port  # the plain port stays for nothing: default user is off
     try:
         secured.process = subprocess.Popen(
             [
@@ -302,7 +300,6 @@ def test_exposed_dashboard_with_credentials_is_accepted() -> None:
         }
     )
     assert "pw" not in repr(settings)
-    _ = os.environ  # settings never read the process environment themselves
 
 
 def test_redis_sentinel_url_follows_the_master(tmp_path: Path) -> None:

@@ -261,9 +261,11 @@ def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> 
 
 def log_gaps(study_uid: str, profile: str, gaps: Gaps) -> None:
     """One line naming what the profile wanted and the headers could not give (element
-    paths and DICOM tags, never values); ``scp2fhir convert --explain`` shows the same."""
+    paths and DICOM tags, never values); ``scp2fhir convert --explain`` shows the same.
+    INFO, not WARNING: a gap is the data's shape (no Analysis in any DICOM header), not a
+    fault of the bridge."""
     if len(gaps):
-        logger.warning(
+        logger.info(
             "study=%s profile=%s gaps=%d: %s",
             study_uid,
             profile,

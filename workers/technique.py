@@ -16,6 +16,7 @@ out and reported through the dataset's warnings, never guessed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from workers.dicomjson import DicomJson
@@ -37,24 +38,60 @@ def technique(dj: DicomJson) -> Technique:
     return out
 
 
-def _image(dj: DicomJson, out: Technique) -> None:
-    """Image geometry and type; enhanced multi-frame images keep geometry in the shared
-    Pixel Measures functional group rather than at the top level."""
-    measures = [
-        m
-        for shared in dj.items("SharedFunctionalGroupsSequence")[:1]
-        for m in shared.items("PixelMeasuresSequence")[:1]
+def _grouped(dj: DicomJson, group: str, read: Callable[[DicomJson], Any]) -> Any:
+    """A value an enhanced multi-frame image keeps in a functional group macro (PS3.3
+    C.7.6.16) instead of the top level: from the shared group, else from the per-frame
+    groups when every frame agrees. Frames that disagree give nothing: one value would
+    misdescribe the image."""
+    for shared in dj.items("SharedFunctionalGroupsSequence")[:1]:
+        for item in shared.items(group)[:1]:
+            value = read(item)
+            if value is not None and value != []:
+                return value
+    values = [
+        read(item)
+        for frame in dj.items("PerFrameFunctionalGroupsSequence")
+        for item in frame.items(group)[:1]
     ]
-    spacing = dj.numbers("PixelSpacing") or [n for m in measures for n in m.numbers("PixelSpacing")]
-    if len(spacing) == 2 and all(n > 0 for n in spacing):
+    if (
+        values
+        and values[0] is not None
+        and values[0] != []
+        and values.count(values[0]) == len(values)
+    ):
+        return values[0]
+    return None
+
+
+def _enhanced(dj: DicomJson) -> bool:
+    return dj.has("SharedFunctionalGroupsSequence") or dj.has("PerFrameFunctionalGroupsSequence")
+
+
+def _number(dj: DicomJson, keyword: str, group: str, grouped: str | None = None) -> Any:
+    """A number at the top level, else in the functional group ``group`` (where some
+    attributes have their own keyword, e.g. Exposure Time in ms)."""
+    value = dj.number(keyword)
+    if value is None and _enhanced(dj):
+        value = _grouped(dj, group, lambda item: item.number(grouped or keyword))
+    return value
+
+
+def _text(dj: DicomJson, keyword: str, group: str, separator: str = "\\") -> Any:
+    value = dj.joined(keyword, separator)
+    if value is None and _enhanced(dj):
+        value = _grouped(dj, group, lambda item: item.joined(keyword, separator))
+    return value
+
+
+def _image(dj: DicomJson, out: Technique) -> None:
+    """Image geometry and type (enhanced images: the Pixel Measures functional group)."""
+    spacing = dj.numbers("PixelSpacing") or _grouped(
+        dj, "PixelMeasuresSequence", lambda item: item.numbers("PixelSpacing")
+    )
+    if isinstance(spacing, list) and len(spacing) == 2 and all(n > 0 for n in spacing):
         # PS3.3 C.7.6.2.1.1: row spacing (between rows: y) first, column spacing (x) second.
         out["pixel_spacing"] = spacing
-    thickness = dj.number("SliceThickness")
-    if thickness is None:
-        thickness = next(
-            (t for m in measures if (t := m.number("SliceThickness")) is not None), None
-        )
-    _put(out, "slice_thickness", thickness)
+    _put(out, "slice_thickness", _number(dj, "SliceThickness", "PixelMeasuresSequence"))
     _put(out, "image_type", dj.texts("ImageType"))
     _put(out, "rows", dj.integer("Rows", low=1, high=65535))
     _put(out, "columns", dj.integer("Columns", low=1, high=65535))
@@ -66,32 +103,50 @@ def _image(dj: DicomJson, out: Technique) -> None:
 
 
 def _x_ray(dj: DicomJson, out: Technique) -> None:
-    _put(out, "kvp", dj.number("KVP"))
-    _put(out, "ctdi_vol", dj.number("CTDIvol"))
-    _put(out, "exposure_time_ms", dj.number("ExposureTime"))
-    _put(out, "exposure_mas", dj.number("Exposure"))
-    _put(out, "tube_current_ma", dj.number("XRayTubeCurrent"))
-    _put(out, "convolution_kernel", dj.joined("ConvolutionKernel", "\\"))
-    _put(out, "spiral_pitch_factor", dj.number("SpiralPitchFactor"))
-    _put(out, "filter_type", dj.text("FilterType"))
-    _put(out, "reconstruction_diameter", dj.number("ReconstructionDiameter"))
+    """Projection and CT exposure (enhanced CT: the CT functional groups, C.8.15.3)."""
+    _put(out, "kvp", _number(dj, "KVP", "CTXRayDetailsSequence"))
+    _put(out, "ctdi_vol", _number(dj, "CTDIvol", "CTExposureSequence"))
+    _put(
+        out,
+        "exposure_time_ms",
+        _number(dj, "ExposureTime", "CTExposureSequence", "ExposureTimeInms"),
+    )
+    _put(out, "exposure_mas", _number(dj, "Exposure", "CTExposureSequence", "ExposureInmAs"))
+    _put(
+        out,
+        "tube_current_ma",
+        _number(dj, "XRayTubeCurrent", "CTExposureSequence", "XRayTubeCurrentInmA"),
+    )
+    _put(out, "convolution_kernel", _text(dj, "ConvolutionKernel", "CTReconstructionSequence"))
+    _put(out, "spiral_pitch_factor", _number(dj, "SpiralPitchFactor", "CTTableDynamicsSequence"))
+    _put(out, "filter_type", _text(dj, "FilterType", "CTXRayDetailsSequence"))
+    _put(
+        out,
+        "reconstruction_diameter",
+        _number(dj, "ReconstructionDiameter", "CTReconstructionSequence"),
+    )
     _put(out, "view_position", dj.code_string("ViewPosition"))
     views = dj.codes("ViewCodeSequence")
     _put(out, "view_code", views[0] if views else None)
 
 
 def _magnetic_resonance(dj: DicomJson, out: Technique) -> None:
+    """MR acquisition (enhanced MR: the MR functional groups, C.8.13.5)."""
     _put(out, "magnetic_field_strength", dj.number("MagneticFieldStrength"))
     _put(out, "scanning_sequence", dj.texts("ScanningSequence"))
     _put(out, "sequence_variant", dj.texts("SequenceVariant"))
-    _put(out, "sequence_name", dj.text("SequenceName"))
+    _put(out, "sequence_name", dj.text("SequenceName") or dj.text("PulseSequenceName"))
     _put(out, "mr_acquisition_type", dj.code_string("MRAcquisitionType"))
-    _put(out, "repetition_time", dj.number("RepetitionTime"))
-    _put(out, "echo_time", dj.number("EchoTime"))
+    _put(
+        out,
+        "repetition_time",
+        _number(dj, "RepetitionTime", "MRTimingAndRelatedParametersSequence"),
+    )
+    _put(out, "echo_time", _number(dj, "EchoTime", "MREchoSequence", "EffectiveEchoTime"))
     _put(out, "inversion_time", dj.number("InversionTime"))
-    _put(out, "flip_angle", dj.number("FlipAngle"))
+    _put(out, "flip_angle", _number(dj, "FlipAngle", "MRTimingAndRelatedParametersSequence"))
     _put(out, "imaging_frequency", dj.number("ImagingFrequency"))
-    _put(out, "receive_coil", dj.text("ReceiveCoilName"))
+    _put(out, "receive_coil", _text(dj, "ReceiveCoilName", "MRReceiveCoilSequence"))
 
 
 def _nuclear(dj: DicomJson, out: Technique) -> None:
