@@ -650,3 +650,52 @@ def test_enhanced_multiframe_images_are_read_from_their_functional_groups() -> N
     assert technique["filter_type"] == "WEDGE"
     assert technique["pixel_spacing"] == [0.5, 0.5]  # every frame agrees
     assert "slice_thickness" not in technique  # frames disagree
+
+
+def test_mii_coded_parts_and_contrast_rules(
+    aggregate: StudyAggregate, files: tuple[Path, ...]
+) -> None:
+    """Single-valued coded terms (US transducer type), PET units, and contrast: absence of
+    the Contrast/Bolus module means "none" only where the IOD makes the module conditional
+    on contrast use (CT, MR, PT, US...), not in DX/CR/MG/NM."""
+    study, gaps = build(aggregate, "mii")
+    by_sop = datasets_by_sop(files)
+    profiles = sdcheck.load_mii()
+    (us,) = series_by_modality(study, "US")
+    us_ext = ext(us, profiles.url_of("modalitaet-us"))
+    assert us_ext is not None
+    transducer = sub(us_ext, "transducerType")
+    assert transducer is not None
+    dicom = by_sop[us["instance"][0]["uid"]]
+    region = dicom.SequenceOfUltrasoundRegions[0]
+    kind = region.get("TransducerType") or dicom.get("TransducerType")
+    assert transducer["valueCodeableConcept"]["coding"][0]["code"] == kind.replace(" ", "_")
+    (pt,) = series_by_modality(study, "PT")
+    units = sub(ext(pt, profiles.url_of("modalitaet-pt")) or {}, "units")
+    assert units is not None
+    assert units["valueCodeableConcept"]["text"] == by_sop[pt["instance"][0]["uid"]].Units
+    contrast_url = profiles.url_of("kontrastmittel")
+    for modality in ("DX", "CR", "MG", "NM"):
+        for series in series_by_modality(study, modality):
+            if not by_sop[series["instance"][0]["uid"]].get("ContrastBolusAgent"):
+                assert ext(series, contrast_url) is None, modality
+                assert any(
+                    g.element == "extension:kontrastmittel" and series["uid"] in g.where
+                    for g in gaps
+                )
+    for modality in ("MR", "US"):
+        for series in series_by_modality(study, modality):
+            assert ext(series, contrast_url) is not None, modality
+
+
+def test_profiles_survive_damaged_technique_records(aggregate: StudyAggregate) -> None:
+    """Records from an older or damaged aggregate (technique of the wrong JSON type) give
+    fewer extensions, never an exception or an invalid resource."""
+    damaged = dict(aggregate.instances)
+    junk: list[Any] = ["text", 7, [1, 2], {"image_type": [1, None], "pixel_spacing": [True, 1]}]
+    for index, sop in enumerate(sorted(damaged)):
+        damaged[sop] = {**damaged[sop], "technique": junk[index % len(junk)]}
+    broken = StudyAggregate(aggregate.study_uid, aggregate.study, damaged, aggregate.series)
+    for name in ("mii", "osiris", "qicore"):
+        resource, _ = build(broken, name)
+        ImagingStudyR4B.model_validate(resource)

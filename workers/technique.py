@@ -24,6 +24,8 @@ from workers.dicomjson import DicomJson
 Technique = dict[str, Any]
 
 _LATERALITIES = frozenset({"R", "L", "B", "U"})
+#: Contrast/Bolus Agent texts that say no agent was given (seen in real headers).
+_NO_AGENT = frozenset({"NONE", "NO", "NO CONTRAST", "NOT USED", "WITHOUT", "NATIVE", "N/A"})
 
 
 def technique(dj: DicomJson) -> Technique:
@@ -135,7 +137,7 @@ def _magnetic_resonance(dj: DicomJson, out: Technique) -> None:
     _put(out, "magnetic_field_strength", dj.number("MagneticFieldStrength"))
     _put(out, "scanning_sequence", dj.texts("ScanningSequence"))
     _put(out, "sequence_variant", dj.texts("SequenceVariant"))
-    _put(out, "sequence_name", dj.text("SequenceName") or dj.text("PulseSequenceName"))
+    _put(out, "sequence_name", dj.text("SequenceName"))
     _put(out, "mr_acquisition_type", dj.code_string("MRAcquisitionType"))
     _put(
         out,
@@ -192,7 +194,10 @@ def _contrast(dj: DicomJson, out: Technique) -> None:
     include the Contrast/Bolus module "if contrast media was used"); present but empty
     (Type 2: unknown) -> nothing."""
     agents = dj.codes("ContrastBolusAgentSequence")
-    if dj.text("ContrastBolusAgent") or agents:
+    agent = dj.text("ContrastBolusAgent")
+    if agent is not None and agent.strip(" .-").upper() in _NO_AGENT and not agents:
+        out["contrast_agent"] = False  # the agent field itself says none was given
+    elif agent or agents:
         out["contrast_agent"] = True
     elif not dj.has("ContrastBolusAgent") and not dj.has("ContrastBolusAgentSequence"):
         out["contrast_agent"] = False

@@ -47,7 +47,10 @@ class SeriesFacts:
     """The techniques of one series' instances, asked by fact name."""
 
     def __init__(self, records: list[dict[str, Any]]) -> None:
-        self._techniques = [r.get("technique") or {} for r in records]
+        # Anything but a dict (a record from an older or damaged aggregate) is no technique.
+        self._techniques: list[dict[str, Any]] = [
+            t if isinstance(t := r.get("technique"), dict) else {} for r in records
+        ]
 
     @property
     def count(self) -> int:

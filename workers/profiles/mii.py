@@ -20,7 +20,7 @@ StructureDefinitions themselves).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from workers.dicomjson import Code
 from workers.fold import StudyAggregate
@@ -150,12 +150,17 @@ _US_FLAGS = ("0001", "0002", "0004", "0008", "0010", "0020", "0040", "0100", "02
 _PET_UNITS = {
     "BQML": ("Bq/mL", "Becquerels/milliliter"),
     "CNTS": ("{counts}", "Counts"),
-    "PERCENT": ("%", "Percent"),
-    "GML": ("g/mL{SUVbw}", "Standardized Uptake Value body weight"),
-    "CM2ML": ("cm2/mL{SUVbsa}", "Standardized Uptake Value body surface area"),
+    "PCNT": ("%", "Percent"),
+    # g/ml and cm2/ml are SUVs of a kind SUV Type (0054,1006) tells; the unit is just that.
+    "GML": ("g/mL", "Grams/milliliter"),
+    "CM2ML": ("cm2/mL", "Centimeters**2/milliliter"),
 }
 
-_CONTRAST_MODALITIES = frozenset({"CT", "MR", "CR", "DX", "MG", "PT", "NM", "US", "XA", "RF"})
+#: Image IODs that include the Contrast/Bolus module "if contrast media was used" (PS3.3
+#: A.3 CT, A.4 MR, A.21 PET, A.6 US, A.14 XA, A.16 RF): there, its absence means none was.
+#: Elsewhere (CR, DX, MG: optional module; NM: none) absence says nothing.
+_CONTRAST_CONDITIONAL = frozenset({"CT", "MR", "PT", "US", "XA", "RF"})
+_CONTRAST_OPTIONAL = frozenset({"CR", "DX", "MG", "NM"})
 
 # One sub-extension of a modality extension: (slice name, technique fact, DICOM tag, build).
 Part = tuple[str, str, str, Callable[[Any], dict[str, Any] | None]]
@@ -179,12 +184,16 @@ def _boolean(value: Any) -> dict[str, Any] | None:
 
 
 def _codes(system: str, separator: str = "") -> Callable[[Any], dict[str, Any] | None]:
-    """Defined terms of a multi-valued CS element as codes of an MII CodeSystem."""
+    """Defined terms of a CS element (one or several values) as codes of an MII CodeSystem,
+    whose codes write DICOM's spaces as ``separator`` (``CURVED LINEAR``: ``CURVED_LINEAR``)."""
 
     def build(value: Any) -> dict[str, Any] | None:
-        if not isinstance(value, list) or not value:
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
             return None
-        codings = [{"system": system, "code": str(v).replace(" ", separator)} for v in value]
+        if not values:
+            return None
+        codings = [{"system": system, "code": v.replace(" ", separator)} for v in values]
         return {"valueCodeableConcept": {"coding": codings}}
 
     return build
@@ -195,7 +204,10 @@ def _concept(value: Any) -> dict[str, Any] | None:
     if isinstance(value, dict):
         made = coding(_as_code(value))
         if made is not None:
-            return {"valueCodeableConcept": {"coding": [made], "text": value["meaning"]}}
+            concept: dict[str, Any] = {"coding": [made]}
+            if isinstance(value.get("meaning"), str):
+                concept["text"] = value["meaning"]
+            return {"valueCodeableConcept": concept}
     return None
 
 
@@ -285,7 +297,7 @@ MODALITY_EXTENSIONS: dict[str, tuple[str, list[Part]]] = {
                 _q("Bq", "Becquerel"),
             ),
             _HALF_LIFE,
-            ("seriesType", "series_type", "(0054,1000)", _codes(SERIES_TYPE_SYSTEM, " ")),
+            ("seriesType", "series_type", "(0054,1000)", _codes(SERIES_TYPE_SYSTEM)),
         ],
     ),
     "NM": (
@@ -351,8 +363,9 @@ class MiiProfile(Profile):
             _series(series, facts, gaps)
             by_sop = aggregate.instances
             for instance in instances_of(series):
-                technique = by_sop.get(instance["uid"], {}).get("technique") or {}
-                add_extension(instance, _instance_details(technique))
+                technique = by_sop.get(instance["uid"], {}).get("technique")
+                if isinstance(technique, dict):
+                    add_extension(instance, _instance_details(technique, _modality(series)))
 
     def refine_device(self, device: Resource) -> None:
         self.claim(device, DEVICE_PROFILE)
@@ -390,9 +403,17 @@ def _series(series: Resource, facts: SeriesFacts, gaps: Gaps) -> None:
         if modality in ("MG", "CR", "DX"):
             _view_position(made, facts, where, gaps)
         add_extension(series, complex_extension(url, made))
-    if modality in _CONTRAST_MODALITIES:
+    if modality in _CONTRAST_CONDITIONAL | _CONTRAST_OPTIONAL:
         contrast = facts.any_true("contrast_agent")
-        if contrast is None:
+        if contrast is False and modality in _CONTRAST_OPTIONAL:
+            gaps.add(
+                where,
+                "extension:kontrastmittel",
+                MUST_SUPPORT,
+                f"(0018,0010) Contrast/Bolus Agent absent, which in a {modality} image does "
+                "not mean none was given",
+            )
+        elif contrast is None:
             gaps.add(
                 where,
                 "extension:kontrastmittel",
@@ -413,7 +434,7 @@ def _series(series: Resource, facts: SeriesFacts, gaps: Gaps) -> None:
             facts.spread("slice_thickness").reason("(0018,0050)")
             + "; see each instance's instanz-details",
         )
-    elif isinstance(thickness, int | float) and thickness > 0:
+    elif _positive(thickness):
         add_extension(
             series,
             extension(SLICE_THICKNESS, valueQuantity=quantity(thickness, "mm", "millimeter")),
@@ -441,35 +462,41 @@ def _short(url: str) -> str:
     return url.rsplit("/", 1)[-1].removeprefix("mii-ex-bildgebung-")
 
 
-def _instance_details(technique: dict[str, Any]) -> dict[str, Any] | None:
+def _positive(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _instance_details(technique: dict[str, Any], modality: str) -> dict[str, Any] | None:
     parts: list[dict[str, Any]] = []
     spacing = technique.get("pixel_spacing")
-    if isinstance(spacing, list) and len(spacing) == 2:
+    if isinstance(spacing, list) and len(spacing) == 2 and all(map(_positive, spacing)):
         # Pixel Spacing is "row spacing \\ column spacing": y first, then x.
         y, x = spacing
         parts.append({"url": "pixelSpacingX", "valueQuantity": quantity(x, "mm", "millimeter")})
         parts.append({"url": "pixelSpacingY", "valueQuantity": quantity(y, "mm", "millimeter")})
     thickness = technique.get("slice_thickness")
-    if isinstance(thickness, int | float) and thickness > 0:
+    if _positive(thickness):
         parts.append(
             {"url": "sliceThickness", "valueQuantity": quantity(thickness, "mm", "millimeter")}
         )
     image_type = technique.get("image_type")
-    if isinstance(image_type, list) and image_type:
-        parts.append({"url": "imageType", "valueCodeableConcept": image_type_concept(image_type)})
+    if isinstance(image_type, list) and image_type and all(isinstance(v, str) for v in image_type):
+        parts.append(
+            {"url": "imageType", "valueCodeableConcept": image_type_concept(image_type, modality)}
+        )
     burned_in = technique.get("burned_in_annotation")
     if isinstance(burned_in, bool):
         parts.append({"url": "burnedInAnnotation", "valueBoolean": burned_in})
     return complex_extension(INSTANCE_DETAILS, parts)
 
 
-def image_type_concept(values: list[str]) -> dict[str, Any]:
+def image_type_concept(values: list[str], modality: str = "") -> dict[str, Any]:
     """Image Type (0008,0008) values as codes of the MII CodeSystem where it has them;
     ``text`` keeps the whole DICOM value, so terms outside the CodeSystem (vendor terms
     such as ``M``, ``NORM``) are not lost."""
     codes: list[str] = []
     for position, value in enumerate(values):
-        for code in _image_type_codes(position, value):
+        for code in _image_type_codes(position, value, modality):
             if code not in codes:
                 codes.append(code)
     concept: dict[str, Any] = {}
@@ -479,8 +506,8 @@ def image_type_concept(values: list[str]) -> dict[str, Any]:
     return concept
 
 
-def _image_type_codes(position: int, value: str) -> list[str]:
-    if position == 3 and len(value) == 4 and _is_hex(value):
+def _image_type_codes(position: int, value: str, modality: str) -> list[str]:
+    if modality == "US" and position == 3 and len(value) == 4 and _is_hex(value):
         # An ultrasound 4th value: a bit map; one code per set flag, if all are known.
         bits = int(value, 16)
         flags = [f for f in _US_FLAGS if bits & int(f, 16)]
@@ -518,7 +545,7 @@ def _vital_signs(study: Resource, attrs: dict[str, Any], gaps: Gaps) -> None:
         ),
     ]
     for local_id, url, (profile, loinc, snomed, display), value, unit, tag in measured:
-        if not isinstance(value, int | float):
+        if not _positive(value):
             continue
         started = study.get("started")
         subject = study.get("subject") or {}

@@ -162,8 +162,8 @@ def _series(series: Resource, facts: SeriesFacts, study: dict[str, Any], gaps: G
     for element, reason in _SERIES_REQUIRED:
         if element not in series:
             gaps.add(where, element, REQUIRED, reason)
-    if not series.get("performer"):
-        gaps.add(where, "performer.actor", REQUIRED, "(0008,0070) Manufacturer absent: no Device")
+    if "code" not in (series.get("modality") or {}):
+        gaps.add(where, "modality", REQUIRED, "(0008,0060) Modality absent or not a DICOM code")
     modality = str((series.get("modality") or {}).get("code", ""))
     parts = _settings(SETTINGS, facts, where, "extension:imaging-settings", gaps)
     for block, (modalities, settings) in BLOCKS.items():
@@ -186,7 +186,7 @@ def _series(series: Resource, facts: SeriesFacts, study: dict[str, Any], gaps: G
             ("patient_weight", "patient_weight_kg"),
             ("patient_height", "patient_size_m"),
         )
-        if isinstance(value := study.get(key), int | float)
+        if _is_number(value := study.get(key))
     ]
     add_extension(series, complex_extension(WEIGHT_HEIGHT, measures))
 
@@ -219,25 +219,24 @@ def _settings(
 
 
 def _typed(value: Any, kind: str) -> dict[str, Any] | None:
+    """``value`` as the profile's type; ``None`` when it cannot be that type truthfully."""
     if kind == "string":
-        if isinstance(value, list):
-            return {
-                "valueString": "\\".join(
-                    decimal_text(v) if not isinstance(v, str) else v for v in value
-                )
-            }
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return {"valueString": decimal_text(value)}
-        return {"valueString": str(value)}
+        values = value if isinstance(value, list) else [value]
+        texts = [v if isinstance(v, str) else _number_text(v) for v in values]
+        if not texts or any(t is None or t == "" for t in texts):
+            return None
+        return {"valueString": "\\".join(t for t in texts if t is not None)}
     if kind == "integer":
-        return (
-            {"valueInteger": value}
-            if isinstance(value, int) and not isinstance(value, bool)
-            else None
-        )
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return {"valueDecimal": value}
-    return None
+        return {"valueInteger": value} if _is_number(value) and isinstance(value, int) else None
+    return {"valueDecimal": value} if _is_number(value) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number_text(value: Any) -> str | None:
+    return decimal_text(value) if _is_number(value) else None
 
 
 PROFILE = OsirisProfile()
