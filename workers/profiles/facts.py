@@ -53,10 +53,6 @@ class SeriesFacts:
         ]
 
     @property
-    def count(self) -> int:
-        return len(self._techniques)
-
-    @property
     def recorded(self) -> bool:
         """Whether the instances were summarized for a profile at all."""
         return any(self._techniques)

@@ -48,6 +48,3 @@ class Gaps:
 
     def __len__(self) -> int:
         return len(self._gaps)
-
-    def as_list(self) -> list[Gap]:
-        return list(self._gaps)

@@ -345,7 +345,6 @@ MODALITY_EXTENSIONS.update(dict.fromkeys(("MG", "CR", "DX"), _PROJECTION))
 
 class MiiProfile(Profile):
     name = "mii"
-    title = "MII Bildgebung (Medizininformatik-Initiative, R4)"
     url = STUDY_PROFILE
     fhir_versions = frozenset({"R4"})
     needs_technique = True

@@ -116,7 +116,6 @@ _SERIES_REQUIRED = [
 
 class OsirisProfile(Profile):
     name = "osiris"
-    title = "Osiris onco-imagingstudy (France, R4)"
     url = STUDY_PROFILE
     fhir_versions = frozenset({"R4"})
     needs_technique = True

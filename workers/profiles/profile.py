@@ -20,8 +20,6 @@ class Profile:
 
     #: ``SCP2FHIR_PROFILE`` value
     name: str = "base"
-    #: One line for ``--help`` and the README
-    title: str = "base FHIR ImagingStudy"
     #: Canonical URL of the profile's ImagingStudy StructureDefinition (meta.profile)
     url: str | None = None
     #: FHIR versions the profile is defined for

@@ -28,7 +28,6 @@ _SERIES_MUST_SUPPORT = [
 
 class QiCoreProfile(Profile):
     name = "qicore"
-    title = "QI-Core ImagingStudy (US, R4)"
     url = STUDY_PROFILE
     fhir_versions = frozenset({"R4"})
 
