@@ -31,7 +31,7 @@ def mapping_options(settings: Settings) -> MappingOptions:
             profile=settings.profile,
         )
     except ValueError as exc:
-        raise ConfigError(f"SCP2FHIR_PROFILE or a mapping option: {exc}") from None
+        raise ConfigError(str(exc)) from None
     profile = profile_named(options.profile)
     if settings.fhir_version not in profile.fhir_versions:
         raise ConfigError(

@@ -28,7 +28,7 @@ def profile_named(name: str) -> Profile:
         return PROFILES[name]
     except KeyError:
         choices = ", ".join(PROFILES)
-        raise ValueError(f"profile={name!r} is not one of {choices}") from None
+        raise ValueError(f"SCP2FHIR_PROFILE={name!r} is not one of {choices}") from None
 
 
 __all__ = ["PROFILES", "Gap", "Gaps", "Profile", "profile_named"]
