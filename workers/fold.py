@@ -34,6 +34,13 @@ class StudyAggregate:
     #: Series Instance UID -> series attributes
     series: dict[str, Sourced] = field(default_factory=dict)
 
+    def members_by_series(self) -> dict[str, list[tuple[str, Attributes]]]:
+        """Series Instance UID -> its (SOP Instance UID, record) pairs, by SOP Instance UID."""
+        by_series: dict[str, list[tuple[str, Attributes]]] = {}
+        for sop_uid, record in sorted(self.instances.items()):
+            by_series.setdefault(record["series_uid"], []).append((sop_uid, record))
+        return by_series
+
     def series_uids(self) -> list[str]:
         """Series that hold at least one instance."""
         return sorted({record["series_uid"] for record in self.instances.values()})

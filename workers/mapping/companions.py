@@ -29,7 +29,6 @@ from workers.mapping.study import (
     build_imaging_study,
     imaging_study,
     logical_subject,
-    members_by_series,
     series_attrs,
     study_attrs,
 )
@@ -104,7 +103,7 @@ def _entries(
         links.endpoints.append({"reference": url})
 
     equipment: dict[DeviceKey, tuple[dict[str, Any], list[str]]] = {}
-    for series_uid in members_by_series(aggregate):
+    for series_uid in aggregate.members_by_series():
         attrs = series_attrs(aggregate, series_uid)
         key = device_key(attrs)
         if key is None:

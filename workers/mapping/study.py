@@ -19,7 +19,7 @@ from workers.mapping.common import (
 from workers.mapping.devices import DeviceKey, device_display
 from workers.mapping.endpoint import endpoint_resource
 from workers.mapping.options import FhirVersion, MappingOptions
-from workers.mapping.series import Members, build_series, modality_code, sort_series
+from workers.mapping.series import build_series, modality_code, sort_series
 from workers.profiles import Gaps, profile_named
 from workers.terminology import concept, modality_coding
 
@@ -43,13 +43,6 @@ class Links:
 
 def study_attrs(aggregate: StudyAggregate) -> dict[str, Any]:
     return aggregate.study.attrs if aggregate.study else {}
-
-
-def members_by_series(aggregate: StudyAggregate) -> dict[str, Members]:
-    by_series: dict[str, Members] = {}
-    for sop_uid, record in sorted(aggregate.instances.items()):
-        by_series.setdefault(record["series_uid"], []).append((sop_uid, record))
-    return by_series
 
 
 def series_attrs(aggregate: StudyAggregate, series_uid: str) -> dict[str, Any]:
@@ -109,7 +102,7 @@ def build_imaging_study(
     study = study_attrs(aggregate)
     schemes = study.get("coding_schemes")
     local_schemes = schemes if isinstance(schemes, dict) else None
-    by_series = members_by_series(aggregate)
+    by_series = aggregate.members_by_series()
 
     resource: Resource = {"resourceType": "ImagingStudy", "id": fhir_id(aggregate.study_uid)}
     if links.contained:

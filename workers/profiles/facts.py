@@ -13,8 +13,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from workers.fold import StudyAggregate
-
 
 class _Varies:
     """Marker: instances of the series disagree on the value, or only some carry it."""
@@ -46,10 +44,12 @@ class Spread:
 class SeriesFacts:
     """The techniques of one series' instances, asked by fact name."""
 
-    def __init__(self, records: list[dict[str, Any]]) -> None:
+    def __init__(self, members: list[tuple[str, dict[str, Any]]]) -> None:
+        """``members``: the series' (SOP Instance UID, record) pairs
+        (:meth:`~workers.fold.StudyAggregate.members_by_series`)."""
         # Anything but a dict (a record from an older or damaged aggregate) is no technique.
         self._techniques: list[dict[str, Any]] = [
-            t if isinstance(t := r.get("technique"), dict) else {} for r in records
+            t if isinstance(t := r.get("technique"), dict) else {} for _, r in members
         ]
 
     @property
@@ -95,11 +95,3 @@ def _key(value: Any) -> Any:
     if isinstance(value, str | int | float | bool):
         return (type(value).__name__, value)
     return json.dumps(value, sort_keys=True)
-
-
-def series_records(aggregate: StudyAggregate) -> dict[str, list[dict[str, Any]]]:
-    """Series Instance UID -> its instance records (by SOP Instance UID)."""
-    by_series: dict[str, list[dict[str, Any]]] = {}
-    for _, record in sorted(aggregate.instances.items()):
-        by_series.setdefault(record["series_uid"], []).append(record)
-    return by_series

@@ -24,7 +24,7 @@ from typing import Any, TypeGuard
 
 from workers.dicomjson import Code
 from workers.fold import StudyAggregate
-from workers.profiles.facts import VARIES, SeriesFacts, series_records
+from workers.profiles.facts import VARIES, SeriesFacts
 from workers.profiles.fhir import (
     add_extension,
     complex_extension,
@@ -356,9 +356,9 @@ class MiiProfile(Profile):
         if reasons:
             add_extension(study, extension(REASON, valueString="; ".join(reasons)))
         _vital_signs(study, attrs, gaps)
-        records = series_records(aggregate)
+        members = aggregate.members_by_series()
         for series in study.get("series") or []:
-            facts = SeriesFacts(records.get(series["uid"], []))
+            facts = SeriesFacts(members.get(series["uid"], []))
             _series(series, facts, gaps)
             by_sop = aggregate.instances
             for instance in instances_of(series):

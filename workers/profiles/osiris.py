@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.fold import StudyAggregate
-from workers.profiles.facts import VARIES, SeriesFacts, series_records
+from workers.profiles.facts import VARIES, SeriesFacts
 from workers.profiles.fhir import (
     add_extension,
     based_on_accession,
@@ -139,9 +139,9 @@ class OsirisProfile(Profile):
         if not study.get("series"):
             gaps.add("study", "series", REQUIRED, "no series")
         attrs = aggregate.study.attrs if aggregate.study else {}
-        records = series_records(aggregate)
+        members = aggregate.members_by_series()
         for series in study.get("series") or []:
-            facts = SeriesFacts(records.get(series["uid"], []))
+            facts = SeriesFacts(members.get(series["uid"], []))
             _series(series, facts, attrs, gaps)
 
 
