@@ -15,7 +15,7 @@ import redis
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from scp import keys, statuses
+from scp import keys, server, statuses
 from scp.connections import connect
 from scp.inbox import Inbox
 from scp.settings import ConfigError, Settings
@@ -170,15 +170,63 @@ def test_dicom_tls_with_client_certificates(
     assert not associate(port).is_established, "plain TCP is not spoken"
 
 
-def test_tls_older_than_1_2_is_refused(scp_with: Any, pki: tuple[Path, Pair, Pair]) -> None:
+def old_tls_client(ca: Path, client: Pair, version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client that really offers only ``version`` (TLS 1.0 or 1.1): OpenSSL 3 allows
+    those only at security level 0, so without ``@SECLEVEL=0`` a client capped at 1.1
+    has no cipher and fails on its own side, before the server decides anything."""
+    context = client_context(ca, client)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.minimum_version = version
+    context.maximum_version = version
+    return context
+
+
+def tls_handshake(port: int, context: ssl.SSLContext) -> str:
+    """The TLS version one handshake with the SCP agrees on (raises ssl.SSLError)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return str(tls.version())
+
+
+#: The SCP's own TLS context, as shipped.
+SHIPPED_TLS_CONTEXT = server.tls_context
+
+
+def lenient_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The control: the SCP's own context, but allowing TLS 1.0 (at security level 0)."""
+    context = SHIPPED_TLS_CONTEXT(settings)
+    assert context is not None
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    return context
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("version", ["TLSv1", "TLSv1_1"])
+def test_tls_older_than_1_2_is_refused(
+    scp_with: Any, pki: tuple[Path, Pair, Pair], monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
     ca, _, client = pki
+    old = old_tls_client(ca, client, getattr(ssl.TLSVersion, version))
+    modern = client_context(ca, client)
     port = scp_with(**tls_env(pki))
-    wait_listening(port, tls=client_context(ca, client))
-    try:
-        old = client_context(ca, client, maximum=ssl.TLSVersion.TLSv1_1)
-    except (ValueError, ssl.SSLError):
-        pytest.skip("this OpenSSL cannot even offer TLS 1.1")
+    wait_listening(port, tls=modern)
+    assert tls_handshake(port, modern) in ("TLSv1.2", "TLSv1.3")
+    # The server answers the old client's hello with a protocol_version alert: the
+    # refusal is the SCP's (a client-side failure would be "no ciphers available").
+    with pytest.raises(ssl.SSLError, match="ALERT_PROTOCOL_VERSION"):
+        tls_handshake(port, old)
     assert not associate(port, tls=old).is_established
+
+    # Control: the same client against an SCP that allows TLS 1.0 gets through, so the
+    # refusal above is the SCP's rule, not this client's inability.
+    monkeypatch.setattr(server, "tls_context", lenient_tls_context)
+    lenient = scp_with(**tls_env(pki))
+    wait_listening(lenient, tls=modern)
+    assert tls_handshake(lenient, old) == version.replace("_", ".")
+    assoc = associate(lenient, tls=old)
+    assert assoc.is_established
+    assoc.release()
 
 
 def test_dcmtk_storescu_over_tls(
