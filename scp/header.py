@@ -16,6 +16,8 @@ import io
 import logging
 import mmap
 import os
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
@@ -47,6 +49,27 @@ _DEFER_SIZE = 64 * 1024
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
+class Unreadable(InvalidDicomError):
+    """The bytes are no DICOM dataset that can be read: not Part 10, cut before its
+    first element, a broken deflate stream, a length running past the end... The one
+    exception :func:`read_header` and :func:`read_dataset_bytes` raise for bad input
+    (pydicom's own failure is chained as ``__cause__``; the message is its type name,
+    never a value). Being an :class:`~pydicom.errors.InvalidDicomError`, it is caught
+    where pydicom's refusal was."""
+
+
+#: What pydicom raises, for bytes it cannot parse, from reading or from decoding a value.
+_READ_FAILURES: tuple[type[BaseException], ...] = (
+    InvalidDicomError,
+    BytesLengthException,
+    OSError,
+    EOFError,
+    ValueError,
+    struct.error,
+    zlib.error,
+)
+
+
 @dataclass
 class Header:
     """A dataset's metadata in DICOM JSON, with the tags that had to be skipped."""
@@ -56,11 +79,14 @@ class Header:
 
 
 def read_header(path: str | Path) -> Header:
-    """Header of a DICOM Part 10 file: the fast encoder where it applies, else pydicom."""
+    """Header of a DICOM Part 10 file: the fast encoder where it applies, else pydicom.
+
+    Raises :class:`Unreadable` for a file that is no readable DICOM (and OSError when
+    the file cannot be opened at all)."""
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
-            raise InvalidDicomError("empty file")
+            raise Unreadable("empty file")
         # Mapped, not read: only the header's pages are touched, however large the pixel data.
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
@@ -72,19 +98,27 @@ def read_header(path: str | Path) -> Header:
                 truncated = None
             finally:
                 view.release()
-    return _discard(extract_header(read_dataset(path)), truncated)
+    return _discard(_pydicom_header(path), truncated)
 
 
 def read_dataset_bytes(data: bytes, transfer_syntax: str, part10: Callable[[], bytes]) -> Header:
     """Header of an in-memory dataset (no file meta) in ``transfer_syntax``; ``part10``
-    builds the whole file for pydicom when the fast encoder gives way."""
+    builds the whole file for pydicom when the fast encoder gives way. Raises
+    :class:`Unreadable` for bytes that are no readable dataset."""
     try:
         return Header(dataset_to_json(data, transfer_syntax))
     except Truncated as exc:
         truncated: str | None = exc.key or "truncated"
     except Unsupported:
         truncated = None
-    return _discard(extract_header(read_dataset(io.BytesIO(part10()))), truncated)
+    return _discard(_pydicom_header(io.BytesIO(part10())), truncated)
+
+
+def _pydicom_header(source: str | Path | BinaryIO) -> Header:
+    try:
+        return extract_header(read_dataset(source))
+    except _READ_FAILURES as exc:
+        raise Unreadable(type(exc).__name__) from exc
 
 
 def _discard(header: Header, truncated: str | None) -> Header:

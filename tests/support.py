@@ -17,6 +17,7 @@ from typing import Any
 import pydicom
 import redis
 from pydicom.data import get_testdata_file
+from pydicom.data.data_manager import DATA_ROOT
 from pydicom.uid import generate_uid
 
 #: dcmtk tools from the Debian package. pynetdicom installs Python scripts with the same
@@ -31,6 +32,30 @@ def sample_file(name: str) -> str:
     path = get_testdata_file(name)
     assert isinstance(path, str), f"pydicom has no test file {name}"
     return path
+
+
+def installed_dicom_files() -> list[str]:
+    """Every DICOM file pydicom and the pydicom-data wheel install: pydicom's test and
+    character set files and pydicom-data's data folder. Never pydicom's
+    ``get_testdata_files("*")``, which downloads what pydicom-data lists but does not ship."""
+    import data_store  # the pydicom-data wheel
+
+    pydicom_data = Path(DATA_ROOT)
+    folders = [pydicom_data / "test_files", pydicom_data / "charset_files"]
+    folders.append(Path(data_store.__file__).parent / "data")
+    return sorted(
+        str(path)
+        for folder in folders
+        for path in folder.iterdir()
+        if path.is_file() and path.suffix not in (".py", ".pyc", ".json", ".txt")
+    )
+
+
+def installed_charset_file(name: str) -> str:
+    """One of pydicom's character set test files, by name."""
+    path = Path(DATA_ROOT) / "charset_files" / name
+    assert path.is_file(), f"pydicom has no character set file {name}"
+    return str(path)
 
 
 def free_port() -> int:

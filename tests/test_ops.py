@@ -141,7 +141,9 @@ def test_json_logs_and_hashed_uids(capsys: pytest.CaptureFixture[str]) -> None:
         entry = json.loads(line)
         assert entry["process"] == "test" and entry["level"] == "INFO"
         assert "1.2.840.113619" not in entry["message"]
-        assert entry["message"] == f"study={logs.hash_uid('1.2.840.113619.2.55.3.1')} emitted"
+        # The first 12 hex digits of sha256(b"1.2.840.113619.2.55.3.1"), worked out outside
+        # the code under test (hashlib at a Python prompt), so a changed hash shows here.
+        assert entry["message"] == "study=uid:87358e643103 emitted"
     finally:
         logging.getLogger().handlers.clear()
 
