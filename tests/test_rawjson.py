@@ -9,7 +9,7 @@ import pytest
 
 from scp.header import Header, Unreadable, extract_header, read_dataset, read_header
 from scp.rawjson import Unsupported, part10_to_json
-from tests.support import installed_dicom_files, installed_charset_file, make_study, sample_file
+from tests.support import installed_charset_file, installed_dicom_files, make_study, sample_file
 
 #: pydicom's and pydicom-data's files as installed: pydicom's own get_testdata_files()
 #: would try to download the ones pydicom-data lists but does not ship.

@@ -15,7 +15,8 @@ import redis
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from scp import keys, server, statuses
+from scp import keys, statuses
+from scp import server as scp_server
 from scp.connections import connect
 from scp.inbox import Inbox
 from scp.settings import ConfigError, Settings
@@ -183,13 +184,15 @@ def old_tls_client(ca: Path, client: Pair, version: ssl.TLSVersion) -> ssl.SSLCo
 
 def tls_handshake(port: int, context: ssl.SSLContext) -> str:
     """The TLS version one handshake with the SCP agrees on (raises ssl.SSLError)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            return str(tls.version())
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return str(tls.version())
 
 
 #: The SCP's own TLS context, as shipped.
-SHIPPED_TLS_CONTEXT = server.tls_context
+SHIPPED_TLS_CONTEXT = scp_server.tls_context
 
 
 def lenient_tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -220,7 +223,7 @@ def test_tls_older_than_1_2_is_refused(
 
     # Control: the same client against an SCP that allows TLS 1.0 gets through, so the
     # refusal above is the SCP's rule, not this client's inability.
-    monkeypatch.setattr(server, "tls_context", lenient_tls_context)
+    monkeypatch.setattr(scp_server, "tls_context", lenient_tls_context)
     lenient = scp_with(**tls_env(pki))
     wait_listening(lenient, tls=modern)
     assert tls_handshake(lenient, old) == version.replace("_", ".")
