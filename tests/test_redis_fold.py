@@ -134,3 +134,41 @@ def test_push_is_one_atomic_step(redis_url: str) -> None:
     inbox.push("1.2.3", {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}})
     time.sleep(0.3)
     assert clients.rq.llen(queued) == 1, "one drain request is enough"
+
+
+def _with(header: dict[str, Any], tag: str, vr: str, value: object) -> dict[str, Any]:
+    changed = json.loads(json.dumps(header))
+    changed[tag] = {"vr": vr, "Value": [value]}
+    return changed
+
+
+def test_redis_fold_of_a_changed_resend_and_a_moved_instance(
+    context: WorkerContext, tmp_path: Path
+) -> None:
+    """What the pure fold promises (a changed resend replaces, an instance resent into
+    another series moves there), the Redis fold does too: the same aggregate."""
+    headers = headers_of(tmp_path)
+    inbox = Inbox(context.clients.data, context.clients.rq)
+    for header in headers:
+        inbox.push(summarize(header).study_uid, header)
+    run_queued_jobs(context)
+
+    ct, mr = headers[0], headers[-1]  # make_study writes the CT series first, then MR
+    changed = _with(ct, "00200013", "IS", 99)  # Instance Number corrected at the modality
+    other_series = summarize(mr).series_uid
+    moved = _with(headers[1], "0020000E", "UI", other_series)  # re-filed into the MR series
+    for header in (changed, moved):
+        inbox.push(summarize(header).study_uid, header)
+    run_queued_jobs(context)
+
+    summaries = [summarize(h) for h in headers]
+    first = fold(StudyAggregate(summaries[0].study_uid), summaries)
+    expected = fold(first, [summarize(changed), summarize(moved)])
+    stored = context.store.load(expected.study_uid)
+    assert stored == expected
+    # And concretely, so the two folds cannot agree on something wrong:
+    assert stored.instances[summarize(changed).sop_uid]["instance_number"] == 99
+    assert stored.instances[summarize(moved).sop_uid]["series_uid"] == other_series
+    members = stored.members_by_series()
+    assert len(members[summarize(ct).series_uid]) == 5 and len(members[other_series]) == 5
+    assert len(stored.instances) == len(headers), "replaced and moved, never added"
