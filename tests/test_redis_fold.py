@@ -14,13 +14,17 @@ from typing import Any
 
 import pytest
 import redis
-from rq import SimpleWorker
+from pydicom.uid import generate_uid
+from rq import Queue, SimpleWorker, Worker
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
 
 from scp import keys
 from scp.connections import connect
-from scp.inbox import Inbox
+from scp.inbox import Inbox, request_drain_job
 from scp.settings import Settings
-from tests.support import make_study, wait_for
+from tests.conftest import pipeline_env, start_worker, stop_process
+from tests.support import free_port, make_study, read_json, wait_for
 from workers.context import WorkerContext, install
 from workers.fold import StudyAggregate, fold
 from workers.jobs import drain_inbox, ensure_group, sweep
@@ -172,3 +176,55 @@ def test_redis_fold_of_a_changed_resend_and_a_moved_instance(
     members = stored.members_by_series()
     assert len(members[summarize(ct).series_uid]) == 5 and len(members[other_series]) == 5
     assert len(stored.instances) == len(headers), "replaced and moved, never added"
+
+
+def test_several_worker_processes_fold_one_study_at_once(redis_url: str, tmp_path: Path) -> None:
+    """Three ``scp2fhir worker`` processes drain the inbox at the same time while one
+    study's instances arrive (more drain jobs are queued as a drain hands over): each
+    instance is folded once, the aggregate is the pure fold's, and more than one worker
+    really folded part of it."""
+    base = headers_of(tmp_path)
+    headers = []
+    for index in range(1500):
+        header = json.loads(json.dumps(base[index % len(base)]))
+        header["00080018"] = {"vr": "UI", "Value": [generate_uid()]}
+        header["00200013"] = {"vr": "IS", "Value": [index + 1]}
+        # Descriptions differ per instance, so which instance's study and series
+        # attributes win (the smallest SOP Instance UID's) shows in the aggregate.
+        header["00081030"] = {"vr": "LO", "Value": [f"study description {index}"]}
+        header["0008103E"] = {"vr": "LO", "Value": [f"series description {index}"]}
+        headers.append(header)
+    study_uid = summarize(headers[0]).study_uid
+    env = pipeline_env(redis_url, tmp_path / "out", free_port(), SCP2FHIR_QUIET_SECONDS="1")
+    clients = connect(redis_url)
+    workers = [start_worker(env, tmp_path / f"worker-{n}.log") for n in range(3)]
+    try:
+        wait_for(lambda: len(Worker.all(connection=clients.rq)) == 3, 30, "three workers")
+        inbox = Inbox(clients.data, clients.rq)
+        fold_queue = Queue(keys.FOLD_QUEUE, connection=clients.rq)
+        for index, header in enumerate(headers):
+            inbox.push(study_uid, header)
+            if index % 100 == 99:
+                request_drain_job(fold_queue)  # as a drain handing over its turn does
+        path = tmp_path / "out" / "ImagingStudy" / f"{study_uid}.json"
+        emitted = wait_for(
+            lambda: path.exists() and read_json(path)["numberOfInstances"] == len(headers),
+            60,
+            "the study emitted with every instance",
+        )
+        assert emitted
+        registry = FinishedJobRegistry(keys.FOLD_QUEUE, connection=clients.rq)
+        drains = [Job.fetch(job_id, connection=clients.rq) for job_id in registry.get_job_ids()]
+        folding = {job.worker_name for job in drains if job.return_value()}
+        assert sum(job.return_value() or 0 for job in drains) == len(headers), "each once"
+        assert len(folding) >= 2, f"only {folding} folded: the workers did not overlap"
+    finally:
+        for worker in workers:
+            stop_process(worker)
+    summaries = [summarize(h) for h in headers]
+    expected = fold(StudyAggregate(study_uid), summaries)
+    store = WorkerContext.build(Settings.from_env(env), clients).store
+    assert store.load(study_uid) == expected
+    assert clients.data.hget(keys.INFLIGHT, study_uid) is None
+    pending: Any = clients.data.xpending(keys.INBOX, keys.INBOX_GROUP)
+    assert pending["pending"] == 0
