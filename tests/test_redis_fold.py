@@ -141,7 +141,7 @@ def test_push_is_one_atomic_step(redis_url: str) -> None:
 
 
 def _with(header: dict[str, Any], tag: str, vr: str, value: object) -> dict[str, Any]:
-    changed = json.loads(json.dumps(header))
+    changed: dict[str, Any] = json.loads(json.dumps(header))
     changed[tag] = {"vr": vr, "Value": [value]}
     return changed
 
