@@ -12,7 +12,6 @@ configured address" is checked without any traffic leaving the machine.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,32 +24,16 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.support import free_port, wait_for
+from tests.test_dashboard import CHROMIUM
+from tests.test_dashboard import chromium as browse
 
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=8000",
-]
 
 
 def chromium(tmp_path: Path, *args: str) -> str:
+    """Headless Chromium, as the dashboard test runs it; missing, it is a failure."""
     assert Path(CHROMIUM).exists(), "chromium is missing: tests/run.sh installs it"
-    result = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chr'}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+    return browse(tmp_path, *args)
 
 
 def up_env(dashboard_port: int, **extra: str) -> dict[str, str]:
