@@ -82,7 +82,8 @@ def convert(
         log_warnings(summary, logger)
         summaries.append(summary)
     progress.done(len(summaries), unreadable)
-    aggregates = fold_all(summaries)
+    # A study seen only through rejection notes has nothing to write.
+    aggregates = {uid: a for uid, a in fold_all(summaries).items() if a.emittable}
     for study_uid in sorted(aggregates):
         gaps = Gaps()
         resource = emitted(aggregates[study_uid], version, options, gaps=gaps)

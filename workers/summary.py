@@ -22,6 +22,7 @@ from typing import Any
 
 from workers.dicomjson import Code, DicomJson, describe_tags
 from workers.dicomtime import combine
+from workers.lifecycle.rejection import RejectionNote, rejection_note
 from workers.technique import technique
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class InstanceSummary:
     instance: Attributes
     #: Tags of values that were present but unusable and so left out (never values).
     warnings: tuple[str, ...] = ()
+    #: Set when the instance is an IOCM rejection note (:mod:`workers.lifecycle.rejection`).
+    rejection: RejectionNote | None = None
 
 
 def summarize(header: dict[str, Any], *, with_technique: bool = False) -> InstanceSummary:
@@ -68,8 +71,9 @@ def summarize(header: dict[str, Any], *, with_technique: bool = False) -> Instan
     instance = _instance(dj, zone, series_uid, needs_acquisition="started" not in series)
     if with_technique:
         _put(instance, "technique", technique(dj))
+    rejection = rejection_note(dj, study_uid)
     return InstanceSummary(
-        study_uid, series_uid, sop_uid, study, series, instance, tuple(dj.warnings)
+        study_uid, series_uid, sop_uid, study, series, instance, tuple(dj.warnings), rejection
     )
 
 

@@ -263,10 +263,7 @@ def _output(
 
 
 def _study_keys(aggregate: StudyAggregate) -> list[str]:
-    uid = aggregate.study_uid
-    return [keys.study(uid), keys.study_instances(uid)] + [
-        keys.series(uid, series_uid) for series_uid in aggregate.series
-    ]
+    return keys.study_aggregate_keys(aggregate.study_uid)
 
 
 def _dead_letter(ctx: WorkerContext, study_uid: str, error: BaseException) -> None:
