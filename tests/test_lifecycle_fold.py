@@ -18,7 +18,7 @@ from workers.fold import (
     emitted,
     fold,
 )
-from workers.lifecycle.consensus import decide, disagreements
+from workers.lifecycle.consensus import Vote, decide, disagreements
 from workers.lifecycle.rejection import RejectionNote
 from workers.mapping import imaging_study
 from workers.summary import InstanceSummary
@@ -188,8 +188,8 @@ def test_a_value_held_by_one_of_three_loses_and_is_reported_by_counts() -> None:
 
 
 def test_a_correction_resent_in_part_wins_after_the_resend() -> None:
-    old = {"patient_id": "WRONG", "patient_name": {"Alphabetic": "Wrong^Pat"}}
-    new = {"patient_id": "RIGHT", "patient_name": {"Alphabetic": "Right^Pat"}}
+    old: dict[str, object] = {"patient_id": "WRONG", "patient_name": {"Alphabetic": "Wrong^Pat"}}
+    new: dict[str, object] = {"patient_id": "RIGHT", "patient_name": {"Alphabetic": "Right^Pat"}}
     first = [inst(f"1.2.3.1.{n}", "1.2.3.1", n, old) for n in range(1, 11)]
     aggregate = emitted(fold(StudyAggregate(STUDY), first))  # emitted: generation 1 next
     corrected = [replace(s, study=new) for s in first[:3]]  # the PACS re-sends 3 of 10
@@ -205,7 +205,7 @@ def test_a_correction_resent_in_part_wins_after_the_resend() -> None:
 
 
 def test_patient_attributes_never_mix_two_patients() -> None:
-    votes = [
+    votes: list[Vote] = [
         (0, "1.1", {"patient_id": "OLD", "patient_birth_date": "1950-01-01"}),
         (1, "1.2", {"patient_id": "NEW"}),  # the correction has no birth date
     ]
@@ -214,12 +214,17 @@ def test_patient_attributes_never_mix_two_patients() -> None:
 
 
 def test_without_any_key_companions_are_decided_one_by_one() -> None:
-    votes = [(0, "1.1", {"patient_name": {"Alphabetic": "A"}}), (0, "1.2", {"patient_sex": "F"})]
+    votes: list[Vote] = [
+        (0, "1.1", {"patient_name": {"Alphabetic": "A"}}),
+        (0, "1.2", {"patient_sex": "F"}),
+    ]
     assert decide(votes) == {"patient_name": {"Alphabetic": "A"}, "patient_sex": "F"}
 
 
 def test_consensus_is_linear_enough_for_a_big_study() -> None:
-    votes = [(0, f"1.{n}", {"patient_id": "P", "institution": f"I{n % 3}"}) for n in range(20000)]
+    votes: list[Vote] = [
+        (0, f"1.{n}", {"patient_id": "P", "institution": f"I{n % 3}"}) for n in range(20000)
+    ]
     assert decide(votes)["institution"] == "I0"
     (found,) = disagreements("study", votes)
     assert found.counts == (6667, 6667, 6666)
