@@ -74,9 +74,7 @@ def test_rejection_notes_fold_in_redis_as_in_the_pure_fold(
     assert loaded == expected
     assert loaded.series_uids() == [next(iter(study.series))]
     assert len(loaded.instances) == 3
-    assert set(loaded.notes) == {
-        str(pydicom.dcmread(p).SOPInstanceUID) for p in (note, single)
-    }
+    assert set(loaded.notes) == {str(pydicom.dcmread(p).SOPInstanceUID) for p in (note, single)}
     assert context.clients.data.hget(keys.INFLIGHT, study.study_uid) is None
 
 
