@@ -42,9 +42,7 @@ def running(redis_url: str, tmp_path: Path) -> Iterator[Running]:
     from tests.support import free_port
 
     port = free_port()
-    env = pipeline_env(
-        redis_url, tmp_path / "out", port, SCP2FHIR_QUIET_SECONDS=str(LONG_QUIET)
-    )
+    env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_QUIET_SECONDS=str(LONG_QUIET))
     scp = ScpThread(Settings.from_env(env)).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
     try:
@@ -86,8 +84,8 @@ def test_mpps_completed_emits_before_the_quiet_period(running: Running, tmp_path
         sent = time.monotonic()
         assert scu.set(step, mpps_set("COMPLETED", study.files)) == 0x0000
         resource = wait_for(
-            lambda: running.file(study.study_uid).exists() and read_json(
-                running.file(study.study_uid)
+            lambda: (
+                running.file(study.study_uid).exists() and read_json(running.file(study.study_uid))
             ),
             LONG_QUIET / 2,
             "the signalled emission",
@@ -142,9 +140,9 @@ def test_bad_mpps_input_gets_dimse_statuses_and_stores_nothing(
         # N-SET for a step nobody created.
         assert scu.set(generate_uid(), mpps_set("COMPLETED", study.files)) == 0x0112
         # N-CREATE with a final status, and without any study.
-        assert scu.create(MPPS, generate_uid(), mpps_create(study.study_uid, "COMPLETED"))[
-            0
-        ] == 0x0106
+        assert (
+            scu.create(MPPS, generate_uid(), mpps_create(study.study_uid, "COMPLETED"))[0] == 0x0106
+        )
         no_study = mpps_create(study.study_uid)
         del no_study.ScheduledStepAttributesSequence
         assert scu.create(MPPS, generate_uid(), no_study)[0] == 0x0120

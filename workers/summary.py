@@ -16,6 +16,7 @@ rare per-instance title.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -276,9 +277,13 @@ def _put(out: dict[str, Any], name: str, value: Any) -> None:
 
 
 def _unique(codes: Any) -> list[Any]:
+    """Each value once, in order; linear (a hostile header may hold many)."""
     out: list[Any] = []
+    seen: set[str] = set()
     for code in codes:
-        if code not in out:
+        identity = json.dumps(code, sort_keys=True)
+        if identity not in seen:
+            seen.add(identity)
             out.append(code)
     return out
 
