@@ -34,6 +34,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import events
 
 from scp.signals import COMPLETED, IN_PROGRESS, STATES, Signal, SignalStore
+from scp.statuses import status
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +59,6 @@ class Refused(Exception):
         super().__init__(comment)
         self.status = status
         self.comment = comment
-
-
-def _answer(status: int, comment: str | None = None) -> Dataset:
-    ds = Dataset()
-    ds.Status = status
-    if comment:
-        ds.ErrorComment = comment[:64]
-    return ds
 
 
 def _uid(value: Any) -> str | None:
@@ -141,7 +134,7 @@ class CompletionSignals:
         reply = Dataset()
         if given is None:
             reply.AffectedSOPInstanceUID = instance_uid  # pynetdicom moves it to the response
-        return _answer(SUCCESS), reply
+        return status(SUCCESS), reply
 
     def handle_n_set(self, event: events.Event) -> tuple[Dataset, Dataset | None]:
         request: Any = event.request
@@ -168,7 +161,7 @@ class CompletionSignals:
         self._log(event, "mpps", "N-SET", instance_uid, signal)
         if signal.final:
             self.store.request_checks(signal.studies)
-        return _answer(SUCCESS), None
+        return status(SUCCESS), None
 
     # --- reading the requests ----------------------------------------------------------
 
@@ -256,7 +249,7 @@ class CompletionSignals:
             refused.comment,
         )
         _count(kind, f"0x{refused.status:04X}")
-        return _answer(refused.status, refused.comment)
+        return status(refused.status, refused.comment)
 
     def _unavailable(
         self, event: events.Event, kind: str, uid: str, exc: redis.RedisError
@@ -269,7 +262,7 @@ class CompletionSignals:
             type(exc).__name__,
         )
         _count(kind, "0x0213")
-        return _answer(RESOURCE_LIMITATION, "storage unavailable, retry later")
+        return status(RESOURCE_LIMITATION, "storage unavailable, retry later")
 
     def _log(self, event: events.Event, kind: str, verb: str, uid: str, signal: Signal) -> None:
         logger.info(

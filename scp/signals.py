@@ -72,30 +72,25 @@ class Signal:
 
 
 # KEYS: the step, then each study's signals hash. ARGV: ttl, field, signal JSON, state.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+_WRITE = """
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'signal', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 for i = 2, #KEYS do
   redis.call('HSET', KEYS[i], ARGV[2], ARGV[3])
   redis.call('PEXPIRE', KEYS[i], ARGV[1])
 end
-return 1
 """
-
-# Same KEYS and ARGV; refuses an unknown step and a step already final.
-_SET = """
+_CREATE = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n" + _WRITE + "return 1\n"
+# Refuses an unknown step and a step already final.
+_SET = (
+    """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'unknown' end
 if state == 'COMPLETED' or state == 'DISCONTINUED' then return 'final' end
-redis.call('HSET', KEYS[1], 'state', ARGV[4], 'signal', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-for i = 2, #KEYS do
-  redis.call('HSET', KEYS[i], ARGV[2], ARGV[3])
-  redis.call('PEXPIRE', KEYS[i], ARGV[1])
-end
-return 'ok'
 """
+    + _WRITE
+    + "return 'ok'\n"
+)
 
 
 class SignalStore:
