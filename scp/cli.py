@@ -86,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument(
         "--study", action="append", default=[], help="only this Study Instance UID (repeatable)"
     )
+    retract = verbs.add_parser(
+        "retract",
+        help="mark a study entered-in-error in the output folder and on the FHIR server",
+    )
+    common(retract, "redis", "emit", "fhir")
+    retract.add_argument("--study", required=True, help="Study Instance UID")
+    retract.add_argument("--reason", help="why (kept and logged; no patient data, please)")
+    forget = verbs.add_parser(
+        "forget", help="remove everything held in Redis for a retracted study (erasure)"
+    )
+    common(forget, "redis", "emit")
+    forget.add_argument("--study", required=True, help="Study Instance UID")
     return parser
 
 
@@ -103,9 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = _environment(args)
     try:
         settings = Settings.from_env(env)
-        if args.verb in ("scp", "worker", "status", "web"):
+        if args.verb in ("scp", "worker", "status", "web", "retract", "forget"):
             settings.require_redis_url()
-        if args.verb in ("worker", "up", "convert"):
+        if args.verb in ("worker", "up", "convert", "retract"):
             from workers.context import mapping_options
 
             mapping_options(settings)  # the mapping's own checks, reported the same way
@@ -136,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _web(settings, args.port)
     if args.verb == "retry-failed":
         return _retry_failed(settings, args.study)
+    if args.verb in ("retract", "forget"):
+        return _lifecycle(settings, args.verb, args.study, getattr(args, "reason", None))
     if args.verb == "convert":
         from workers.context import mapping_options
         from workers.convert import convert
@@ -195,6 +209,26 @@ def _retry_failed(settings: Settings, studies: list[str]) -> int:
     for uid in queued:
         print(uid)
     print(f"re-queued {len(queued)} deliveries", file=sys.stderr)
+    return 0
+
+
+def _lifecycle(settings: Settings, verb: str, study_uid: str, reason: str | None) -> int:
+    """``scp2fhir retract`` / ``scp2fhir forget``: what was done, one line each."""
+    from scp.connections import connect
+    from workers.context import WorkerContext
+    from workers.lifecycle.retraction import LifecycleError, forget, retract
+
+    clients = connect(settings.require_redis_url())
+    try:
+        if verb == "retract":
+            outcome = retract(WorkerContext.build(settings, clients), study_uid, reason)
+        else:
+            outcome = forget(clients, settings, study_uid)
+    except LifecycleError as exc:
+        print(f"scp2fhir {verb}: {exc}", file=sys.stderr)
+        return 1
+    for line in outcome.done:
+        print(f"{study_uid}: {line}")
     return 0
 
 

@@ -8,9 +8,27 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
     scp2fhir:drain-requested               STRING   set while a drain job is queued (SET NX)
     scp2fhir:open                          ZSET     S -> arrival (ms, Redis clock) of its newest
     scp2fhir:inflight                      HASH     S -> instances pushed but not yet folded
-    scp2fhir:study:S                       HASH     source, attrs: study-level attributes (JSON)
-    scp2fhir:study:S:instances             HASH     SOP -> instance record (JSON, names its series)
-    scp2fhir:study:S:series:SE             HASH     source, attrs: series-level attributes (JSON)
+    scp2fhir:study:S                       HASH     generation: emissions so far (records folded
+                                                    from now on carry it)
+    scp2fhir:study:S:instances             HASH     SOP -> instance record (JSON: names its series,
+                                                    "g" generation, "sv"/"ev" variant digests)
+    scp2fhir:study:S:variants              HASH     digest -> study- or series-level attributes
+                                                    (JSON), shared by the instances that carry them
+    scp2fhir:study:S:rejected              HASH     SOP -> "<DCM code> <note SOP> <seen 0|1>": named
+                                                    by an IOCM rejection note (maybe not arrived)
+    scp2fhir:study:S:notes                 HASH     SOP of a rejection note -> its DCM code
+    scp2fhir:study:S:retraction            HASH     at (ms), by, reason of `scp2fhir retract`; kept
+                                                    until `scp2fhir forget` (no expiry)
+    scp2fhir:study:S:signals               HASH     "mpps:<uid>" / "ian:<uid>" -> completion signal
+                                                    (JSON: state, listed SOPs, the step's studies)
+    scp2fhir:study:S:signal-check          STRING   set while a completion check of S is queued
+    scp2fhir:series-study:SE               STRING   S: the study a series was folded into (expires
+                                                    with the retention; for MPPS/IAN checks)
+    scp2fhir:signal:mpps:UID               HASH     a Modality Performed Procedure Step (state,
+                                                    signal JSON as in study:S:signals)
+    scp2fhir:signal:ian:UID                HASH     an Instance Availability Notification
+    scp2fhir:disagreements                 HASH     S -> attributes its instances disagree on at
+                                                    its last emission (JSON: tags, counts)
     scp2fhir:study:S:check                 STRING   set while a quiet check for S is scheduled
     scp2fhir:study:S:lease                 STRING   held by the worker emitting S
     scp2fhir:emitted                       ZSET     S -> time (ms) of its last emission
@@ -42,8 +60,9 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
 
 RQ keeps its own keys under ``rq:``; scp2fhir's jobs run on the queues below.
 
-``source``/``attrs`` pairs keep the attributes of the instance with the smallest
-SOP Instance UID that carried them, so the result does not depend on arrival order.
+Study- and series-level attributes are decided from the instances' variants when the
+aggregate is read (:func:`workers.fold.resolve`), so the result does not depend on
+arrival order.
 """
 
 from __future__ import annotations
@@ -62,6 +81,7 @@ SWEEP_SCHEDULED = f"{PREFIX}:sweep-scheduled"
 METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
 DELIVER_PENDING = f"{PREFIX}:deliver-pending"
 DELIVER_FAILED = f"{PREFIX}:deliver-failed"
+DISAGREEMENTS = f"{PREFIX}:disagreements"
 
 #: RQ queue for fold (drain) jobs; listed first so workers prefer folding.
 FOLD_QUEUE = "scp2fhir-fold"
@@ -84,8 +104,55 @@ def study_instances(study_uid: str) -> str:
     return f"{PREFIX}:study:{study_uid}:instances"
 
 
-def series(study_uid: str, series_uid: str) -> str:
-    return f"{PREFIX}:study:{study_uid}:series:{series_uid}"
+def study_variants(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:variants"
+
+
+def study_rejected(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:rejected"
+
+
+def study_notes(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:notes"
+
+
+def study_retraction(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:retraction"
+
+
+def study_signals(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:signals"
+
+
+def study_signal_check(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:signal-check"
+
+
+def series_study(series_uid: str) -> str:
+    return f"{PREFIX}:series-study:{series_uid}"
+
+
+def signal(name: str) -> str:
+    """A completion signal by name: ``mpps:<step UID>`` or ``ian:<notification UID>``."""
+    return f"{PREFIX}:signal:{name}"
+
+
+def study_aggregate_keys(study_uid: str) -> list[str]:
+    """The keys that hold a study's aggregate: kept while it is open or undelivered,
+    then expired together after the retention."""
+    return [
+        study(study_uid),
+        study_instances(study_uid),
+        study_variants(study_uid),
+        study_rejected(study_uid),
+        study_notes(study_uid),
+    ]
+
+
+def study_pattern(study_uid: str) -> str:
+    """A SCAN pattern matching every ``scp2fhir:study:S:*`` key of one study (a UID has
+    no glob characters)."""
+    return f"{PREFIX}:study:{study_uid}:*"
 
 
 def study_check(study_uid: str) -> str:

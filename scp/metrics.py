@@ -45,6 +45,12 @@ COUNTERS: dict[str, str] = {
     "instances_received_total": "C-STORE requests answered, by DIMSE status.",
     "instances_folded_total": "Instances folded into study aggregates.",
     "emissions_total": "ImagingStudy resources written.",
+    "attribute_disagreements_total": (
+        "Emissions whose instances disagreed on an attribute, by DICOM keyword."
+    ),
+    "rejection_notes_total": "IOCM rejection notes folded, by DCM code.",
+    "completion_signals_total": "MPPS/IAN completion signals received, by kind and outcome.",
+    "signalled_emissions_total": "Studies emitted on a completion signal, before the quiet period.",
     "delivery_attempts_total": "Requests sent to the FHIR server, by outcome.",
     "delivery_failures_total": "Deliveries given up (dead-lettered).",
 }

@@ -24,7 +24,9 @@ from scp.associations import AssociationLog
 from scp.connections import connect
 from scp.handlers import handle_echo, handle_store
 from scp.inbox import Inbox
+from scp.mpps import IAN_SOP_CLASS, MPPS_SOP_CLASS, CompletionSignals
 from scp.settings import Settings
+from scp.signals import SignalStore
 from scp.transport import PromptRequestHandler, ReusePortServer
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ def build_ae(settings: Settings) -> AE:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    # Completion signals (README "Study lifecycle"): MPPS from modalities, IAN from PACS.
+    for sop_class in (MPPS_SOP_CLASS, IAN_SOP_CLASS):
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     ae.maximum_associations = settings.max_associations
     # Senders split each dataset into PDUs of at most this size; pynetdicom's default
     # (16 KiB) costs a CT slice three trips through its reactor. The limit also bounds
@@ -83,6 +88,13 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         (evt.EVT_ABORTED, associations.aborted),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [inbox, associations]),
+    ]
+    signals = CompletionSignals(
+        SignalStore(clients.data, clients.rq, settings.retention_seconds * 1000)
+    )
+    handlers += [
+        (evt.EVT_N_CREATE, signals.handle_n_create),
+        (evt.EVT_N_SET, signals.handle_n_set),
     ]
     ae = build_ae(settings)
     server = ae.make_server(

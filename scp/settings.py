@@ -264,6 +264,17 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "Request bodies at least this large are sent gzip-compressed (0 = never); once the "
         "server refuses one, bodies go plain for an hour.",
     ),
+    # --- study lifecycle (README "Study lifecycle") ---
+    "SCP2FHIR_REJECTED_ON_RESEND": (
+        "stay",
+        "An instance an IOCM rejection note named that is C-STOREd again: `stay` rejected "
+        "(IOCM) or `revive` (a copy received after the note shows it again).",
+    ),
+    "SCP2FHIR_RETRACTED_ON_STORE": (
+        "stay",
+        "A C-STORE into a study retracted with `scp2fhir retract`: `stay` (it is folded, the "
+        "study stays entered-in-error) or `revive` (the retraction is lifted).",
+    ),
 }
 
 FhirWriteMode = Literal["conditional", "client-id"]
@@ -346,6 +357,9 @@ class Settings:
     fhir_retry_max_seconds: float = 600.0
     fhir_conflict_retries: int = 3
     fhir_gzip_min_bytes: int = 65536
+    # study lifecycle
+    rejected_on_resend: str = "stay"
+    retracted_on_store: str = "stay"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -458,6 +472,12 @@ class Settings:
                 env, "SCP2FHIR_RETENTION_SECONDS", defaults.retention_seconds, 60, 10**9
             ),
             log_level=log_level,
+            rejected_on_resend=_choice(
+                env, "SCP2FHIR_REJECTED_ON_RESEND", defaults.rejected_on_resend, ("stay", "revive")
+            ),
+            retracted_on_store=_choice(
+                env, "SCP2FHIR_RETRACTED_ON_STORE", defaults.retracted_on_store, ("stay", "revive")
+            ),
             **_fhir_delivery(env, fhir_base_url),
         )
 

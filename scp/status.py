@@ -27,6 +27,9 @@ class OpenStudy:
 class EmittedStudy:
     study_uid: str
     emitted_at_ms: int
+    #: attributes the study's instances disagreed on when it was last emitted: level,
+    #: attribute, DICOM keyword and instances per distinct value (never the values)
+    disagreements: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,16 @@ def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int
         now_ms=now_ms,
         inbox_backlog=int(str(data.xlen(keys.INBOX))),
         open_studies=open_studies,
-        emitted=[EmittedStudy(uid, int(ms)) for uid, ms in recent],
+        emitted=[EmittedStudy(uid, int(ms), _disagreements(data, uid)) for uid, ms in recent],
         queues=queues,
         dead_letters=int(str(data.llen(keys.DEAD_LETTER))),
     )
+
+
+def _disagreements(data: redis.Redis, study_uid: str) -> list[dict[str, Any]]:
+    text: Any = data.hget(keys.DISAGREEMENTS, study_uid)
+    found: list[dict[str, Any]] = json.loads(text) if text else []
+    return found
 
 
 def render_text(snap: Snapshot) -> str:
@@ -116,6 +125,11 @@ def render_text(snap: Snapshot) -> str:
     for item in snap.emitted:
         ago = (snap.now_ms - item.emitted_at_ms) / 1000
         lines.append(f"  {item.study_uid:<64} {ago:>8.0f}s ago")
+        for found in item.disagreements:
+            counts = "/".join(str(n) for n in found["counts"])
+            lines.append(
+                f"    instances disagree on {found['keyword']} ({found['level']}): {counts}"
+            )
     lines.append("queues (queued / started / scheduled / failed):")
     for queue in snap.queues:
         lines.append(

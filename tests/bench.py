@@ -367,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             work,
         )
         fold_and_build(reps, work)
+        from tests.bench_lifecycle import completion_latency
+
+        completion_latency(reps, work)
     return 0
 
 

@@ -468,13 +468,13 @@ def install_faults(spec: Mapping[str, Any]) -> None:
         original_fold = AggregateStore.fold
         threshold = int(pause.get("after_instances", 0))
 
-        def fold(self: AggregateStore, folded: Sequence[tuple[str, Any]]) -> int:
+        def fold(self: AggregateStore, folded: Sequence[tuple[str, Any]], **kwargs: Any) -> int:
             # Counted in Redis: each drain job runs in a fresh work horse.
             if folded and not Path(marker).exists():
                 uid = folded[0][1].study_uid
                 if self._redis.hlen(keys.study_instances(uid)) >= threshold:
                     _pause(marker)
-            return original_fold(self, folded)
+            return original_fold(self, folded, **kwargs)
 
         AggregateStore.fold = fold  # type: ignore[method-assign]
     elif pause["at"] == "close":

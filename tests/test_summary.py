@@ -88,7 +88,10 @@ def test_the_rest_of_a_bad_study_still_maps_to_a_valid_resource(version: str) ->
     assert "number" not in ct and "laterality" not in ct
     # Series Date was unusable: the series starts at its acquisition, with no zone: a date.
     assert ct["started"] == "1997-04-30"
-    assert "started" not in resource and "description" not in resource
+    # Study attributes are decided per attribute: the CT's Study Date is unusable, so the
+    # study starts when the MR instance (which has a valid one) says.
+    assert resource["started"] == "2004-01-19T07:27:30-04:00"
+    assert "description" not in resource
     assert "procedureCode" not in resource and "procedure" not in resource
     assert resource["numberOfInstances"] == 2
     bundle = study_bundle(study, version, MappingOptions(bundle=True))  # type: ignore[arg-type]

@@ -4,7 +4,10 @@ and closing a study after emission.
 Each write is one Lua script, so Redis always holds a consistent state: an inbox
 entry is acknowledged in the same step that folds it (a crashed worker leaves it
 pending, to be claimed again; a second fold of it is a no-op because its XACK
-returns 0). The attribute rule is :func:`workers.fold.prefer`, applied server-side.
+returns 0). Redis stores the facts the pure fold keeps (:class:`workers.fold.Received`
+records with their generation, attribute variants, rejections, rejection notes);
+:meth:`AggregateStore.load` resolves them with :func:`workers.fold.resolve`, the same
+function the pure fold uses, so both always agree.
 """
 
 from __future__ import annotations
@@ -17,13 +20,23 @@ from dataclasses import dataclass
 import redis
 
 from scp import keys
-from workers.fold import Sourced, StudyAggregate
+from workers.fold import Received, Rejection, Retraction, StudyAggregate, digest, resolve
 from workers.summary import InstanceSummary
 
 logger = logging.getLogger(__name__)
 
+# ARGV: group, revive rejected ('1'/''), revive retracted ('1'/''), series index TTL (ms),
+# then one block per study:
+#   study, its keys (study, instances, variants, rejected, notes, retraction), n entries,
+#   n entries, each either
+#     'i', entry id, SOP, record (JSON object without "g"), study variant digest, its JSON
+#         (or '' if sent earlier in the batch), series variant digest, its JSON (or ''),
+#         series index key
+#     'n', entry id, SOP of the note, DCM code, count, the rejected SOPs
 _FOLD = """
-local stream, inflight, group = KEYS[1], KEYS[2], ARGV[1]
+local stream, inflight = KEYS[1], KEYS[2]
+local group, revive_rejected, revive_retracted = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
+local index_ttl = ARGV[4]
 -- Byte order, as Python compares str: Lua's own '<=' follows the server's locale.
 local function bytes_le(a, b)
   for j = 1, math.min(#a, #b) do
@@ -32,26 +45,70 @@ local function bytes_le(a, b)
   end
   return #a <= #b
 end
-local function prefer(key, source, attrs)
-  local current = redis.call('HGET', key, 'source')
-  if (not current) or bytes_le(source, current) then
-    redis.call('HSET', key, 'source', source, 'attrs', attrs)
-  end
-  redis.call('PERSIST', key)
+local function settle(study)
+  if redis.call('HINCRBY', inflight, study, -1) <= 0 then redis.call('HDEL', inflight, study) end
 end
 local applied = 0
-for i = 2, #ARGV, 9 do
-  local id, study, sop = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('XACK', stream, group, id) == 1 then
-    redis.call('XDEL', stream, id)
-    redis.call('HSET', ARGV[i + 5], sop, ARGV[i + 8])
-    redis.call('PERSIST', ARGV[i + 5])
-    -- Empty attrs: not this batch's winner for that study/series (see fold()).
-    if ARGV[i + 6] ~= '' then prefer(ARGV[i + 3], sop, ARGV[i + 6]) end
-    if ARGV[i + 7] ~= '' then prefer(ARGV[i + 4], sop, ARGV[i + 7]) end
-    if redis.call('HINCRBY', inflight, study, -1) <= 0 then redis.call('HDEL', inflight, study) end
-    applied = applied + 1
+local i = 5
+while i <= #ARGV do
+  local study = ARGV[i]
+  local k_study, k_inst, k_var, k_rej = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local k_notes, k_retr, n = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
+  i = i + 8
+  local generation = redis.call('HGET', k_study, 'generation') or '0'
+  local retracted_at = revive_retracted and redis.call('HGET', k_retr, 'at')
+  for _ = 1, n do
+    local kind, id, sop = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local fresh = redis.call('XACK', stream, group, id) == 1
+    if kind == 'i' then
+      if fresh then
+        redis.call('XDEL', stream, id)
+        redis.call('HSET', k_inst, sop, '{"g":' .. generation .. ',' .. string.sub(ARGV[i + 3], 2))
+        if ARGV[i + 5] ~= '' then redis.call('HSETNX', k_var, ARGV[i + 4], ARGV[i + 5]) end
+        if ARGV[i + 7] ~= '' then redis.call('HSETNX', k_var, ARGV[i + 6], ARGV[i + 7]) end
+        redis.call('SET', ARGV[i + 8], study, 'PX', index_ttl)
+        if revive_rejected then
+          local r = redis.call('HGET', k_rej, sop)
+          if r then
+            local code, note, seen = string.match(r, '^(%S+) (%S+) (%d)$')
+            if seen == '1' then
+              redis.call('HDEL', k_rej, sop)
+            else
+              redis.call('HSET', k_rej, sop, code .. ' ' .. note .. ' 1')
+            end
+          end
+        end
+        if retracted_at and tonumber(string.match(id, '^(%d+)')) > tonumber(retracted_at) then
+          redis.call('DEL', k_retr)
+          retracted_at = false
+        end
+        settle(study)
+        applied = applied + 1
+      end
+      i = i + 9
+    else
+      local code, count = ARGV[i + 3], tonumber(ARGV[i + 4])
+      if fresh then
+        redis.call('XDEL', stream, id)
+        redis.call('HSET', k_notes, sop, code)
+        for j = 1, count do
+          local uid = ARGV[i + 4 + j]
+          local r = redis.call('HGET', k_rej, uid)
+          local current = r and string.match(r, '^%S+ (%S+)')
+          if (not current) or bytes_le(sop, current) then
+            local seen = '0'
+            if revive_rejected and redis.call('HEXISTS', k_inst, uid) == 1 then seen = '1' end
+            redis.call('HSET', k_rej, uid, code .. ' ' .. sop .. ' ' .. seen)
+          end
+        end
+        settle(study)
+        applied = applied + 1
+      end
+      i = i + 5 + count
+    end
   end
+  -- A study that receives again keeps its aggregate until its next emission.
+  for _, key in ipairs({k_study, k_inst, k_var, k_rej, k_notes}) do redis.call('PERSIST', key) end
 end
 return applied
 """
@@ -78,18 +135,23 @@ return rejected
 # (no expiry) and the study is listed as pending; the delivery starts the clock.
 _CLOSE = """
 local open, inflight, emitted, check, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local pending = KEYS[6]
+local pending, signals, k_study = KEYS[6], KEYS[7], KEYS[8]
 local study, seen, token, now, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local consume_signals = ARGV[6] == '1'
 local closed = 0
 local score = redis.call('ZSCORE', open, study)
 if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflight, study) then
   redis.call('ZREM', open, study)
   redis.call('ZADD', emitted, now, study)
   redis.call('DEL', check)
+  -- Records folded from now on are the next generation (a re-send after this emission).
+  redis.call('HINCRBY', k_study, 'generation', 1)
+  -- The completion signal that triggered this emission is used up.
+  if consume_signals then redis.call('DEL', signals) end
   if tonumber(retention) > 0 then
-    for i = 7, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
+    for i = 8, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
   else
-    for i = 7, #KEYS do redis.call('PERSIST', KEYS[i]) end
+    for i = 8, #KEYS do redis.call('PERSIST', KEYS[i]) end
     redis.call('ZADD', pending, now, study)
   end
   closed = 1
@@ -131,39 +193,47 @@ class AggregateStore:
         self._close = connection.register_script(_CLOSE)
         self._forget_consumers = connection.register_script(_FORGET_CONSUMERS)
 
-    def fold(self, folded: Sequence[tuple[str, InstanceSummary]]) -> int:
+    def fold(
+        self,
+        folded: Sequence[tuple[str, InstanceSummary]],
+        *,
+        revive_rejected: bool = False,
+        revive_retracted: bool = False,
+        index_ttl_ms: int = 7 * 86400 * 1000,
+    ) -> int:
         """Fold (entry id, summary) pairs and acknowledge their entries; returns how many
         were new (entries already acknowledged by another worker are skipped)."""
         if not folded:
             return 0
-        # Within a batch only one instance per study and per series can win prefer(): the
-        # one with the smallest SOP Instance UID (the later one on a tie, as in prefer).
-        # Sending the others' attributes would only make Redis compare and discard them.
-        study_winner: dict[str, int] = {}
-        series_winner: dict[tuple[str, str], int] = {}
-        for index, (_, s) in enumerate(folded):
-            best = study_winner.get(s.study_uid)
-            if best is None or s.sop_uid <= folded[best][1].sop_uid:
-                study_winner[s.study_uid] = index
-            key = (s.study_uid, s.series_uid)
-            best = series_winner.get(key)
-            if best is None or s.sop_uid <= folded[best][1].sop_uid:
-                series_winner[key] = index
-        study_wins = set(study_winner.values())
-        series_wins = set(series_winner.values())
-        args: list[str] = [keys.INBOX_GROUP]
-        for index, (entry_id, s) in enumerate(folded):
+        by_study: dict[str, list[tuple[str, InstanceSummary]]] = {}
+        for entry_id, summary in folded:
+            by_study.setdefault(summary.study_uid, []).append((entry_id, summary))
+        args: list[str | int] = [
+            keys.INBOX_GROUP,
+            "1" if revive_rejected else "",
+            "1" if revive_retracted else "",
+            index_ttl_ms,
+        ]
+        for study_uid, entries in by_study.items():
             args += [
-                entry_id,
-                s.study_uid,
-                s.sop_uid,
-                keys.study(s.study_uid),
-                keys.series(s.study_uid, s.series_uid),
-                keys.study_instances(s.study_uid),
-                _dumps(s.study) if index in study_wins else "",
-                _dumps(s.series) if index in series_wins else "",
-                _dumps(s.instance),
+                study_uid,
+                *keys.study_aggregate_keys(study_uid),
+                keys.study_retraction(study_uid),
+                len(entries),
             ]
+            sent: set[str] = set()  # variants already in this batch go once
+            for entry_id, s in entries:
+                if s.rejection is not None:
+                    rejected = s.rejection.rejected
+                    args += ["n", entry_id, s.sop_uid, s.rejection.code, len(rejected), *rejected]
+                    continue
+                study_digest, series_digest = digest(s.study), digest(s.series)
+                record = {**s.instance, "sv": study_digest, "ev": series_digest}
+                args += ["i", entry_id, s.sop_uid, _dumps(record)]
+                for name, attrs in ((study_digest, s.study), (series_digest, s.series)):
+                    args += [name, "" if name in sent else _dumps(attrs)]
+                    sent.add(name)
+                args.append(keys.series_study(s.series_uid))
         return int(self._fold(keys=[keys.INBOX, keys.INFLIGHT], args=args))
 
     def reject(self, entries: Iterable[tuple[InboxEntry, str]]) -> int:
@@ -184,20 +254,34 @@ class AggregateStore:
     def load(self, study_uid: str) -> StudyAggregate:
         """Read a study's aggregate (empty if nothing is stored)."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(keys.study(study_uid))
+        pipe.hget(keys.study(study_uid), "generation")
         pipe.hgetall(keys.study_instances(study_uid))
-        study_hash, instance_hash = pipe.execute()
-        instances = {sop: json.loads(record) for sop, record in instance_hash.items()}
-        series_uids = sorted({record["series_uid"] for record in instances.values()})
-        pipe = self._redis.pipeline(transaction=False)
-        for series_uid in series_uids:
-            pipe.hgetall(keys.series(study_uid, series_uid))
-        series = {uid: _sourced(h) for uid, h in zip(series_uids, pipe.execute(), strict=True) if h}
-        return StudyAggregate(
-            study_uid=study_uid,
-            study=_sourced(study_hash) if study_hash else None,
-            instances=instances,
-            series={uid: s for uid, s in series.items() if s is not None},
+        pipe.hgetall(keys.study_variants(study_uid))
+        pipe.hgetall(keys.study_rejected(study_uid))
+        pipe.hgetall(keys.study_notes(study_uid))
+        pipe.hgetall(keys.study_retraction(study_uid))
+        generation, instance_hash, variant_hash, rejected_hash, notes, retraction = pipe.execute()
+        received: dict[str, Received] = {}
+        for sop, text in instance_hash.items():
+            record = json.loads(text)
+            received[sop] = Received(
+                int(record.pop("g", 0)), record.pop("sv", ""), record.pop("ev", ""), record
+            )
+        rejected: dict[str, Rejection] = {}
+        for sop, text in rejected_hash.items():
+            code, _, rest = text.partition(" ")
+            note, _, seen = rest.partition(" ")
+            rejected[sop] = Rejection(code, note, seen == "1")
+        return resolve(
+            StudyAggregate(
+                study_uid=study_uid,
+                received=received,
+                variants={name: json.loads(text) for name, text in variant_hash.items()},
+                rejected=rejected,
+                notes=dict(notes),
+                generation=int(generation or 0),
+                retraction=_retraction(retraction),
+            )
         )
 
     def forget_idle_consumers(self, idle_ms: int) -> int:
@@ -212,15 +296,15 @@ class AggregateStore:
         now_ms: int,
         retention_ms: int,
         until_delivered: bool = False,
+        consume_signals: bool = False,
     ) -> bool:
         """Mark the study emitted if no instance arrived since ``seen_ms``; start the
         retention clock on its keys, or, ``until_delivered``, keep them and list the study
         in :data:`scp.keys.DELIVER_PENDING` (the delivery starts the clock once the FHIR
-        server has the output). Releases the lease either way."""
+        server has the output). Later records are the next generation; the completion
+        signals that triggered the emission are used up (``consume_signals``). Releases
+        the lease either way."""
         uid = aggregate.study_uid
-        study_keys = [keys.study(uid), keys.study_instances(uid)] + [
-            keys.series(uid, series_uid) for series_uid in aggregate.series
-        ]
         closed = self._close(
             keys=[
                 keys.OPEN_STUDIES,
@@ -229,9 +313,17 @@ class AggregateStore:
                 keys.study_check(uid),
                 keys.study_lease(uid),
                 keys.DELIVER_PENDING,
-                *study_keys,
+                keys.study_signals(uid),
+                *keys.study_aggregate_keys(uid),
             ],
-            args=[uid, seen_ms, lease_token, now_ms, 0 if until_delivered else retention_ms],
+            args=[
+                uid,
+                seen_ms,
+                lease_token,
+                now_ms,
+                0 if until_delivered else retention_ms,
+                "1" if consume_signals else "",
+            ],
         )
         return bool(closed)
 
@@ -240,7 +332,7 @@ def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
-def _sourced(h: dict[str, str]) -> Sourced | None:
-    if "source" not in h or "attrs" not in h:
+def _retraction(h: dict[str, str]) -> Retraction | None:
+    if "at" not in h:
         return None
-    return Sourced(h["source"], json.loads(h["attrs"]))
+    return Retraction(int(h["at"]), h.get("by", ""), h.get("reason", ""))

@@ -16,6 +16,7 @@ from typing import TextIO
 
 from scp.header import read_header
 from workers.fold import fold_all
+from workers.lifecycle.origin import with_origin
 from workers.mapping import FhirVersion, MappingOptions, emitted
 from workers.profiles import Gaps
 from workers.summary import InstanceSummary, log_warnings, summarize
@@ -82,10 +83,11 @@ def convert(
         log_warnings(summary, logger)
         summaries.append(summary)
     progress.done(len(summaries), unreadable)
-    aggregates = fold_all(summaries)
+    # A study seen only through rejection notes has nothing to write.
+    aggregates = {uid: a for uid, a in fold_all(summaries).items() if a.emittable}
     for study_uid in sorted(aggregates):
         gaps = Gaps()
-        resource = emitted(aggregates[study_uid], version, options, gaps=gaps)
+        resource = with_origin(emitted(aggregates[study_uid], version, options, gaps=gaps))
         if explain:
             out.write(explanation(study_uid, options.profile, gaps))
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -53,6 +54,19 @@ ABSURD_FACTOR = 4
 UNLIMITED_CAP = 65536
 #: FHIR unsignedInt / positiveInt upper bound.
 MAX_INT = 2**31 - 1
+#: A code sequence with more items than this is left out whole (and its tag logged):
+#: real ones hold a handful; a hostile one must not cost the worker time or the FHIR
+#: resource megabytes.
+MAX_CODE_ITEMS = 64
+#: A person name element with more values than this is left out whole, likewise (the
+#: mapping makes one performer or interpreter of each).
+MAX_NAMES = 64
+#: ... and a text element with more values than this (reasons, kernels, image types).
+MAX_TEXT_VALUES = 256
+#: Seconds one header may take to read (from its first :class:`DicomJson` view on).
+#: Past it, sequences read as empty and are reported by tag: one pathological instance
+#: is summarised without them instead of holding up every other study.
+READ_BUDGET_SECONDS = 2.0
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _CS = re.compile(r"^[A-Z0-9_ ]+$")
@@ -146,14 +160,20 @@ def clean(text: str, multiline: bool = False) -> str:
 class DicomJson:
     """Read-only view over one DICOM JSON dataset."""
 
-    __slots__ = ("_data", "_prefix", "_warnings")
+    __slots__ = ("_data", "_deadline", "_prefix", "_warnings")
 
     def __init__(
-        self, data: dict[str, Any], warnings: list[str] | None = None, prefix: str = ""
+        self,
+        data: dict[str, Any],
+        warnings: list[str] | None = None,
+        prefix: str = "",
+        deadline: float | None = None,
     ) -> None:
         self._data = data
         self._warnings: list[str] = [] if warnings is None else warnings
         self._prefix = prefix
+        #: shared by a dataset and its items (time.monotonic() seconds)
+        self._deadline = time.monotonic() + READ_BUDGET_SECONDS if deadline is None else deadline
 
     @property
     def warnings(self) -> list[str]:
@@ -215,7 +235,7 @@ class DicomJson:
         if checked is None:
             return []
         vr, values = checked
-        if vr not in _TEXT_VRS:
+        if vr not in _TEXT_VRS or len(values) > MAX_TEXT_VALUES:
             self.warn(keyword)
             return []
         out: list[str] = []
@@ -384,7 +404,7 @@ class DicomJson:
         if checked is None:
             return []
         vr, values = checked
-        if vr != "PN":
+        if vr != "PN" or len(values) > MAX_NAMES:
             self.warn(keyword)
             return []
         out: list[PersonName] = []
@@ -423,20 +443,34 @@ class DicomJson:
         if element.get("vr") != "SQ":
             self.warn(keyword)
             return []
+        if time.monotonic() > self._deadline:
+            self.warn(keyword)  # over the read budget: left out, reported
+            return []
         prefix = f"{self._prefix}{_key(keyword)}."
         return [
-            DicomJson(item, self._warnings, prefix)
+            DicomJson(item, self._warnings, prefix, self._deadline)
             for item in self.values(keyword)
             if isinstance(item, dict)
         ]
 
     def codes(self, keyword: str) -> list[Code]:
-        """The coded entries of a code sequence (PS3.3 Table 8.8-1). An item without a
-        usable code value, scheme or meaning is left out."""
+        """The coded entries of a code sequence (PS3.3 Table 8.8-1), each once, in order.
+        An item without a usable code value, scheme or meaning is left out; a sequence of
+        more than :data:`MAX_CODE_ITEMS` items is left out whole."""
+        if self._absent(keyword):
+            return []
+        if len(self.values(keyword)) > MAX_CODE_ITEMS:
+            self.warn(keyword)
+            return []
         out: list[Code] = []
+        seen: set[tuple[tuple[str, str], ...]] = set()
         for item in self.items(keyword):
             code = item.code()
-            if code is not None and code not in out:
+            if code is None:
+                continue
+            identity = tuple(sorted(code.items()))
+            if identity not in seen:
+                seen.add(identity)
                 out.append(code)
         return out
 

@@ -1,38 +1,101 @@
 """Pure: fold instance summaries into a study aggregate.
 
-Rules (the Redis store in :mod:`workers.aggregates` applies the same ones):
+Rules (the Redis store in :mod:`workers.aggregates` stores the same facts and resolves
+them with the same :func:`resolve`):
 
 * An instance is keyed by its SOP Instance UID: sent twice it counts once, and a
   changed resend replaces the earlier record (even if it moved to another series).
-* Study- and series-level attributes are taken from the instance with the
-  smallest SOP Instance UID that carried them (:func:`prefer`), so the result is
-  the same whatever order the instances arrive in.
+  Each record remembers the *generation* it arrived in: how many times the study had
+  been emitted before (:func:`emitted` counts one up).
+* Study- and series-level attributes are decided per attribute from the values the
+  instances carry (:mod:`workers.lifecycle.consensus`): the newest generation wins,
+  then the value most of its instances carry. Arrival order within a generation does
+  not matter.
+* IOCM rejection notes (:mod:`workers.lifecycle.rejection`) are not instances: the
+  instances they name are hidden, whether they arrived before the note or after it,
+  and a series left empty disappears. With ``revive_rejected`` a copy of a rejected
+  instance that arrives after the note (the instance had been received before it)
+  lifts the rejection.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from workers.lifecycle import consensus
+from workers.lifecycle.consensus import Disagreement
 from workers.summary import Attributes, InstanceSummary
+
+#: ImagingStudy.status of a study that is what it says
+AVAILABLE = "available"
+#: ... of a study every instance of which was rejected, or that an operator retracted
+ENTERED_IN_ERROR = "entered-in-error"
 
 
 @dataclass(frozen=True)
 class Sourced:
-    """Attributes and the SOP Instance UID they were taken from."""
+    """Decided attributes and where they came from (``consensus`` of the instances)."""
 
     source: str
     attrs: Attributes
 
 
 @dataclass(frozen=True)
+class Received:
+    """One instance as last received: the generation it arrived in, digests of its study-
+    and series-level attributes (in :attr:`StudyAggregate.variants`) and its record."""
+
+    generation: int
+    study: str
+    series: str
+    record: Attributes
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An instance a rejection note names."""
+
+    code: str
+    #: SOP Instance UID of the note (the smallest, if several name the instance)
+    note: str
+    #: only with ``revive_rejected``: the instance had been received when the note came
+    seen: bool = False
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """An operator's ``scp2fhir retract`` (no patient data: who, when, why)."""
+
+    at_ms: int
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class StudyAggregate:
     study_uid: str
+    #: decided study-level attributes
     study: Sourced | None = None
-    #: SOP Instance UID -> instance record (names its ``series_uid``)
+    #: SOP Instance UID -> instance record (names its ``series_uid``) of the instances
+    #: shown: received and not rejected
     instances: dict[str, Attributes] = field(default_factory=dict)
-    #: Series Instance UID -> series attributes
+    #: Series Instance UID -> decided series attributes, for the series shown
     series: dict[str, Sourced] = field(default_factory=dict)
+    #: every instance received, rejected ones included (SOP Instance UID -> record)
+    received: dict[str, Received] = field(default_factory=dict)
+    #: attribute digest -> study- or series-level attributes (shared by instances)
+    variants: dict[str, Attributes] = field(default_factory=dict)
+    #: SOP Instance UID -> its rejection (the instance may not have arrived yet)
+    rejected: dict[str, Rejection] = field(default_factory=dict)
+    #: SOP Instance UID of each rejection note -> its DCM code
+    notes: dict[str, str] = field(default_factory=dict)
+    #: emissions so far; records folded from now on belong to this generation
+    generation: int = 0
+    retraction: Retraction | None = None
+    #: attributes the instances shown disagree on (counts only)
+    disagreements: tuple[Disagreement, ...] = ()
 
     def members_by_series(self) -> dict[str, list[tuple[str, Attributes]]]:
         """Series Instance UID -> its (SOP Instance UID, record) pairs, by SOP Instance UID."""
@@ -45,28 +108,106 @@ class StudyAggregate:
         """Series that hold at least one instance."""
         return sorted({record["series_uid"] for record in self.instances.values()})
 
+    @property
+    def status(self) -> str:
+        """``entered-in-error`` when retracted, or when instances were received and every
+        one of them is rejected; else ``available``."""
+        if self.retraction is not None or (self.received and not self.instances):
+            return ENTERED_IN_ERROR
+        return AVAILABLE
 
-def prefer(current: Sourced | None, candidate: Sourced) -> Sourced:
-    """The attributes to keep: those from the smaller SOP Instance UID (ties: the newer)."""
-    if current is None or candidate.source <= current.source:
-        return candidate
-    return current
+    @property
+    def emittable(self) -> bool:
+        """Whether there is anything to write: instances (shown or rejected) or a
+        retraction. A study known only from rejection notes is not."""
+        return bool(self.received) or self.retraction is not None
 
 
-def fold(aggregate: StudyAggregate, summaries: Iterable[InstanceSummary]) -> StudyAggregate:
+def digest(attrs: Attributes) -> str:
+    """A short, stable name for a set of attributes (instances share their variants)."""
+    return hashlib.sha1(consensus.canonical(attrs).encode()).hexdigest()[:12]
+
+
+def fold(
+    aggregate: StudyAggregate,
+    summaries: Iterable[InstanceSummary],
+    *,
+    revive_rejected: bool = False,
+) -> StudyAggregate:
     """Return ``aggregate`` with ``summaries`` of the same study folded in."""
-    study = aggregate.study
-    instances = dict(aggregate.instances)
-    series = dict(aggregate.series)
+    received = dict(aggregate.received)
+    variants = dict(aggregate.variants)
+    rejected = dict(aggregate.rejected)
+    notes = dict(aggregate.notes)
     for summary in summaries:
         if summary.study_uid != aggregate.study_uid:
             raise ValueError("summary belongs to another study")
-        instances[summary.sop_uid] = summary.instance
-        study = prefer(study, Sourced(summary.sop_uid, summary.study))
-        series[summary.series_uid] = prefer(
-            series.get(summary.series_uid), Sourced(summary.sop_uid, summary.series)
+        sop = summary.sop_uid
+        note = summary.rejection
+        if note is not None:
+            notes[sop] = note.code
+            for uid in note.rejected:
+                current = rejected.get(uid)
+                if current is None or sop <= current.note:
+                    rejected[uid] = Rejection(note.code, sop, revive_rejected and uid in received)
+            continue
+        study_digest, series_digest = digest(summary.study), digest(summary.series)
+        variants[study_digest] = summary.study
+        variants[series_digest] = summary.series
+        received[sop] = Received(
+            aggregate.generation, study_digest, series_digest, summary.instance
         )
-    return replace(aggregate, study=study, instances=instances, series=series)
+        rejection = rejected.get(sop)
+        if revive_rejected and rejection is not None:
+            if rejection.seen:
+                del rejected[sop]
+            else:
+                rejected[sop] = replace(rejection, seen=True)
+    return resolve(
+        replace(aggregate, received=received, variants=variants, rejected=rejected, notes=notes)
+    )
+
+
+def emitted(aggregate: StudyAggregate) -> StudyAggregate:
+    """The aggregate after an emission closed the study: later records are a new
+    generation (what the Redis close script does)."""
+    return replace(aggregate, generation=aggregate.generation + 1)
+
+
+def resolve(aggregate: StudyAggregate) -> StudyAggregate:
+    """Derive what is shown (instances, decided attributes, disagreements) from what was
+    received, rejected and retracted. Linear in the number of instances."""
+    instances: dict[str, Attributes] = {}
+    study_votes: list[consensus.Vote] = []
+    series_votes: dict[str, list[consensus.Vote]] = {}
+    for sop, got in aggregate.received.items():
+        if sop in aggregate.rejected:
+            continue
+        instances[sop] = got.record
+        study_votes.append((got.generation, sop, aggregate.variants.get(got.study, {})))
+        series_votes.setdefault(got.record["series_uid"], []).append(
+            (got.generation, sop, aggregate.variants.get(got.series, {}))
+        )
+    if not instances:
+        # Everything rejected: the study keeps what it said, to mark that in error.
+        study_votes = [
+            (got.generation, sop, aggregate.variants.get(got.study, {}))
+            for sop, got in aggregate.received.items()
+        ]
+    found = consensus.disagreements("study", study_votes) if instances else []
+    series: dict[str, Sourced] = {}
+    for series_uid in sorted(series_votes):
+        votes = series_votes[series_uid]
+        series[series_uid] = Sourced("consensus", consensus.decide(votes))
+        found += consensus.disagreements(f"series {series_uid}", votes)
+    study = Sourced("consensus", consensus.decide(study_votes)) if study_votes else None
+    return replace(
+        aggregate,
+        study=study,
+        instances=instances,
+        series=series,
+        disagreements=tuple(found),
+    )
 
 
 def fold_all(summaries: Iterable[InstanceSummary]) -> dict[str, StudyAggregate]:

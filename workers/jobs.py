@@ -9,6 +9,9 @@
 * ``sweep`` (emit queue, every :data:`SWEEP_SECONDS`) repairs what crashes leave:
   entries a dead worker had claimed, a drain request whose job was lost, open
   studies whose check was lost, emitted studies whose delivery job was lost.
+* ``check_signal`` (emit queue) emits a study at once when its MPPS/IAN completion
+  signals are satisfied (:mod:`workers.lifecycle.completion`); queued by the SCP when a
+  signal arrives and by the drain after folding instances of a signalled study.
 * ``deliver_study`` (deliver queue; only with a FHIR server configured) sends the
   study's current output to the FHIR server (:mod:`workers.delivery`); emission only
   queues it, so a slow or absent server never holds up the quiet checks.
@@ -30,10 +33,14 @@ import redis
 
 from scp import keys, metrics
 from scp.inbox import DRAIN_REQUEST_TTL_MS, request_drain_job
+from scp.signals import request_checks
 from workers import delivery
 from workers.aggregates import InboxEntry
 from workers.context import WorkerContext, current
-from workers.fold import StudyAggregate
+from workers.fold import ENTERED_IN_ERROR, StudyAggregate
+from workers.lifecycle import completion
+from workers.lifecycle.origin import with_origin
+from workers.lifecycle.rejection import REJECTION_TITLES
 from workers.mapping import Resource, imaging_study, study_bundle
 from workers.output import write_resource
 from workers.profiles import Gaps
@@ -134,11 +141,56 @@ def fold_entries(ctx: WorkerContext, entries: list[InboxEntry]) -> int:
         if summary.study_uid != entry.study_uid:
             rejected.append((entry, "study UID differs from the inbox entry"))
             continue
+        if summary.rejection is not None:
+            _log_rejection_note(summary)
         folded.append((entry.entry_id, summary))
-    applied = ctx.store.fold(folded)
+    settings = ctx.settings
+    applied = ctx.store.fold(
+        folded,
+        revive_rejected=settings.rejected_on_resend == "revive",
+        revive_retracted=settings.retracted_on_store == "revive",
+        index_ttl_ms=settings.retention_seconds * 1000,
+    )
     ctx.store.reject(rejected)
-    schedule_checks(ctx, {summary.study_uid for _, summary in folded})
+    touched = {summary.study_uid for _, summary in folded}
+    schedule_checks(ctx, touched)
+    _request_signal_checks(ctx, touched)
     return applied
+
+
+def _log_rejection_note(summary: InstanceSummary) -> None:
+    note = summary.rejection
+    assert note is not None
+    metrics.recorder().count("rejection_notes_total", code=note.code)
+    logger.info(
+        "study=%s rejection note sop=%s code=%s (%s) rejects %d instances",
+        summary.study_uid,
+        summary.sop_uid,
+        note.code,
+        REJECTION_TITLES[note.code],
+        len(note.rejected),
+    )
+    if note.elsewhere:
+        logger.warning(
+            "study=%s rejection note sop=%s references %d instances of other studies: not "
+            "applied (IOCM puts a rejection note in the study of the instances it rejects)",
+            summary.study_uid,
+            summary.sop_uid,
+            note.elsewhere,
+        )
+
+
+def _request_signal_checks(ctx: WorkerContext, study_uids: Iterable[str]) -> None:
+    """Studies with completion signals get a check now that more of them is folded."""
+    uids = sorted(study_uids)
+    if not uids:
+        return
+    pipe = ctx.clients.data.pipeline(transaction=False)
+    for uid in uids:
+        pipe.exists(keys.study_signals(uid))
+    signalled = [uid for uid, has in zip(uids, pipe.execute(), strict=True) if has]
+    if signalled:
+        request_checks(ctx.clients.data, ctx.emit_queue, signalled)
 
 
 # --- quiet -----------------------------------------------------------------------------
@@ -213,19 +265,68 @@ def check_quiet(study_uid: str) -> str:
     return "emitted"
 
 
-def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> bool:
+def check_signal(study_uid: str) -> str:
+    """Emit ``study_uid`` now if its completion signals are satisfied (MPPS, IAN); else
+    leave it to the quiet period. Returns what happened."""
+    ctx = current()
+    data = ctx.clients.data
+    data.delete(keys.study_signal_check(study_uid))
+    last = data.zscore(keys.OPEN_STUDIES, study_uid)
+    if last is None:
+        return "not open"
+    readiness = completion.readiness(data, study_uid)
+    if not readiness.ready:
+        logger.debug("study=%s completion signal: not yet: %s", study_uid, readiness.why)
+        return f"waiting: {readiness.why}"
+    token = uuid.uuid4().hex
+    if not data.set(keys.study_lease(study_uid), token, nx=True, px=LEASE_MS):
+        return "leased elsewhere"  # someone is emitting it right now
+    try:
+        emitted = emit(ctx, study_uid, int(last), token, signalled=readiness.why)
+    except BaseException:
+        data.delete(keys.study_lease(study_uid))
+        raise
+    # Not closed: an instance arrived meanwhile; its fold asks for a check again.
+    return "emitted on completion signal" if emitted else "re-opened during emission"
+
+
+def emit(
+    ctx: WorkerContext,
+    study_uid: str,
+    seen_ms: int,
+    lease_token: str,
+    signalled: str | None = None,
+) -> bool:
     """Build, write (and deliver) the study's ImagingStudy; close the study unless an
-    instance arrived meanwhile. Returns whether it was closed."""
+    instance arrived meanwhile. ``signalled``: why a completion signal lets it go before
+    its quiet period. Returns whether it was closed."""
     settings = ctx.settings
     aggregate = ctx.store.load(study_uid)
+    now = redis_now_ms(ctx.clients.data)
+    if not aggregate.emittable:
+        # Known only from rejection notes: nothing was ever received, nothing to write
+        # (its aggregate may be gone after the retention; the output is left as it is).
+        closed = ctx.store.close(
+            aggregate, seen_ms, lease_token, now, settings.retention_seconds * 1000
+        )
+        if closed:
+            logger.warning(
+                "study=%s has %d rejection notes and no instances: nothing emitted "
+                "(instances the notes name stay rejected if they arrive)",
+                study_uid,
+                len(aggregate.notes),
+            )
+        return closed
     gaps = Gaps()
-    resource = imaging_study(aggregate, settings.fhir_version, options=ctx.options, gaps=gaps)
+    resource = with_origin(
+        imaging_study(aggregate, settings.fhir_version, options=ctx.options, gaps=gaps)
+    )
     path = write_resource(settings.output_dir, resource)
     if ctx.options.bundle:
         write_resource(
-            settings.output_dir, study_bundle(aggregate, settings.fhir_version, ctx.options)
+            settings.output_dir,
+            with_origin(study_bundle(aggregate, settings.fhir_version, ctx.options)),
         )
-    now = redis_now_ms(ctx.clients.data)
     # With a FHIR server the aggregate is kept until the delivery succeeds (the delivery
     # starts the retention clock), so a redelivery can always rebuild the output.
     closed = ctx.store.close(
@@ -235,6 +336,7 @@ def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> 
         now,
         settings.retention_seconds * 1000,
         until_delivered=settings.fhir_base_url is not None,
+        consume_signals=signalled is not None,
     )
     if closed and settings.fhir_base_url is not None:
         # After the close: a study still open when its delivery runs is skipped. If this
@@ -243,20 +345,59 @@ def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> 
     if closed:
         recorder = metrics.recorder()
         recorder.count("emissions_total")
+        if signalled is not None:
+            recorder.count("signalled_emissions_total")
         recorder.observe("last_instance_to_emitted_seconds", (now - seen_ms) / 1000)
+        report_disagreements(ctx, aggregate)
         recorder.flush()  # jobs run in RQ's short-lived work horses: flush before exit
         lag_ms = now - seen_ms - int(settings.quiet_seconds * 1000)
         logger.info(
-            "study=%s emitted id=%s series=%d instances=%d after_quiet_ms=%d path=%s",
+            "study=%s emitted id=%s status=%s series=%d instances=%d rejected=%d "
+            "after_quiet_ms=%d%s path=%s",
             study_uid,
             resource["id"],
+            resource["status"],
             resource["numberOfSeries"],
             resource["numberOfInstances"],
+            len(aggregate.received) - len(aggregate.instances),
             lag_ms,
+            "" if signalled is None else f" on completion signal ({signalled})",
             path,
         )
+        if resource["status"] == ENTERED_IN_ERROR:
+            logger.warning(
+                "study=%s is entered-in-error: %s",
+                study_uid,
+                "retracted by an operator"
+                if aggregate.retraction is not None
+                else "every instance was rejected",
+            )
         log_gaps(study_uid, ctx.options.profile, gaps)
     return closed
+
+
+def report_disagreements(ctx: WorkerContext, aggregate: StudyAggregate) -> None:
+    """Log, count and keep (for ``status``) the attributes the study's instances disagree
+    on: DICOM keywords and counts, never values."""
+    data = ctx.clients.data
+    found = aggregate.disagreements
+    if not found:
+        data.hdel(keys.DISAGREEMENTS, aggregate.study_uid)
+        return
+    recorder = metrics.recorder()
+    for item in found:
+        recorder.count("attribute_disagreements_total", keyword=item.keyword)
+    data.hset(
+        keys.DISAGREEMENTS,
+        aggregate.study_uid,
+        json.dumps([item.as_json() for item in found], separators=(",", ":")),
+    )
+    logger.warning(
+        "study=%s instances disagree on %d attributes: %s",
+        aggregate.study_uid,
+        len(found),
+        "; ".join(item.line() for item in found),
+    )
 
 
 def log_gaps(study_uid: str, profile: str, gaps: Gaps) -> None:
@@ -310,7 +451,12 @@ def sweep() -> dict[str, Any]:
     # The emitted index lists studies for `scp2fhir status`; past the retention their
     # aggregates are gone, and so goes their entry (else it grows by a study, forever).
     retention_ms = ctx.settings.retention_seconds * 1000
-    data.zremrangebyscore(keys.EMITTED, "-inf", redis_now_ms(data) - retention_ms)
+    expired: list[str] = data.zrangebyscore(  # type: ignore[assignment]
+        keys.EMITTED, "-inf", redis_now_ms(data) - retention_ms
+    )
+    if expired:
+        data.zrem(keys.EMITTED, *expired)
+        data.hdel(keys.DISAGREEMENTS, *expired)
     backlog = data.xlen(keys.INBOX)
     if backlog and data.set(keys.DRAIN_REQUESTED, "1", nx=True, px=DRAIN_REQUEST_TTL_MS):
         request_drain_job(ctx.fold_queue)
@@ -337,8 +483,8 @@ def delivery_output(ctx: WorkerContext, aggregate: StudyAggregate, standalone: b
     :func:`emit` builds them."""
     version = ctx.settings.fhir_version
     if ctx.options.bundle and not standalone:
-        return study_bundle(aggregate, version, ctx.options)
-    return imaging_study(aggregate, version, options=ctx.options)
+        return with_origin(study_bundle(aggregate, version, ctx.options))
+    return with_origin(imaging_study(aggregate, version, options=ctx.options))
 
 
 def deliver_study(study_uid: str, attempt: int = 1) -> str:

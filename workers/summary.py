@@ -16,12 +16,14 @@ rare per-instance title.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from workers.dicomjson import Code, DicomJson, describe_tags
 from workers.dicomtime import combine
+from workers.lifecycle.rejection import RejectionNote, rejection_note
 from workers.technique import technique
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class InstanceSummary:
     instance: Attributes
     #: Tags of values that were present but unusable and so left out (never values).
     warnings: tuple[str, ...] = ()
+    #: Set when the instance is an IOCM rejection note (:mod:`workers.lifecycle.rejection`).
+    rejection: RejectionNote | None = None
 
 
 def summarize(header: dict[str, Any], *, with_technique: bool = False) -> InstanceSummary:
@@ -68,8 +72,9 @@ def summarize(header: dict[str, Any], *, with_technique: bool = False) -> Instan
     instance = _instance(dj, zone, series_uid, needs_acquisition="started" not in series)
     if with_technique:
         _put(instance, "technique", technique(dj))
+    rejection = rejection_note(dj, study_uid)
     return InstanceSummary(
-        study_uid, series_uid, sop_uid, study, series, instance, tuple(dj.warnings)
+        study_uid, series_uid, sop_uid, study, series, instance, tuple(dj.warnings), rejection
     )
 
 
@@ -272,9 +277,13 @@ def _put(out: dict[str, Any], name: str, value: Any) -> None:
 
 
 def _unique(codes: Any) -> list[Any]:
+    """Each value once, in order; linear (a hostile header may hold many)."""
     out: list[Any] = []
+    seen: set[str] = set()
     for code in codes:
-        if code not in out:
+        identity = json.dumps(code, sort_keys=True)
+        if identity not in seen:
+            seen.add(identity)
             out.append(code)
     return out
 

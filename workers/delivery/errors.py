@@ -14,6 +14,8 @@
         │                            refused the client (invalid_client, bad assertion...)
         ├── Unsupported              the server lacks what delivery needs (no update)
         ├── NothingToDeliver         neither aggregate nor output file is left
+        ├── ForeignResource          the server's resource for the study was not written by
+        │                            scp2fhir (no origin tag): never overwritten or retracted
         └── GaveUp                   transient failures on every allowed attempt
 
 Dead-lettered means: the RQ job fails, so it sits in the ``scp2fhir-deliver`` queue's
@@ -142,3 +144,11 @@ def _detail_codes(details: object) -> str:
         return ""
     codes = [_word(c.get("code")) for c in codings if isinstance(c, dict) and c.get("code")]
     return ",".join(codes[:3])
+
+
+class ForeignResource(PermanentDeliveryError):
+    """The server holds the study's ImagingStudy, but scp2fhir did not write it (it lacks
+    the origin tag, :mod:`workers.lifecycle.origin`): it is left alone."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)

@@ -54,6 +54,7 @@ from workers.delivery.retry import backoff_seconds
 from workers.delivery.state import Delivered, DeliveryState
 from workers.delivery.writer import StudyWriter
 from workers.fold import StudyAggregate
+from workers.lifecycle.retraction import entered_in_error
 from workers.mapping import fhir_id
 from workers.output import resource_path
 
@@ -250,23 +251,23 @@ def _output(
     build: Builder,
     standalone: bool,
 ) -> dict[str, Any]:
-    if aggregate.instances:
+    if aggregate.received:
         return build(aggregate, standalone)
     # The aggregate is kept until delivery succeeds, so this is a study emitted before
-    # delivery was configured, or keys removed by hand: the file may still be here.
+    # delivery was configured, a retraction after the retention, or keys removed by
+    # hand: the file may still be here.
     for kind in ("Bundle", "ImagingStudy") if not standalone else ("ImagingStudy",):
         path = resource_path(settings.output_dir, {"resourceType": kind, "id": fhir_id(study_uid)})
         if path.exists():
             loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            if aggregate.retraction is not None:
+                loaded = entered_in_error(loaded)
             return loaded
     raise NothingToDeliver("neither the study's aggregate nor its output file is left")
 
 
 def _study_keys(aggregate: StudyAggregate) -> list[str]:
-    uid = aggregate.study_uid
-    return [keys.study(uid), keys.study_instances(uid)] + [
-        keys.series(uid, series_uid) for series_uid in aggregate.series
-    ]
+    return keys.study_aggregate_keys(aggregate.study_uid)
 
 
 def _dead_letter(ctx: WorkerContext, study_uid: str, error: BaseException) -> None:

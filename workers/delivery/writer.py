@@ -15,6 +15,11 @@ The ImagingStudy is found by its Study Instance UID identifier
   times. The bridge's content is authoritative for what DICOM says.
 * A transaction Bundle (the study with its Patient, Devices, Endpoint) carries the same
   decisions in its ImagingStudy entry (``request.url``, ``ifMatch``, ``ifNoneExist``).
+* Only resources scp2fhir wrote (origin tag, :mod:`workers.lifecycle.origin`) are ever
+  updated: the first write looks for the study's resource first (by identifier, or by id
+  in client-id mode) and refuses one without the tag (:class:`ForeignResource`); the
+  conditional update is also conditioned on the tag, and a conflict re-read that shows a
+  resource without it is refused too.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ import httpx
 from scp.settings import Settings
 from workers.delivery.client import FhirClient
 from workers.delivery.conformance import Capabilities
-from workers.delivery.errors import ConflictPersists, Rejected, Unsupported
+from workers.delivery.errors import ConflictPersists, ForeignResource, Rejected, Unsupported
 from workers.delivery.retry import error_for
 from workers.delivery.state import Delivered
+from workers.lifecycle.origin import ORIGIN_SEARCH, written_by_us
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +140,7 @@ class StudyWriter:
                     target = self._first_write(study, token)
                     continue
                 current_version = version_of(current[0], current[1])
+                _ensure_ours(current[1], study_uid)
                 if comparable(current[1]) == comparable(study):
                     # Our own earlier write (its answer was lost): nothing to do.
                     return WriteResult(resource_id, current_version, 200, "already current")
@@ -189,12 +196,43 @@ class StudyWriter:
     def _first_write(self, study: Resource, token: str | None) -> Target:
         way = self.caps.first_write(self.settings.fhir_write_mode, token is not None)
         if way == "conditional" and token is not None:
-            return Target("PUT", f"ImagingStudy?{identifier_query(token)}", None)
+            if self.caps.search_identifier:
+                found = self._search(token)
+                if found is not None:
+                    return self._update_found(found, study)
+            # Conditioned on the tag too: a resource someone else created in between is
+            # never overwritten (the server then creates ours beside it).
+            return Target(
+                "PUT",
+                f"ImagingStudy?{identifier_query(token)}&_tag={quote(ORIGIN_SEARCH, safe=':')}",
+                None,
+            )
         if way == "search" and token is not None:
-            return self._search_target(token)
-        return Target("PUT", f"ImagingStudy/{study['id']}", str(study["id"]))
+            return self._search_target(token, study)
+        resource_id = str(study["id"])
+        current = self._read(resource_id)
+        if current is not None:
+            return self._update_found(current[1], study)
+        return Target("PUT", f"ImagingStudy/{resource_id}", resource_id)
 
-    def _search_target(self, token: str) -> Target:
+    def _update_found(self, found: Resource, study: Resource) -> Target:
+        """Update the study's resource the server already has, if scp2fhir wrote it."""
+        _ensure_ours(found, _uid_of(study))
+        if not self.caps.update:
+            raise Unsupported(
+                f"ImagingStudy/{found['id']} exists, but the server does not allow "
+                "ImagingStudy update (CapabilityStatement)"
+            )
+        version = (found.get("meta") or {}).get("versionId")
+        return Target(
+            "PUT",
+            f"ImagingStudy/{found['id']}",
+            str(found["id"]),
+            if_match=weak_etag(str(version)) if version else None,
+        )
+
+    def _search(self, token: str) -> Resource | None:
+        """The one ImagingStudy that carries the study's identifier, if any."""
         query = identifier_query(token)
         response = self.client.request("GET", f"ImagingStudy?{query}&_count=2")
         if response.status_code != 200:
@@ -208,20 +246,13 @@ class StudyWriter:
             raise ConflictPersists(
                 f"several ImagingStudy resources carry identifier {token}; merge them"
             )
-        if entries:
-            found = entries[0]
-            if not self.caps.update:
-                raise Unsupported(
-                    f"ImagingStudy/{found['id']} exists, but the server does not allow "
-                    "ImagingStudy update (CapabilityStatement)"
-                )
-            version = (found.get("meta") or {}).get("versionId")
-            return Target(
-                "PUT",
-                f"ImagingStudy/{found['id']}",
-                str(found["id"]),
-                if_match=weak_etag(str(version)) if version else None,
-            )
+        return entries[0] if entries else None
+
+    def _search_target(self, token: str, study: Resource) -> Target:
+        found = self._search(token)
+        if found is not None:
+            return self._update_found(found, study)
+        query = identifier_query(token)
         return Target(
             "POST",
             "ImagingStudy",
@@ -306,6 +337,27 @@ class StudyWriter:
         if not isinstance(body, dict):
             raise Rejected(f"GET ImagingStudy/{resource_id}: not a resource", 0)
         return response, body
+
+
+def _uid_of(study: Resource) -> str:
+    for identifier in study.get("identifier") or []:
+        if identifier.get("system") == DICOM_UID_SYSTEM:
+            return str(identifier.get("value", "")).removeprefix("urn:oid:")
+    return str(study.get("id", ""))
+
+
+def _ensure_ours(found: Resource, study_uid: str) -> None:
+    if not written_by_us(found):
+        logger.error(
+            "study=%s ImagingStudy/%s on the server was not written by scp2fhir (no origin "
+            "tag): left alone, nothing written",
+            study_uid,
+            found.get("id"),
+        )
+        raise ForeignResource(
+            f"ImagingStudy/{found.get('id')} carries the study but was not written by "
+            "scp2fhir (no origin tag): not overwritten"
+        )
 
 
 def _with_id(resource: Resource, resource_id: str | None) -> Resource:

@@ -110,7 +110,8 @@ def build_imaging_study(
     identifiers = _identifiers(aggregate.study_uid, study, options)
     if identifiers:
         resource["identifier"] = identifiers
-    resource["status"] = "available"
+    # available, or entered-in-error once rejected or retracted (workers.fold)
+    resource["status"] = aggregate.status
 
     modalities = sorted(
         {code for uid in by_series if (code := modality_code(series_attrs(aggregate, uid)))}

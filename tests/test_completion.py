@@ -1,0 +1,167 @@
+"""MPPS and IAN as completion signals, through the real SCP (pynetdicom's SCU sends
+N-CREATE/N-SET), dcmtk storescu for the instances and a real `scp2fhir worker`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+
+from scp import keys
+from scp.settings import Settings
+from tests.conftest import ScpThread, pipeline_env, start_worker, stop_process
+from tests.lifecycle_support import ian, mpps_create, mpps_set
+from tests.support import make_study, read_json, storescu, wait_for
+
+MPPS = "1.2.840.10008.3.1.2.3.3"
+IAN = "1.2.840.10008.5.1.4.33"
+#: Long enough that an emission within it can only come from a completion signal.
+LONG_QUIET = 60.0
+
+
+@dataclass
+class Running:
+    port: int
+    out: Path
+    redis_url: str
+
+    def file(self, study_uid: str) -> Path:
+        return self.out / "ImagingStudy" / f"{study_uid}.json"
+
+
+@pytest.fixture
+def running(redis_url: str, tmp_path: Path) -> Iterator[Running]:
+    from tests.support import free_port
+
+    port = free_port()
+    env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_QUIET_SECONDS=str(LONG_QUIET))
+    scp = ScpThread(Settings.from_env(env)).start(port)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        yield Running(port, tmp_path / "out", redis_url)
+    finally:
+        scp.stop()
+        stop_process(worker)
+
+
+class Scu:
+    """One association proposing MPPS and IAN, as a modality or PACS would."""
+
+    def __init__(self, port: int) -> None:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(MPPS)
+        ae.add_requested_context(IAN)
+        self.assoc = ae.associate("127.0.0.1", port, ae_title="SCP2FHIR")
+        assert self.assoc.is_established
+
+    def create(self, sop_class: str, uid: str | None, ds: Dataset) -> tuple[int, Any]:
+        status, reply = self.assoc.send_n_create(ds, sop_class, uid)
+        return int(status.Status), reply
+
+    def set(self, uid: str, ds: Dataset) -> int:
+        status, _ = self.assoc.send_n_set(ds, MPPS, uid)
+        return int(status.Status)
+
+    def close(self) -> None:
+        self.assoc.release()
+
+
+def test_mpps_completed_emits_before_the_quiet_period(running: Running, tmp_path: Path) -> None:
+    study = make_study(tmp_path / "s", [("CT", 5), ("MR", 3)])
+    scu = Scu(running.port)
+    step = generate_uid()
+    try:
+        assert scu.create(MPPS, step, mpps_create(study.study_uid))[0] == 0x0000
+        storescu(running.port, study.files)
+        sent = time.monotonic()
+        assert scu.set(step, mpps_set("COMPLETED", study.files)) == 0x0000
+        resource = wait_for(
+            lambda: (
+                running.file(study.study_uid).exists() and read_json(running.file(study.study_uid))
+            ),
+            LONG_QUIET / 2,
+            "the signalled emission",
+        )
+        assert time.monotonic() - sent < LONG_QUIET / 2
+        assert resource["numberOfInstances"] == 8
+        # The step is final: a further N-SET is refused, nothing changes.
+        assert scu.set(step, mpps_set("DISCONTINUED", study.files)) == 0x0110
+    finally:
+        scu.close()
+
+
+def test_mpps_listing_instances_not_arrived_waits(running: Running, tmp_path: Path) -> None:
+    study = make_study(tmp_path / "s", [("CT", 4)])
+    scu = Scu(running.port)
+    step = generate_uid()
+    try:
+        assert scu.create(MPPS, step, mpps_create(study.study_uid))[0] == 0x0000
+        storescu(running.port, study.files[:3])
+        assert scu.set(step, mpps_set("COMPLETED", study.files)) == 0x0000
+        time.sleep(3)
+        assert not running.file(study.study_uid).exists(), "one listed instance is missing"
+        storescu(running.port, study.files[3:])  # the last one: complete now
+        wait_for(lambda: running.file(study.study_uid).exists(), LONG_QUIET / 2, "emission")
+        assert read_json(running.file(study.study_uid))["numberOfInstances"] == 4
+    finally:
+        scu.close()
+
+
+def test_ian_from_a_pacs_emits_at_once(running: Running, tmp_path: Path) -> None:
+    study = make_study(tmp_path / "s", [("MR", 3)])
+    storescu(running.port, study.files)
+    scu = Scu(running.port)
+    try:
+        status, _ = scu.create(IAN, generate_uid(), ian(study.study_uid, study.files))
+        assert status == 0x0000
+        wait_for(lambda: running.file(study.study_uid).exists(), LONG_QUIET / 2, "emission")
+    finally:
+        scu.close()
+
+
+def test_bad_mpps_input_gets_dimse_statuses_and_stores_nothing(
+    running: Running, tmp_path: Path
+) -> None:
+    study = make_study(tmp_path / "s", [("CT", 2)])
+    other = make_study(tmp_path / "o", [("MR", 2)])
+    storescu(running.port, other.files)  # its series is now known to be another study's
+    data = redis.Redis.from_url(running.redis_url, decode_responses=True)
+    wait_for(lambda: data.hlen(keys.study_instances(other.study_uid)) == 2, 20, "the fold")
+    scu = Scu(running.port)
+    try:
+        # N-SET for a step nobody created.
+        assert scu.set(generate_uid(), mpps_set("COMPLETED", study.files)) == 0x0112
+        # N-CREATE with a final status, and without any study.
+        assert (
+            scu.create(MPPS, generate_uid(), mpps_create(study.study_uid, "COMPLETED"))[0] == 0x0106
+        )
+        no_study = mpps_create(study.study_uid)
+        del no_study.ScheduledStepAttributesSequence
+        assert scu.create(MPPS, generate_uid(), no_study)[0] == 0x0120
+        # A valid step, then an N-SET listing another study's series; then an unknown status.
+        step = generate_uid()
+        assert scu.create(MPPS, step, mpps_create(study.study_uid))[0] == 0x0000
+        assert scu.create(MPPS, step, mpps_create(study.study_uid))[0] == 0x0111
+        assert scu.set(step, mpps_set("COMPLETED", other.files)) == 0x0106
+        assert scu.set(step, mpps_set("FINISHED", study.files)) == 0x0106
+        # An IAN without its study.
+        bad_ian = ian(study.study_uid, study.files)
+        del bad_ian.StudyInstanceUID
+        assert scu.create(IAN, generate_uid(), bad_ian)[0] == 0x0120
+        # Nothing of the refused requests was kept: the step is still in progress.
+        signals = data.hgetall(keys.study_signals(study.study_uid))
+        assert list(signals) == [f"mpps:{step}"]
+        assert '"state":"IN PROGRESS"' in signals[f"mpps:{step}"]
+        # The association still works.
+        assert scu.set(step, mpps_set("COMPLETED", study.files)) == 0x0000
+    finally:
+        scu.close()
+        data.close()

@@ -1,0 +1,119 @@
+"""The Redis fold keeps the lifecycle rules of the pure fold: rejection notes (real KOS
+documents written by highdicom), generations across an emission, revive, restarts."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from scp import keys
+from scp.connections import connect
+from scp.header import read_header
+from scp.inbox import Inbox
+from scp.settings import Settings
+from tests.lifecycle_support import rejection_note
+from tests.support import make_study
+from workers.context import WorkerContext, install
+from workers.fold import StudyAggregate, emitted, fold
+from workers.jobs import drain_inbox, ensure_group, redis_now_ms
+from workers.summary import summarize
+
+
+def context_for(redis_url: str, tmp_path: Path, **env: str) -> WorkerContext:
+    settings = Settings.from_env(
+        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out"), **env}
+    )
+    ctx = WorkerContext.build(settings, connect(redis_url))
+    ensure_group(ctx.clients.data)
+    install(ctx)
+    return ctx
+
+
+@pytest.fixture
+def context(redis_url: str, tmp_path: Path) -> WorkerContext:
+    return context_for(redis_url, tmp_path)
+
+
+def headers(paths: list[Path]) -> list[dict[str, Any]]:
+    return [read_header(path).json for path in paths]
+
+
+def push_and_fold(ctx: WorkerContext, sent: list[dict[str, Any]]) -> None:
+    inbox = Inbox(ctx.clients.data, ctx.clients.rq)
+    for header in sent:
+        inbox.push(summarize(header).study_uid, header)
+    drain_inbox()
+
+
+def close_now(ctx: WorkerContext, study_uid: str) -> None:
+    """What an emission does to the aggregate: close the study (next generation)."""
+    data = ctx.clients.data
+    seen = int(data.zscore(keys.OPEN_STUDIES, study_uid) or 0)
+    aggregate = ctx.store.load(study_uid)
+    assert ctx.store.close(aggregate, seen, "t", redis_now_ms(data), 3_600_000)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rejection_notes_fold_in_redis_as_in_the_pure_fold(
+    context: WorkerContext, tmp_path: Path, seed: int
+) -> None:
+    study = make_study(tmp_path / "s", [("CT", 4), ("MR", 3)])
+    mr = study.files[4:]
+    note = rejection_note(tmp_path / "n", mr, "113001")
+    single = rejection_note(tmp_path / "n2", study.files[:1], "113038")
+    sent = headers([*study.files, note, single]) * 2
+    random.Random(seed).shuffle(sent)
+    push_and_fold(context, sent)
+
+    loaded = context.store.load(study.study_uid)
+    expected = fold(StudyAggregate(study.study_uid), [summarize(h) for h in sent])
+    assert loaded == expected
+    assert loaded.series_uids() == [next(iter(study.series))]
+    assert len(loaded.instances) == 3
+    assert set(loaded.notes) == {str(pydicom.dcmread(p).SOPInstanceUID) for p in (note, single)}
+    assert context.clients.data.hget(keys.INFLIGHT, study.study_uid) is None
+
+
+def test_a_correction_after_emission_is_a_new_generation_in_redis(
+    context: WorkerContext, tmp_path: Path
+) -> None:
+    study = make_study(tmp_path / "s", [("CT", 5)], patient_id="WRONG-PID")
+    first = headers(study.files)
+    push_and_fold(context, first)
+    close_now(context, study.study_uid)
+    # The PACS reconciles the patient and re-sends two of the five instances.
+    corrected = []
+    for path in study.files[:2]:
+        ds = pydicom.dcmread(path)
+        ds.PatientID = "RIGHT-PID"
+        ds.save_as(path, enforce_file_format=True)
+        corrected.append(read_header(path).json)
+    push_and_fold(context, corrected)
+
+    loaded = context.store.load(study.study_uid)
+    pure = fold(
+        emitted(fold(StudyAggregate(study.study_uid), [summarize(h) for h in first])),
+        [summarize(h) for h in corrected],
+    )
+    assert loaded == pure
+    assert loaded.generation == 1
+    assert loaded.study is not None and loaded.study.attrs["patient_id"] == "RIGHT-PID"
+    assert [(d.keyword, d.counts) for d in loaded.disagreements] == [("PatientID", (3, 2))]
+
+
+def test_revive_in_redis_as_in_the_pure_fold(redis_url: str, tmp_path: Path) -> None:
+    ctx = context_for(redis_url, tmp_path, SCP2FHIR_REJECTED_ON_RESEND="revive")
+    study = make_study(tmp_path / "s", [("CT", 3)])
+    note = headers([rejection_note(tmp_path / "n", study.files[:2])])
+    batches = [headers(study.files), note, headers(study.files[:1])]
+    pure = StudyAggregate(study.study_uid)
+    for batch in batches:
+        push_and_fold(ctx, batch)
+        pure = fold(pure, [summarize(h) for h in batch], revive_rejected=True)
+    loaded = ctx.store.load(study.study_uid)
+    assert loaded == pure
+    assert len(loaded.instances) == 2, "the re-sent one is back, the other stays rejected"

@@ -1,0 +1,198 @@
+"""Pure: study- and series-level attributes from the values the instances carry.
+
+Every instance record names the *generation* it was received in: the number of times
+the study had been emitted before (0 for the first send; a re-send after the first
+emission is generation 1, and so on). The rule, per attribute:
+
+1. Only instances that carry a value vote (an empty Patient ID never outvotes a real one).
+2. The newest generation among them wins: a PACS that re-sends instances (a correction)
+   speaks after its earlier records, even when it re-sends only some of them.
+3. Within that generation the value most instances carry wins; a tie goes to the value
+   of the instance with the smallest SOP Instance UID (byte order) among them, so the
+   result never depends on the order in which instances arrived.
+
+Attributes that describe one thing are decided together, so a study never mixes two
+records: the patient (Patient ID with its issuer, name, birth date, sex, weight, size)
+and the accession number with its issuer. The key (Patient ID, Accession Number) is
+decided by the rule above; its companions then only among the records that carry the
+winning key. A study whose records carry no key at all decides the companions one by one.
+
+Disagreement (more than one distinct value among the instances that carry an attribute)
+is reported by attribute, DICOM keyword and counts, never by value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Attributes = dict[str, Any]
+#: One instance's say: (generation, SOP Instance UID, its study- or series-level attributes).
+Vote = tuple[int, str, Attributes]
+
+#: key attribute -> the attributes that must come from a record carrying the winning key
+GROUPS: dict[str, tuple[str, ...]] = {
+    "patient_id": (
+        "patient_id_issuer",
+        "patient_name",
+        "patient_birth_date",
+        "patient_sex",
+        "patient_weight_kg",
+        "patient_size_m",
+    ),
+    "accession_number": ("accession_issuer",),
+}
+
+#: summary attribute -> the DICOM keyword it is read from (for reports; never values)
+KEYWORDS: dict[str, str] = {
+    "patient_id": "PatientID",
+    "patient_id_issuer": "IssuerOfPatientID",
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+    "patient_weight_kg": "PatientWeight",
+    "patient_size_m": "PatientSize",
+    "accession_number": "AccessionNumber",
+    "accession_issuer": "IssuerOfAccessionNumberSequence",
+    "study_id": "StudyID",
+    "study_description": "StudyDescription",
+    "referrer": "ReferringPhysicianName",
+    "interpreters": "NameOfPhysiciansReadingStudy",
+    "procedures": "ProcedureCodeSequence",
+    "reasons": "ReasonForRequestedProcedureCodeSequence",
+    "reason_texts": "ReasonForTheRequestedProcedure",
+    "institution": "InstitutionName",
+    "department": "InstitutionalDepartmentName",
+    "comments": "StudyComments",
+    "coding_schemes": "CodingSchemeIdentificationSequence",
+    "modality": "Modality",
+    "series_description": "SeriesDescription",
+    "series_number": "SeriesNumber",
+    "body_part": "BodyPartExamined",
+    "anatomic_region": "AnatomicRegionSequence",
+    "laterality": "Laterality",
+    "manufacturer": "Manufacturer",
+    "model": "ManufacturerModelName",
+    "station": "StationName",
+    "serial_number": "DeviceSerialNumber",
+    "software_versions": "SoftwareVersions",
+    "operators": "OperatorsName",
+    "performing_physicians": "PerformingPhysicianName",
+    "specimens": "SpecimenDescriptionSequence",
+}
+#: attributes read from more than one element, by level
+_STARTED = {"study": "StudyDate", "series": "SeriesDate"}
+
+
+@dataclass(frozen=True, order=True)
+class Disagreement:
+    """Instances that carry an attribute carry more than one value of it."""
+
+    #: ``study`` or ``series <Series Instance UID>``
+    level: str
+    attribute: str
+    #: instances per distinct value, largest first (values themselves are never kept)
+    counts: tuple[int, ...]
+
+    @property
+    def keyword(self) -> str:
+        if self.attribute == "started":
+            return _STARTED["study" if self.level == "study" else "series"]
+        return KEYWORDS.get(self.attribute, self.attribute)
+
+    def line(self) -> str:
+        spread = "/".join(str(n) for n in self.counts)
+        where = "" if self.level == "study" else f" in {self.level}"
+        return (
+            f"{self.keyword}{where}: {len(self.counts)} values among "
+            f"{sum(self.counts)} instances ({spread})"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "attribute": self.attribute,
+            "keyword": self.keyword,
+            "counts": list(self.counts),
+        }
+
+
+def canonical(value: Any) -> str:
+    """A value's JSON text with sorted keys: equal values, equal texts."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value != "" and value != [] and value != {}
+
+
+#: (generation, SOP Instance UID, canonical text, value) of one vote for one attribute
+_Candidate = tuple[int, str, str, Any]
+
+
+def _pick(candidates: Iterable[_Candidate]) -> Any:
+    """The winning value: newest generation, then most instances, then the value of the
+    smallest SOP Instance UID. ``None`` without candidates."""
+    newest: int | None = None
+    counts: dict[str, int] = {}
+    first: dict[str, tuple[str, Any]] = {}
+    for generation, sop, text, value in candidates:
+        if newest is None or generation > newest:
+            newest, counts, first = generation, {}, {}
+        if generation == newest:
+            counts[text] = counts.get(text, 0) + 1
+            known = first.get(text)
+            if known is None or sop < known[0]:
+                first[text] = (sop, value)
+    if not counts:
+        return None
+    best = min(counts, key=lambda text: (-counts[text], first[text][0]))
+    return first[best][1]
+
+
+def decide(votes: Sequence[Vote]) -> Attributes:
+    """The attributes the instances' ``votes`` decide (see the module's rule)."""
+    # One pass: per attribute, (generation, canonical text, value) of every vote carrying it.
+    table: dict[str, list[_Candidate]] = {}
+    for generation, sop, attrs in votes:
+        for name, value in attrs.items():
+            if _present(value):
+                table.setdefault(name, []).append((generation, sop, canonical(value), value))
+    out: Attributes = {}
+    grouped = {member for members in GROUPS.values() for member in members}
+    for name, candidates in table.items():
+        if name not in grouped:
+            picked = _pick(candidates)
+            if picked is not None:
+                out[name] = picked
+    for key, members in GROUPS.items():
+        winner = out.get(key)
+        # Companions come from records that carry the winning key (never another
+        # patient's birth date); without any key, each is decided on its own.
+        carriers = (
+            None if winner is None else {c[1] for c in table[key] if c[2] == canonical(winner)}
+        )
+        for member in members:
+            picked = _pick(c for c in table.get(member, []) if carriers is None or c[1] in carriers)
+            if picked is not None:
+                out[member] = picked
+    return dict(sorted(out.items()))
+
+
+def disagreements(level: str, votes: Sequence[Vote]) -> list[Disagreement]:
+    """Attributes whose carriers hold more than one value, with the counts per value."""
+    table: dict[str, dict[str, int]] = {}
+    for _, _, attrs in votes:
+        for name, value in attrs.items():
+            if _present(value):
+                per_value = table.setdefault(name, {})
+                text = canonical(value)
+                per_value[text] = per_value.get(text, 0) + 1
+    found = [
+        Disagreement(level, name, tuple(sorted(per_value.values(), reverse=True)))
+        for name, per_value in table.items()
+        if len(per_value) > 1
+    ]
+    return sorted(found)
