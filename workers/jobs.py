@@ -241,22 +241,51 @@ def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> 
         # worker dies right here, the sweep queues the delivery (deliver-pending).
         delivery.enqueue_delivery(ctx, study_uid)
     if closed:
+        lag_ms = now - seen_ms - int(settings.quiet_seconds * 1000)
+        record_emission(ctx, study_uid, resource, now, seen_ms, lag_ms)
         recorder = metrics.recorder()
         recorder.count("emissions_total")
         recorder.observe("last_instance_to_emitted_seconds", (now - seen_ms) / 1000)
+        recorder.observe("emitted_after_quiet_seconds", max(0, lag_ms) / 1000)
         recorder.flush()  # jobs run in RQ's short-lived work horses: flush before exit
-        lag_ms = now - seen_ms - int(settings.quiet_seconds * 1000)
+        # The folder and the id, not the path: with SCP2FHIR_LOG_HASH_UIDS the id is
+        # hashed, and a path with a hashed name would name a file that does not exist.
         logger.info(
-            "study=%s emitted id=%s series=%d instances=%d after_quiet_ms=%d path=%s",
+            "study=%s emitted id=%s series=%d instances=%d after_quiet_ms=%d folder=%s",
             study_uid,
             resource["id"],
             resource["numberOfSeries"],
             resource["numberOfInstances"],
             lag_ms,
-            path,
+            path.parent,
         )
         log_gaps(study_uid, ctx.options.profile, gaps)
     return closed
+
+
+def record_emission(
+    ctx: WorkerContext,
+    study_uid: str,
+    resource: Resource,
+    now_ms: int,
+    seen_ms: int,
+    after_quiet_ms: int,
+) -> None:
+    """What the status page shows of the study's last emission (counts, when, how late)."""
+    key = keys.study_emission(study_uid)
+    pipe = ctx.clients.data.pipeline(transaction=False)
+    pipe.hset(
+        key,
+        mapping={
+            "at": now_ms,
+            "last_arrival": seen_ms,
+            "series": resource["numberOfSeries"],
+            "instances": resource["numberOfInstances"],
+            "after_quiet_ms": after_quiet_ms,
+        },
+    )
+    pipe.pexpire(key, ctx.settings.retention_seconds * 1000)
+    pipe.execute()
 
 
 def log_gaps(study_uid: str, profile: str, gaps: Gaps) -> None:

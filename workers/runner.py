@@ -8,6 +8,7 @@ from rq import Worker
 
 from scp import keys, metrics
 from scp.connections import connect
+from scp.logs import library_level
 from scp.settings import Settings
 from workers.context import WorkerContext, install
 from workers.jobs import ensure_group, ensure_sweep_scheduled
@@ -35,4 +36,5 @@ def run(settings: Settings, burst: bool = False) -> None:
     logger.info("worker=%s queues=%s output=%s", worker.name, ",".join(queues), settings.output_dir)
     # When Redis goes away mid-job RQ logs the error and returns; the process then ends
     # and `scp2fhir up` (or the service manager) starts it again.
-    worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    # RQ logs three lines per job at INFO: they stay out of the default log.
+    worker.work(burst=burst, with_scheduler=True, logging_level=library_level(settings.log_level))
