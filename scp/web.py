@@ -5,7 +5,8 @@
     GET /healthz       200 while this process runs
     GET /readyz        200 when Redis answers, else 503
     GET /status.json   the :mod:`scp.status` snapshot and the last hour, per minute
-    GET /              both as a page that refreshes itself: counts, charts of the last
+    GET /              both as a page that refreshes itself (``?refresh=N`` seconds, 0 for
+                       never): counts, charts of the last
                        hour (SVG drawn here, nothing loaded from elsewhere), the open and
                        the last emitted studies with their destinations' outcome
 
@@ -26,6 +27,7 @@ from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -195,7 +197,7 @@ def make_server(settings: Settings, clients: RedisClients, port: int) -> Threadi
                     self._send(200, json.dumps(body).encode(), "application/json")
                 elif path == "/":
                     snap = snapshot(clients.data, clients.rq, settings.quiet_seconds)
-                    page = render_html(snap, history(clients.data))
+                    page = render_html(snap, history(clients.data), _refresh(self.path))
                     self._send(200, page.encode(), "text/html; charset=utf-8")
                 else:
                     self._send(404, b"not found\n", "text/plain")
@@ -262,7 +264,16 @@ def _delivery_cell(study: EmittedStudy, now_ms: int) -> str:
     )
 
 
-def render_html(snap: Snapshot, minutes: list[Minute] | None = None) -> str:
+def _refresh(target: str) -> int:
+    """``/?refresh=N``: reload every N seconds (default 5; 0: never)."""
+    values = parse_qs(urlsplit(target).query).get("refresh", [])
+    try:
+        return max(0, min(3600, int(values[-1]))) if values else 5
+    except ValueError:
+        return 5
+
+
+def render_html(snap: Snapshot, minutes: list[Minute] | None = None, refresh: int = 5) -> str:
     """The status page: counts first, then the charts of the last hour, then the studies."""
     now = snap.now_ms
     rows = (
@@ -324,7 +335,8 @@ def render_html(snap: Snapshot, minutes: list[Minute] | None = None) -> str:
     )
     dead = "bad" if snap.inbox_dead_letters or snap.delivery_dead_letters else "ok"
     return f"""<!doctype html><html><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="5"><title>scp2fhir status</title>
+{f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""}
+<title>scp2fhir status</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}}
 table{{border-collapse:collapse;margin-bottom:2em}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
