@@ -13,11 +13,28 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} from Debian's packages"
+# promtool checks and unit-tests docker/prometheus/alerts.yml (only the tool is needed:
+# without recommends, so no exporter daemon comes along).
+bare=()
+command -v promtool >/dev/null 2>&1 || bare+=(prometheus)
+if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} ${bare[*]} from Debian's packages"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ ${#bare[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      "${bare[@]}" >/dev/null
+  fi
+fi
+
+# The FHIR test server's packages (tests/fhirserver/package-lock.json); the tests never
+# install anything themselves.
+if [ ! -d tests/fhirserver/node_modules/@medplum/fhir-router ] \
+   || [ tests/fhirserver/package-lock.json -nt tests/fhirserver/node_modules ]; then
+  (cd tests/fhirserver && npm ci --no-audit --no-fund --silent)
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
