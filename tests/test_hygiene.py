@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,9 @@ def _normalized(name: str) -> str:
 
 
 def _declared() -> set[str]:
-    requirements = importlib.metadata.requires("scp2fhir") or []
+    """What pyproject.toml declares (read from the file: what a fresh install gets)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["test"]]
     return {_normalized(re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0]) for req in requirements}
 
 
