@@ -13,10 +13,12 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
-# promtool checks and unit-tests docker/prometheus/alerts.yml (only the tool is needed:
-# without recommends, so no exporter daemon comes along).
+# promtool checks and unit-tests docker/prometheus/alerts.yml; installed without
+# recommends (only the tools are needed: no exporter daemon comes along).
 bare=()
 command -v promtool >/dev/null 2>&1 || bare+=(prometheus)
+# Orthanc routes studies to scp2fhir as the README tells (tests/test_ops.py).
+[ -x /usr/sbin/Orthanc ] || bare+=(orthanc)
 if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ${bare[*]} from Debian's packages"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

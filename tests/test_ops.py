@@ -8,6 +8,7 @@ import logging
 import os
 import pty
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -615,3 +616,73 @@ def test_docker_files_are_valid() -> None:
         ["hadolint", str(ROOT / "docker/Dockerfile")], capture_output=True, text=True, timeout=60
     )
     assert lint.returncode == 0, lint.stdout
+
+
+# --- the README's sender settings are the ones that work (issue 14.13) --------------------
+
+
+def readme_block(heading: str, language: str) -> str:
+    """The first ```language block under the README heading ``heading``."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split(f"\n### {heading}\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(rf"```{language}\n(.*?)```", section, re.S)
+    assert match, f"no {language} block under {heading}"
+    return match.group(1)
+
+
+def test_orthanc_routes_stable_studies_to_scp2fhir(redis_url: str, tmp_path: Path) -> None:
+    """Debian's Orthanc with the README's modality entry and Lua script, as they are:
+    a study uploaded to Orthanc reaches scp2fhir and is emitted."""
+    orthanc = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    assert Path(orthanc).exists(), "Debian's orthanc is installed by tests/run.sh"
+    with system(redis_url, tmp_path) as sys_:
+        lua = tmp_path / "scp2fhir.lua"
+        lua.write_text(readme_block("Orthanc", "lua"))
+        snippet = json.loads("{" + readme_block("Orthanc", "json") + "}")
+        # The README's entry, pointed at this test's SCP; its Lua script, from here.
+        (entry,) = snippet["DicomModalities"].values()
+        assert entry[0] == "SCP2FHIR" and entry[2] == 11112
+        modalities = {
+            name: [aet, "127.0.0.1", sys_.port]
+            for name, (aet, _, _) in snippet["DicomModalities"].items()
+        }
+        http_port = free_port()
+        config = {
+            "Name": "scp2fhir-test",
+            "StorageDirectory": str(tmp_path / "orthanc-db"),
+            "IndexDirectory": str(tmp_path / "orthanc-db"),
+            "HttpPort": http_port,
+            "DicomPort": free_port(),
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "StableAge": 2,
+            "Plugins": [],
+            "DicomModalities": modalities,
+            "LuaScripts": [str(lua)],
+        }
+        (tmp_path / "orthanc.json").write_text(json.dumps(config))
+        server = spawn(
+            "orthanc",
+            [orthanc, str(tmp_path / "orthanc.json")],
+            {**os.environ, "TCP_NODELAY": "1"},
+            tmp_path / "orthanc.log",
+        )
+        try:
+            base = f"http://127.0.0.1:{http_port}"
+
+            def answers() -> bool:
+                try:
+                    return httpx.get(f"{base}/system", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(answers, 30, "Orthanc's REST API", step=0.2)
+            study = make_study(tmp_path / "study", [("CT", 3), ("MR", 2)])
+            for path in study.files:
+                httpx.post(f"{base}/instances", content=path.read_bytes(), timeout=30)
+            wait_for(lambda: sys_.study_file(study.study_uid).exists(), 60, "the routed study")
+            assert read_json(sys_.study_file(study.study_uid))["numberOfInstances"] == 5
+            assert "calling=ORTHANC" in sys_.scp.output()
+        finally:
+            server.stop()
