@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,16 +34,23 @@ def guard_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_connection_beyond_loopback_fails_at_once_and_is_reported(guard_log: Path) -> None:
+    """At once, and past code that retries connection errors (urllib turns an OSError
+    into URLError; pydicom's download retries those)."""
     began = time.monotonic()
     with pytest.raises(netguard.NetworkGuardError):
         socket.create_connection(BEYOND, timeout=30)
     with pytest.raises(netguard.NetworkGuardError):
         socket.getaddrinfo("example.org", 443)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises(OSError):
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        pytest.raises(netguard.NetworkGuardError),
+    ):
         udp.sendto(b"\0", ("8.8.8.8", 53))
+    with pytest.raises(netguard.NetworkGuardError):
+        urllib.request.urlopen("https://github.com/pydicom/pydicom-data", timeout=30)
     assert time.monotonic() - began < 5, "refused at once, not after a timeout"
     attempts = guard_log.read_text().splitlines()
-    assert len(attempts) == 3 and "192.0.2.1" in attempts[0] and "example.org" in attempts[1]
+    assert len(attempts) == 4 and "192.0.2.1" in attempts[0] and "example.org" in attempts[1]
     # This machine stays reachable.
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
