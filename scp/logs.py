@@ -16,7 +16,8 @@ carry patient data. What :func:`configure` installs on the one root handler:
   ``py.warnings`` logger (level, format and masking apply), never raw text on stderr;
 * ``json``: one JSON object per line, for log shippers;
 * ``hash_uids``: every DICOM UID in a message becomes a short, stable hash, for sites
-  that treat UIDs themselves as identifying. IP addresses are not UIDs and stay readable.
+  that treat UIDs themselves as identifying. IP addresses are not UIDs and stay readable;
+  a path with a UID in it is replaced as a whole (a half-hashed path names no file).
 
 Libraries that chatter at INFO (pynetdicom per PDU, RQ per job) are held at WARNING
 unless the level is DEBUG: :func:`library_level`.
@@ -58,10 +59,27 @@ def _is_ipv4(text: str) -> bool:
         return False
 
 
+def _hash_match(match: re.Match[str]) -> str:
+    return match.group(0) if _is_ipv4(match.group(0)) else hash_uid(match.group(0))
+
+
+def _hash_token(match: re.Match[str]) -> str:
+    token = match.group(0)
+    if "/" not in token or not _UID.search(token):
+        return _UID.sub(_hash_match, token)
+    # A path (or URL) with a UID in it: hashed, it would name a file that does not exist,
+    # so it is not printed at all; the hashes of its UIDs are.
+    head, _, _ = token.partition("/")
+    key = head[: head.rfind("=") + 1] if "=" in head else ""
+    hashes = ",".join(hash_uid(m.group(0)) for m in _UID.finditer(token))
+    return f"{key}<path with {hashes}>"
+
+
 def hash_uids(message: str) -> str:
     """``message`` with every DICOM UID replaced by :func:`hash_uid`. A dotted quad that is
-    an IPv4 address (``127.0.0.1``) is an address, not a UID, and stays as it is."""
-    return _UID.sub(lambda m: m.group(0) if _is_ipv4(m.group(0)) else hash_uid(m.group(0)), message)
+    an IPv4 address (``127.0.0.1``) is an address, not a UID, and stays as it is; a path
+    with a UID in it becomes ``<path with uid:...>``, never a path that does not exist."""
+    return re.sub(r"\S+", _hash_token, message)
 
 
 def escape_controls(text: str) -> str:

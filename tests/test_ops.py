@@ -414,6 +414,10 @@ def test_json_logs_and_hashed_uids(capsys: pytest.CaptureFixture[str]) -> None:
 
         expected = "uid:" + hashlib.sha256(b"1.2.840.113619.2.55.3.1").hexdigest()[:12]
         assert entry["message"] == f"study={expected} emitted peer=192.168.10.20"
+        # A path with a UID is replaced whole: half-hashed, it would name no file.
+        logging.getLogger("scp.test").warning("file=%s skipped", "/in/1.2.840.113619.2.55.3.1.dcm")
+        entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert entry["message"] == f"file=<path with {expected}> skipped"
     finally:
         logging.getLogger().handlers.clear()
 
