@@ -51,6 +51,15 @@ def chromium(tmp_path: Path, *args: str) -> str:
     return result.stdout
 
 
+def screenshot(tmp_path: Path, url: str, name: str, size: str) -> Path:
+    """The page as Chromium draws it, kept in test-artifacts/ (look at it)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / name
+    chromium(tmp_path, f"--window-size={size}", f"--screenshot={shot}", url)
+    assert shot.stat().st_size > 10_000
+    return shot
+
+
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=5).status_code == 200
@@ -112,10 +121,7 @@ def test_dashboard_shows_an_open_study_and_a_failed_delivery(
         dom = chromium(tmp_path, "--dump-dom", url)
         assert count(dom, keys.DELIVER_QUEUE, "failed") == 1
         assert count(dom, keys.FOLD_QUEUE, "queued") >= 1, "the open study's fold is queued"
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "rq-dashboard.png"
-        chromium(tmp_path, "--window-size=1400,1000", f"--screenshot={shot}", url)
-        assert shot.stat().st_size > 10_000
+        screenshot(tmp_path, url, "rq-dashboard.png", "1400,1000")
     finally:
         clients.close()
         dashboard.terminate()
@@ -189,10 +195,7 @@ def test_status_page_shows_studies_outcomes_and_charts(redis_url: str, tmp_path:
         assert "Instances received per minute (11 in the last hour, 0 refused)" in dom
         assert "Studies emitted per minute (2 in the last hour, 1 delivered to FHIR)" in dom
         assert dom.count("<rect") >= 2 and dom.count("<circle") >= 2
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "status-page.png"
-        chromium(tmp_path, "--window-size=1200,1100", f"--screenshot={shot}", url)
-        assert shot.stat().st_size > 10_000
+        screenshot(tmp_path, url, "status-page.png", "1200,1100")
     finally:
         clients.close()
         web.shutdown()
