@@ -60,13 +60,17 @@ class RedisCollector(Collector):
         self.quiet_seconds = quiet_seconds
 
     def collect(self) -> Iterator[Any]:
-        try:
-            families = [*self._counters(), *self._histograms(), *self._gauges()]
-            up = 1.0
-        except redis.RedisError as exc:
-            logger.warning("metrics: Redis unavailable (%s)", type(exc).__name__)
-            families, up = [], 0.0
-        yield from families
+        up = 1.0
+        for part in (self._counters, self._histograms, self._gauges):
+            try:
+                families: list[Any] = part() if up else []
+            except redis.RedisError as exc:
+                logger.warning("metrics: Redis unavailable (%s)", type(exc).__name__)
+                families, up = [], 0.0
+            except Exception as exc:  # something stored that this version cannot read
+                logger.error("metrics: %s skipped: %s", part.__name__, type(exc).__name__)
+                families = []
+            yield from families
         yield _gauge("redis_up", "1 while Redis answers this process, else 0.", up)
 
     def _counters(self) -> list[CounterMetricFamily]:
@@ -104,7 +108,11 @@ class RedisCollector(Collector):
     def _histograms(self) -> list[HistogramMetricFamily]:
         families = []
         for name, bounds in metrics.BUCKETS.items():
-            raw: dict[str, str] = self.clients.data.hgetall(keys.metrics_histogram(name))  # type: ignore[assignment]
+            stored: dict[bytes, bytes] = self.clients.rq.hgetall(keys.metrics_histogram(name))  # type: ignore[assignment]
+            raw = {
+                k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                for k, v in stored.items()
+            }
             buckets = [(f"{b:g}", _float(raw.get(f"le={b:g}"))) for b in bounds]
             buckets.append(("+Inf", _float(raw.get("le=+Inf"))))
             histogram = HistogramMetricFamily(f"scp2fhir_{name}", metrics.HISTOGRAMS[name])
@@ -203,6 +211,9 @@ def make_server(settings: Settings, clients: RedisClients, port: int) -> Threadi
                     self._send(404, b"not found\n", "text/plain")
             except redis.RedisError as exc:
                 self._send(503, f"redis unavailable: {type(exc).__name__}\n".encode(), "text/plain")
+            except Exception as exc:
+                logger.error("web %s failed: %s", path, type(exc).__name__)
+                self._send(500, f"internal error: {type(exc).__name__}\n".encode(), "text/plain")
 
         def _send(self, code: int, body: bytes, content_type: str) -> None:
             self.send_response(code)

@@ -448,6 +448,10 @@ def test_metrics_survive_any_label_value_and_any_stored_field(
                 b"associations_total|calling_ae=OLD": b"2",  # 0.1, readable: kept
             },
         )
+        raw.hset(
+            keys.metrics_histogram("receive_to_redis_seconds"),
+            mapping={b"\xff": b"1", b"le=0.001": b"x"},
+        )
         raw.close()
 
         def shown() -> dict[Any, float] | None:
@@ -458,6 +462,7 @@ def test_metrics_survive_any_label_value_and_any_stored_field(
         found = wait_for(shown, 15, "the association under its calling AE title", step=0.3)
         assert found["scp2fhir_associations_total", (("calling_ae", "OLD"),)] == 2.0
         assert not [k for k in found if k[0] == "scp2fhir_associations_total" and "X" in str(k)]
+        assert ("scp2fhir_receive_to_redis_seconds_count", ()) in found
 
         # A peer's data with a line break cannot forge a log line.
         forged = "1.2.3.4\n2026-01-01 00:00:00,000 ERROR scp[1] scp.server: FORGED"
