@@ -10,6 +10,12 @@ Three checks, cheapest first:
 3. Associations per calling AE (``SCP2FHIR_MAX_ASSOCIATIONS_PER_AE``): a modality that
    opens too many at once gets a transient "local limit exceeded" rejection, so one
    sender cannot take every slot of ``SCP2FHIR_MAX_ASSOCIATIONS``.
+
+Every refusal, whichever check made it (here, in pynetdicom or in :mod:`scp.transport`),
+goes through :func:`record_rejection`: one WARNING line naming the association, the
+calling and called AE titles, the peer and the reason, and one count of
+``scp2fhir_association_rejections_total{reason}``, the reason being one of
+:data:`REJECTION_REASONS`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,65 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: A-ASSOCIATE-RJ: rejected-transient, by the service provider (presentation related),
 #: local limit exceeded (PS3.8 9.3.4).
 _TRANSIENT, _PRESENTATION, _LOCAL_LIMIT = 0x02, 0x03, 0x02
+
+
+#: Why an association (or a connection) was refused: the ``reason`` label's values.
+REJECTION_REASONS: dict[str, str] = {
+    "called-ae-title": "the called AE title is not SCP2FHIR_AE_TITLE",
+    "calling-ae-title": "the calling AE title is not in SCP2FHIR_ALLOWED_CALLING_AETS",
+    "peer": "the peer address is not in SCP2FHIR_ALLOWED_PEERS",
+    "per-ae-limit": "the calling AE holds SCP2FHIR_MAX_ASSOCIATIONS_PER_AE associations",
+    "max-associations": "SCP2FHIR_MAX_ASSOCIATIONS associations are open",
+    "no-presentation-context": "none of the proposed SOP classes and transfer syntaxes is "
+    "supported",
+    "user-identity": "the user identity was not accepted",
+    "application-context": "the application context is not DICOM's",
+    "protocol-version": "the protocol version is not supported",
+    "protocol-error": "the peer sent something that is not a DICOM association request",
+    "acse-timeout": "no association request within SCP2FHIR_ACSE_TIMEOUT",
+    "tls-handshake": "the TLS handshake failed",
+    "other": "another A-ASSOCIATE-RJ reason",
+}
+
+#: A-ASSOCIATE-RJ (result, source, diagnostic) -> reason (PS3.8 9.3.4).
+_REJECT_REASONS = {
+    (0x01, 0x01, 0x07): "called-ae-title",
+    (0x01, 0x01, 0x03): "calling-ae-title",
+    (0x01, 0x01, 0x02): "application-context",
+    (0x02, 0x02, 0x01): "user-identity",
+    (0x02, 0x02, 0x02): "protocol-version",
+    (0x02, 0x03, 0x02): "max-associations",
+}
+
+
+def rejection_reason(result: int | None, source: int | None, diagnostic: int | None) -> str:
+    """The :data:`REJECTION_REASONS` key of an A-ASSOCIATE-RJ."""
+    return _REJECT_REASONS.get((result or 0, source or 0, diagnostic or 0), "other")
+
+
+def record_rejection(
+    reason: str,
+    *,
+    peer: str,
+    assoc: str = "-",
+    calling: str = "-",
+    called: str = "-",
+    detail: str = "",
+) -> None:
+    """Log and count one refusal. AE titles and the peer are what the peer sent: the log
+    set-up escapes control characters, the metric carries only the reason."""
+    if reason not in REJECTION_REASONS:
+        reason = "other"
+    logger.warning(
+        "assoc=%s calling=%s called=%s peer=%s rejected: %s (%s)",
+        assoc,
+        calling.strip() or "-",
+        called.strip() or "-",
+        peer,
+        reason,
+        detail or REJECTION_REASONS[reason],
+    )
+    metrics.recorder().count("association_rejections_total", reason=reason)
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
@@ -74,14 +139,14 @@ def handle_requested(event: events.Event, policy: AccessPolicy) -> None:
         if a is not assoc and str(a.requestor.ae_title).strip() == calling
     )
     if others >= policy.max_per_ae:
-        logger.warning(
-            "assoc=%s calling=%s rejected: %d associations open, limit %d",
-            assoc.name,
-            calling,
-            others,
-            policy.max_per_ae,
+        record_rejection(
+            "per-ae-limit",
+            peer=str(assoc.requestor.address),
+            assoc=assoc.name,
+            calling=calling,
+            called=str(request.called_ae_title),
+            detail=f"{others} associations open, limit {policy.max_per_ae}",
         )
-        metrics.recorder().count("association_rejections_total", reason="per-ae-limit")
         assoc.acse.send_reject(_TRANSIENT, _PRESENTATION, _LOCAL_LIMIT)
         # pynetdicom closes the socket right after this handler returns, racing the DUL
         # thread that sends the rejection; kill() waits until the peer has it and closed

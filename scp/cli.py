@@ -21,6 +21,7 @@ _FLAG_VARIABLES = {
     "redis_url": "SCP2FHIR_REDIS_URL",
     "ae_title": "SCP2FHIR_AE_TITLE",
     "port": "SCP2FHIR_PORT",
+    "bind": "SCP2FHIR_BIND",
     "quiet_seconds": "SCP2FHIR_QUIET_SECONDS",
     "output_dir": "SCP2FHIR_OUTPUT_DIR",
     "fhir_version": "SCP2FHIR_FHIR_VERSION",
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"scp2fhir {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     def common(p: argparse.ArgumentParser, *flags: str) -> None:
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         if "scp" in flags:
             p.add_argument("--ae-title", help="overrides SCP2FHIR_AE_TITLE")
             p.add_argument("--port", help="overrides SCP2FHIR_PORT")
+            p.add_argument("--bind", help="overrides SCP2FHIR_BIND (address the SCP listens on)")
         if "emit" in flags:
             p.add_argument("--quiet-seconds", help="overrides SCP2FHIR_QUIET_SECONDS")
             p.add_argument("--output-dir", help="overrides SCP2FHIR_OUTPUT_DIR")
@@ -99,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     common(forget, "redis", "emit")
     forget.add_argument("--study", required=True, help="Study Instance UID")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scp2fhir")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _environment(args: argparse.Namespace) -> dict[str, str]:

@@ -32,10 +32,17 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
     scp2fhir:study:S:check                 STRING   set while a quiet check for S is scheduled
     scp2fhir:study:S:lease                 STRING   held by the worker emitting S
     scp2fhir:emitted                       ZSET     S -> time (ms) of its last emission
+    scp2fhir:study:S:emission              HASH     its last emission, for the status page: at,
+                                                    last_arrival (ms), series, instances,
+                                                    after_quiet_ms; expires with the retention
     scp2fhir:dead-letter                   LIST     inbox entries no worker could fold (JSON)
     scp2fhir:sweep-scheduled               STRING   set while the periodic sweep is scheduled
-    scp2fhir:metrics:counters              HASH     "<name>|<label>=<value>" -> count
+    scp2fhir:metrics:counters              HASH     name (no labels) or JSON '["<name>",{"<label>":
+                                                    "<value>"}]' -> count
     scp2fhir:metrics:hist:<name>           HASH     "le=<bound>" -> count, "count", "sum_us"
+    scp2fhir:metrics:minute:M              HASH     the counters' fields -> counts added in minute M
+                                                    (Unix time // 60); expires after 2 hours
+    scp2fhir:metrics:minute:M:hist         HASH     "<name>:count", "<name>:sum_us" of minute M
 
   FHIR delivery (only with SCP2FHIR_FHIR_BASE_URL; ``H`` = hash of the server/token URL):
 
@@ -94,6 +101,18 @@ DELIVER_QUEUE = "scp2fhir-deliver"
 
 def metrics_histogram(name: str) -> str:
     return f"{PREFIX}:metrics:hist:{name}"
+
+
+def metrics_minute(minute: int) -> str:
+    return f"{PREFIX}:metrics:minute:{minute}"
+
+
+def metrics_minute_hist(minute: int) -> str:
+    return f"{PREFIX}:metrics:minute:{minute}:hist"
+
+
+def study_emission(study_uid: str) -> str:
+    return f"{PREFIX}:study:{study_uid}:emission"
 
 
 def study(study_uid: str) -> str:

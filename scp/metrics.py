@@ -6,17 +6,30 @@ not cost the C-STORE path a round trip: a :class:`Recorder` adds up in memory an
 a background thread flushes the sums every :data:`FLUSH_SECONDS` in one pipeline.
 A process that dies loses at most that last second of counts.
 
+Each flush also adds its sums to the hashes of the current minute, which expire after
+:data:`MINUTE_TTL_SECONDS`: the status page draws the last hour from them (minutes by
+the clock of the process that counted).
+
 Redis layout (see also :mod:`scp.keys`)::
 
-    scp2fhir:metrics:counters          HASH  "<name>|<label>=<value>" -> count
-    scp2fhir:metrics:hist:<name>       HASH  "le=<bound>" -> count, "sum", "count"
+    scp2fhir:metrics:counters          HASH  field -> count (field: :func:`encode_field`)
+    scp2fhir:metrics:hist:<name>       HASH  "le=<bound>" -> count, "sum_us", "count"
+    scp2fhir:metrics:minute:M          HASH  field -> count added in minute M
+    scp2fhir:metrics:minute:M:hist     HASH  "<name>:count", "<name>:sum_us" of minute M
+
+Label values are data (a calling AE title is whatever the peer sent): a field is the
+JSON array ``[name, {label: value}]``, so no value can break it, and
+:func:`decode_field` refuses any field it cannot read rather than fail a scrape.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
+import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 
@@ -27,6 +40,8 @@ from scp import keys
 logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0
+#: Per-minute sums are kept this long (the status page shows the last hour).
+MINUTE_TTL_SECONDS = 2 * 3600
 
 #: Histogram bucket upper bounds (seconds), per histogram.
 BUCKETS: dict[str, Sequence[float]] = {
@@ -34,26 +49,88 @@ BUCKETS: dict[str, Sequence[float]] = {
     "receive_to_redis_seconds": (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
     # last instance of a study -> its ImagingStudy written (includes the quiet period)
     "last_instance_to_emitted_seconds": (1, 5, 10, 30, 60, 61, 62, 65, 70, 90, 120, 300, 900),
+    # the same minus the quiet period: how late the bridge was, whatever the quiet period
+    "emitted_after_quiet_seconds": (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
     # ImagingStudy written -> accepted by the FHIR server
     "emitted_to_delivered_seconds": (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 }
 
-#: Counter names and their help text (labels are free-form ``key=value``).
-COUNTERS: dict[str, str] = {
-    "associations_total": "Associations accepted, by calling AE title.",
-    "association_rejections_total": "Associations refused (limits, AE titles, peers).",
-    "instances_received_total": "C-STORE requests answered, by DIMSE status.",
-    "instances_folded_total": "Instances folded into study aggregates.",
-    "emissions_total": "ImagingStudy resources written.",
-    "attribute_disagreements_total": (
-        "Emissions whose instances disagreed on an attribute, by DICOM keyword."
-    ),
-    "rejection_notes_total": "IOCM rejection notes folded, by DCM code.",
-    "completion_signals_total": "MPPS/IAN completion signals received, by kind and outcome.",
-    "signalled_emissions_total": "Studies emitted on a completion signal, before the quiet period.",
-    "delivery_attempts_total": "Requests sent to the FHIR server, by outcome.",
-    "delivery_failures_total": "Deliveries given up (dead-lettered).",
+#: Help text of each histogram.
+HISTOGRAMS: dict[str, str] = {
+    "receive_to_redis_seconds": "C-STORE received to header durable in Redis.",
+    "last_instance_to_emitted_seconds": "Last instance of a study to its ImagingStudy written "
+    "(includes the quiet period).",
+    "emitted_after_quiet_seconds": "Last instance to ImagingStudy written, minus the quiet period.",
+    "emitted_to_delivered_seconds": "ImagingStudy written to accepted by the FHIR server.",
 }
+
+#: Counter names, their help text and label names.
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "associations_total": ("Associations accepted, by calling AE title.", ("calling_ae",)),
+    "association_rejections_total": (
+        "Associations and connections refused, by reason.",
+        ("reason",),
+    ),
+    "instances_received_total": ("C-STORE requests answered, by DIMSE status.", ("status",)),
+    "instances_folded_total": ("Instances folded into study aggregates.", ()),
+    "emissions_total": ("ImagingStudy resources written.", ()),
+    "attribute_disagreements_total": (
+        "Emissions whose instances disagreed on an attribute, by DICOM keyword.",
+        ("keyword",),
+    ),
+    "rejection_notes_total": ("IOCM rejection notes folded, by DCM code.", ("code",)),
+    "completion_signals_total": (
+        "MPPS/IAN completion signals received, by kind and outcome.",
+        ("kind", "status"),
+    ),
+    "signalled_emissions_total": (
+        "Studies emitted on a completion signal, before the quiet period.",
+        (),
+    ),
+    "delivery_attempts_total": ("Requests sent to the FHIR server, by outcome.", ("outcome",)),
+    "delivery_failures_total": ("Deliveries given up (dead-lettered).", ()),
+}
+
+_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def encode_field(name: str, labels: dict[str, str]) -> str:
+    """The Redis hash field of one counter and label set."""
+    if not labels:
+        return name
+    return json.dumps([name, labels], sort_keys=True, separators=(",", ":"))
+
+
+def decode_field(field: str) -> tuple[str, dict[str, str]] | None:
+    """``(name, labels)`` of a stored field, or None if it is not one this module writes.
+
+    Also reads the fields of scp2fhir 0.1 (``name|label=value|...``), as far as they
+    can be read unambiguously, so counts survive an upgrade.
+    """
+    name: object
+    labels: object
+    if field.startswith("["):
+        try:
+            name, labels = json.loads(field)
+        except (ValueError, TypeError):
+            return None
+    else:
+        name, *pairs = field.split("|")
+        if not all("=" in pair for pair in pairs):
+            return None
+        labels = dict(pair.split("=", 1) for pair in pairs)
+    if not isinstance(name, str) or not _NAME.match(name) or not isinstance(labels, dict):
+        return None
+    for key, value in labels.items():
+        if not isinstance(key, str) or not _NAME.match(key) or key.startswith("__"):
+            return None
+        if not isinstance(value, str):
+            return None
+    return name, labels
+
+
+def minute_of(unix_seconds: float) -> int:
+    return int(unix_seconds // 60)
 
 
 class Recorder:
@@ -68,7 +145,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
 
     def count(self, name: str, amount: int = 1, **labels: str) -> None:
-        field = name + "".join(f"|{k}={v}" for k, v in sorted(labels.items()))
+        field = encode_field(name, labels)
         with self._lock:
             self._counts[field] += amount
 
@@ -105,13 +182,22 @@ class Recorder:
             hists, self._hist = self._hist, {}
         if self._redis is None or not (counts or hists):
             return
+        minute = minute_of(time.time())
+        per_minute, per_minute_hist = keys.metrics_minute(minute), keys.metrics_minute_hist(minute)
         try:
             pipe = self._redis.pipeline(transaction=False)
             for field, amount in counts.items():
                 pipe.hincrby(keys.METRICS_COUNTERS, field, amount)
+                pipe.hincrby(per_minute, field, amount)
             for name, hist in hists.items():
                 for field, amount in hist.items():
                     pipe.hincrby(keys.metrics_histogram(name), field, amount)
+                pipe.hincrby(per_minute_hist, f"{name}:count", hist["count"])
+                pipe.hincrby(per_minute_hist, f"{name}:sum_us", hist["sum_us"])
+            if counts:
+                pipe.expire(per_minute, MINUTE_TTL_SECONDS)
+            if hists:
+                pipe.expire(per_minute_hist, MINUTE_TTL_SECONDS)
             pipe.execute()
         except redis.RedisError as exc:
             # Metrics must never take the pipeline down; keep the sums for the next try.

@@ -82,10 +82,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     metrics.install(recorder)
     associations = AssociationLog()
     handlers: list[Any] = [
+        *associations.handlers(),  # first: it names the association the others log
         (evt.EVT_REQUESTED, handle_requested, [policy]),
-        (evt.EVT_ACCEPTED, associations.accepted),
-        (evt.EVT_RELEASED, associations.released),
-        (evt.EVT_ABORTED, associations.aborted),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [inbox, associations]),
     ]

@@ -164,7 +164,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SCP2FHIR_LOG_FORMAT": ("text", "`text` or `json` (one JSON object per line)."),
     "SCP2FHIR_LOG_HASH_UIDS": (
         "0",
-        "1: DICOM UIDs in logs are replaced by a short hash (uid:xxxxxxxxxxxx).",
+        "1: DICOM UIDs in logs are replaced by a short hash (uid:xxxxxxxxxxxx); IP "
+        "addresses stay readable; a path with a UID is replaced whole.",
     ),
     "SCP2FHIR_DATA_DIR": (
         "./scp2fhir-data",

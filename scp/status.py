@@ -1,9 +1,21 @@
 """What the system is doing right now, read from Redis: for ``scp2fhir status`` and the
-status page. Identifiers only (UIDs, counts, times), never patient data."""
+status page. Identifiers only (UIDs, counts, times), never patient data.
+
+* :func:`snapshot`: open studies, the last emitted ones with their destinations' outcome
+  (the folder always; the FHIR server: delivered, pending or dead-lettered), queues, and
+  the two kinds of dead letter, which are different failures:
+  *inbox dead letters* are received instances no worker could fold (``scp2fhir:dead-letter``);
+  *delivery dead letters* are studies whose FHIR delivery was given up
+  (``scp2fhir:deliver-failed``; ``scp2fhir retry-failed`` re-queues them).
+* :func:`history`: per minute over the last hour, what was received, emitted and
+  delivered and how long it took, from the per-minute sums of :mod:`scp.metrics`.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,7 +23,15 @@ import redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from scp import keys
+from scp import keys, metrics, statuses
+
+#: Delivery states of an emitted study (``EmittedStudy.delivery``).
+DELIVERY_STATES = {
+    "delivered": "the FHIR server has the newest output",
+    "pending": "written to the folder; the FHIR delivery is queued or retrying",
+    "dead-lettered": "the FHIR delivery was given up (`scp2fhir retry-failed`)",
+    "folder": "written to the folder; no FHIR server is configured",
+}
 
 
 @dataclass(frozen=True)
@@ -27,6 +47,14 @@ class OpenStudy:
 class EmittedStudy:
     study_uid: str
     emitted_at_ms: int
+    series: int | None = None
+    instances: int | None = None
+    #: Last instance to ImagingStudy written, minus the quiet period.
+    after_quiet_ms: int | None = None
+    #: One of :data:`DELIVERY_STATES`.
+    delivery: str = "folder"
+    delivered_version: str | None = None
+    delivered_at_ms: int | None = None
     #: attributes the study's instances disagreed on when it was last emitted: level,
     #: attribute, DICOM keyword and instances per distinct value (never the values)
     disagreements: list[dict[str, Any]] = field(default_factory=list)
@@ -48,15 +76,27 @@ class Snapshot:
     open_studies: list[OpenStudy] = field(default_factory=list)
     emitted: list[EmittedStudy] = field(default_factory=list)
     queues: list[QueueState] = field(default_factory=list)
-    dead_letters: int = 0
+    #: Received instances no worker could fold.
+    inbox_dead_letters: int = 0
+    #: Studies whose FHIR delivery was given up.
+    delivery_dead_letters: int = 0
+
+    @property
+    def past_quiet(self) -> list[OpenStudy]:
+        """Open studies whose quiet period is over: they should be emitted within seconds."""
+        return [s for s in self.open_studies if s.seconds_until_quiet <= 0]
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int = 10) -> Snapshot:
+def redis_now_ms(data: redis.Redis) -> int:
     seconds, micros = data.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int = 10) -> Snapshot:
+    now_ms = redis_now_ms(data)
     open_studies = []
     arrivals: list[tuple[str, float]] = data.zrange(  # type: ignore[assignment]
         keys.OPEN_STUDIES, 0, -1, withscores=True
@@ -74,8 +114,10 @@ def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int
                 seconds_until_quiet=max(0.0, (last_ms + quiet_seconds * 1000 - now_ms) / 1000),
             )
         )
-    recent: list[tuple[str, float]] = data.zrevrange(  # type: ignore[assignment]
-        keys.EMITTED, 0, last - 1, withscores=True
+    recent: list[tuple[str, float]] = (
+        data.zrevrange(keys.EMITTED, 0, last - 1, withscores=True)  # type: ignore[assignment]
+        if last > 0
+        else []
     )
     queues = []
     for queue in sorted(Queue.all(connection=rq), key=lambda q: q.name):
@@ -94,23 +136,138 @@ def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int
         now_ms=now_ms,
         inbox_backlog=int(str(data.xlen(keys.INBOX))),
         open_studies=open_studies,
-        emitted=[EmittedStudy(uid, int(ms), _disagreements(data, uid)) for uid, ms in recent],
+        emitted=_emitted(data, recent),
         queues=queues,
-        dead_letters=int(str(data.llen(keys.DEAD_LETTER))),
+        inbox_dead_letters=int(str(data.llen(keys.DEAD_LETTER))),
+        delivery_dead_letters=int(str(data.hlen(keys.DELIVER_FAILED))),
     )
 
 
-def _disagreements(data: redis.Redis, study_uid: str) -> list[dict[str, Any]]:
-    text: Any = data.hget(keys.DISAGREEMENTS, study_uid)
+def _disagreements(text: str | None) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = json.loads(text) if text else []
     return found
+
+
+def _emitted(data: redis.Redis, recent: list[tuple[str, float]]) -> list[EmittedStudy]:
+    """The emitted studies with their emission record, delivery state and attribute
+    disagreements (one round trip)."""
+    pipe = data.pipeline(transaction=False)
+    for uid, _ in recent:
+        pipe.hgetall(keys.study_emission(uid))
+        pipe.hgetall(keys.study_delivery(uid))
+        pipe.zscore(keys.DELIVER_PENDING, uid)
+        pipe.hexists(keys.DELIVER_FAILED, uid)
+        pipe.hget(keys.DISAGREEMENTS, uid)
+    replies: list[Any] = pipe.execute() if recent else []
+    result = []
+    for n, (uid, emitted_ms) in enumerate(recent):
+        emission, delivered, pending, failed, disagreements = replies[5 * n : 5 * n + 5]
+        if failed:
+            state = "dead-lettered"
+        elif pending is not None:
+            state = "pending"
+        elif delivered.get("at"):
+            state = "delivered"
+        else:
+            state = "folder"
+        result.append(
+            EmittedStudy(
+                study_uid=uid,
+                emitted_at_ms=int(emitted_ms),
+                series=_int(emission.get("series")),
+                instances=_int(emission.get("instances")),
+                after_quiet_ms=_int(emission.get("after_quiet_ms")),
+                delivery=state,
+                delivered_version=delivered.get("version") or None,
+                delivered_at_ms=_int(delivered.get("at")),
+                disagreements=_disagreements(disagreements),
+            )
+        )
+    return result
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+# --- the last hour -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Minute:
+    """What happened in one minute (``minute`` = Unix time // 60), over all processes."""
+
+    minute: int
+    #: C-STORE requests answered, and of those refused (any status but Success/0xB006).
+    received: int = 0
+    refused: int = 0
+    emitted: int = 0
+    delivered: int = 0
+    #: Means of the minute's observations, None without any.
+    receive_to_redis_ms: float | None = None
+    emitted_after_quiet_s: float | None = None
+    emitted_to_delivered_s: float | None = None
+
+
+_STORED = {f"0x{statuses.SUCCESS:04X}", f"0x{statuses.ELEMENTS_DISCARDED:04X}"}
+
+
+def history(data: redis.Redis, minutes: int = 60, now: float | None = None) -> list[Minute]:
+    """The last ``minutes`` minutes, oldest first, the current (partial) minute last."""
+    current = metrics.minute_of(time.time() if now is None else now)
+    span = range(current - minutes + 1, current + 1)
+    pipe = data.pipeline(transaction=False)
+    for minute in span:
+        pipe.hgetall(keys.metrics_minute(minute))
+        pipe.hgetall(keys.metrics_minute_hist(minute))
+    replies: list[Any] = pipe.execute()
+    result = []
+    for n, minute in enumerate(span):
+        counters, hists = replies[2 * n], replies[2 * n + 1]
+        sums: Counter[tuple[str, str]] = Counter()
+        for raw, value in counters.items():
+            decoded = metrics.decode_field(raw)
+            amount = _int(value)
+            if decoded is None or amount is None:
+                continue
+            name, labels = decoded
+            sums[name, labels.get("status") or labels.get("outcome") or ""] += amount
+        received = sum(v for (name, _), v in sums.items() if name == "instances_received_total")
+        stored = sum(sums["instances_received_total", status] for status in _STORED)
+        result.append(
+            Minute(
+                minute=minute,
+                received=received,
+                refused=received - stored,
+                emitted=sum(v for (name, _), v in sums.items() if name == "emissions_total"),
+                delivered=sums["delivery_attempts_total", "delivered"],
+                receive_to_redis_ms=_mean(hists, "receive_to_redis_seconds", 1000),
+                emitted_after_quiet_s=_mean(hists, "emitted_after_quiet_seconds", 1),
+                emitted_to_delivered_s=_mean(hists, "emitted_to_delivered_seconds", 1),
+            )
+        )
+    return result
+
+
+def _mean(hists: dict[str, str], name: str, scale: float) -> float | None:
+    count, total = _int(hists.get(f"{name}:count")), _int(hists.get(f"{name}:sum_us"))
+    if not count or total is None:
+        return None
+    return total / count / 1e6 * scale
+
+
+# --- text --------------------------------------------------------------------------------
 
 
 def render_text(snap: Snapshot) -> str:
     """The snapshot as the plain text ``scp2fhir status`` prints."""
     lines = [
-        f"open studies: {len(snap.open_studies)}   inbox backlog: {snap.inbox_backlog}"
-        f"   dead letters: {snap.dead_letters}"
+        f"open studies: {len(snap.open_studies)}   inbox backlog: {snap.inbox_backlog}",
+        f"dead letters: {snap.inbox_dead_letters} inbox (instances no worker could fold), "
+        f"{snap.delivery_dead_letters} delivery (FHIR deliveries given up)",
     ]
     if snap.open_studies:
         lines.append(
@@ -122,9 +279,21 @@ def render_text(snap: Snapshot) -> str:
                 f"{study.waiting_to_fold:>7} {study.seconds_until_quiet:>8.1f}s"
             )
     lines.append(f"last emitted: {len(snap.emitted)}")
+    if snap.emitted:
+        lines.append(
+            f"  {'study instance uid':<64} {'series':>6} {'inst':>6} {'emitted':>9} "
+            f"{'late by':>8}  delivery"
+        )
     for item in snap.emitted:
         ago = (snap.now_ms - item.emitted_at_ms) / 1000
-        lines.append(f"  {item.study_uid:<64} {ago:>8.0f}s ago")
+        late = "-" if item.after_quiet_ms is None else f"{item.after_quiet_ms / 1000:.1f}s"
+        delivery = item.delivery
+        if item.delivery == "delivered" and item.delivered_version:
+            delivery += f" (version {item.delivered_version})"
+        lines.append(
+            f"  {item.study_uid:<64} {_text(item.series):>6} {_text(item.instances):>6} "
+            f"{ago:>7.0f}s ago {late:>8}  {delivery}"
+        )
         for found in item.disagreements:
             counts = "/".join(str(n) for n in found["counts"])
             lines.append(
@@ -137,3 +306,7 @@ def render_text(snap: Snapshot) -> str:
             f"{queue.scheduled:>6} {queue.failed:>6}"
         )
     return "\n".join(lines)
+
+
+def _text(value: int | None) -> str:
+    return "-" if value is None else str(value)

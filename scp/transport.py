@@ -47,8 +47,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from scp import metrics
-from scp.access import AccessPolicy
+from scp.access import AccessPolicy, record_rejection
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +226,8 @@ class PromptRequestHandler(RequestHandler):
                 sock.do_handshake()
                 sock.settimeout(None)
             except OSError as exc:  # ssl.SSLError and timeouts are OSErrors
-                logger.warning(
-                    "peer=%s TLS handshake failed: %s", self.client_address[0], type(exc).__name__
+                record_rejection(
+                    "tls-handshake", peer=str(self.client_address[0]), detail=type(exc).__name__
                 )
                 return
         super().handle()
@@ -280,8 +279,7 @@ class ReusePortServer(ThreadedAssociationServer):
         address = client_address[0] if isinstance(client_address, tuple) else str(client_address)
         if self.policy.peer_allowed(address):
             return True
-        logger.warning("peer=%s refused: not in SCP2FHIR_ALLOWED_PEERS", address)
-        metrics.recorder().count("association_rejections_total", reason="peer")
+        record_rejection("peer", peer=address)
         return False
 
     def shutdown(self) -> None:

@@ -4,8 +4,11 @@
                        process, gauges of open studies, backlog, queues)
     GET /healthz       200 while this process runs
     GET /readyz        200 when Redis answers, else 503
-    GET /status.json   the :mod:`scp.status` snapshot
-    GET /              that snapshot as a page that refreshes itself
+    GET /status.json   the :mod:`scp.status` snapshot and the last hour, per minute
+    GET /              both as a page that refreshes itself (``?refresh=N`` seconds, 0 for
+                       never): counts, charts of the last
+                       hour (SVG drawn here, nothing loaded from elsewhere), the open and
+                       the last emitted studies with their destinations' outcome
 
 Binds 127.0.0.1 by default; bound elsewhere it requires HTTP basic auth (the same
 credentials as the dashboard, checked at start by the settings).
@@ -20,9 +23,11 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -33,58 +38,133 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from scp import keys, metrics
+from scp import charts, keys, metrics
+from scp.access import REJECTION_REASONS
 from scp.connections import RedisClients
 from scp.settings import Settings
-from scp.status import Snapshot, snapshot
+from scp.status import DELIVERY_STATES, EmittedStudy, Minute, Snapshot, history, snapshot
 
 logger = logging.getLogger(__name__)
 
 
 class RedisCollector(Collector):
-    """Turns the counters and histograms in Redis into Prometheus metric families."""
+    """Turns the counters and histograms in Redis into Prometheus metric families.
+
+    A scrape never fails because of what is stored: a field this version cannot read
+    (garbage, a newer version's) is skipped. With Redis unreachable it still answers,
+    with ``scp2fhir_redis_up 0``.
+    """
 
     def __init__(self, clients: RedisClients, quiet_seconds: float) -> None:
         self.clients = clients
         self.quiet_seconds = quiet_seconds
 
     def collect(self) -> Iterator[Any]:
-        data = self.clients.data
-        counters: dict[str, str] = data.hgetall(keys.METRICS_COUNTERS)  # type: ignore[assignment]
-        families: dict[str, CounterMetricFamily] = {}
-        for field, value in sorted(counters.items()):
-            name, *pairs = field.split("|")
-            labels = dict(pair.split("=", 1) for pair in pairs)
-            if name not in families:
-                families[name] = CounterMetricFamily(
-                    f"scp2fhir_{name.removesuffix('_total')}",
-                    metrics.COUNTERS.get(name, name),
-                    labels=sorted(labels),
-                )
-            families[name].add_metric([labels[k] for k in sorted(labels)], float(value))
-        yield from families.values()
-        for name, bounds in metrics.BUCKETS.items():
-            raw: dict[str, str] = data.hgetall(keys.metrics_histogram(name))  # type: ignore[assignment]
-            if not raw:
+        up = 1.0
+        for part in (self._counters, self._histograms, self._gauges):
+            try:
+                families: list[Any] = part() if up else []
+            except redis.RedisError as exc:
+                logger.warning("metrics: Redis unavailable (%s)", type(exc).__name__)
+                families, up = [], 0.0
+            except Exception as exc:  # something stored that this version cannot read
+                logger.error("metrics: %s skipped: %s", part.__name__, type(exc).__name__)
+                families = []
+            yield from families
+        yield _gauge("redis_up", "1 while Redis answers this process, else 0.", up)
+
+    def _counters(self) -> list[CounterMetricFamily]:
+        # Read undecoded: a field that is not UTF-8 must not fail the scrape.
+        stored: dict[bytes, bytes] = self.clients.rq.hgetall(keys.METRICS_COUNTERS)  # type: ignore[assignment]
+        values: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in metrics.COUNTERS}
+        for raw_field, raw_value in stored.items():
+            decoded = metrics.decode_field(raw_field.decode("utf-8", "replace"))
+            if decoded is None or decoded[0] not in metrics.COUNTERS:
                 continue
-            buckets = [(f"{b:g}", float(raw.get(f"le={b:g}", 0))) for b in bounds]
-            buckets.append(("+Inf", float(raw.get("le=+Inf", 0))))
-            histogram = HistogramMetricFamily(f"scp2fhir_{name}", name.replace("_", " "))
-            histogram.add_metric([], buckets, sum_value=float(raw.get("sum_us", 0)) / 1e6)
-            yield histogram
+            name, labels = decoded
+            names = metrics.COUNTERS[name][1]
+            if set(labels) != set(names):
+                continue
+            try:
+                value = float(int(raw_value))
+            except ValueError:
+                continue
+            key = tuple(labels[label] for label in names)
+            values[name][key] = values[name].get(key, 0.0) + value
+        for reason in REJECTION_REASONS:  # every reason, counted or not: alerts need a 0
+            values["association_rejections_total"].setdefault((reason,), 0.0)
+        families = []
+        for name, (text, names) in metrics.COUNTERS.items():
+            family = CounterMetricFamily(
+                f"scp2fhir_{name.removesuffix('_total')}", text, labels=list(names)
+            )
+            if not names:
+                values[name].setdefault((), 0.0)
+            for key, value in sorted(values[name].items()):
+                family.add_metric(list(key), value)
+            families.append(family)
+        return families
+
+    def _histograms(self) -> list[HistogramMetricFamily]:
+        families = []
+        for name, bounds in metrics.BUCKETS.items():
+            stored: dict[bytes, bytes] = self.clients.rq.hgetall(keys.metrics_histogram(name))  # type: ignore[assignment]
+            raw = {
+                k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                for k, v in stored.items()
+            }
+            buckets = [(f"{b:g}", _float(raw.get(f"le={b:g}"))) for b in bounds]
+            buckets.append(("+Inf", _float(raw.get("le=+Inf"))))
+            histogram = HistogramMetricFamily(f"scp2fhir_{name}", metrics.HISTOGRAMS[name])
+            histogram.add_metric([], buckets, sum_value=_float(raw.get("sum_us")) / 1e6)
+            families.append(histogram)
+        return families
+
+    def _gauges(self) -> list[GaugeMetricFamily]:
+        data = self.clients.data
         snap = snapshot(data, self.clients.rq, self.quiet_seconds, last=0)
-        yield _gauge(
-            "open_studies", "Studies receiving instances (not yet quiet).", len(snap.open_studies)
-        )
-        yield _gauge("inbox_backlog", "Instance headers waiting to be folded.", snap.inbox_backlog)
-        yield _gauge("dead_letters", "Inbox entries no worker could fold.", snap.dead_letters)
         queue = GaugeMetricFamily(
             "scp2fhir_queue_jobs", "RQ jobs by queue and state.", labels=["queue", "state"]
         )
         for q in snap.queues:
             for state in ("queued", "started", "scheduled", "failed"):
                 queue.add_metric([q.name, state], float(getattr(q, state)))
-        yield queue
+        return [
+            _gauge(
+                "open_studies",
+                "Studies receiving instances (not yet quiet).",
+                len(snap.open_studies),
+            ),
+            _gauge(
+                "open_studies_past_quiet",
+                "Open studies whose quiet period is over (emission is due).",
+                len(snap.past_quiet),
+            ),
+            _gauge("inbox_backlog", "Instance headers waiting to be folded.", snap.inbox_backlog),
+            _gauge(
+                "inbox_dead_letters",
+                "Received instances no worker could fold (scp2fhir:dead-letter).",
+                snap.inbox_dead_letters,
+            ),
+            _gauge(
+                "delivery_dead_letters",
+                "Studies whose FHIR delivery was given up (scp2fhir retry-failed).",
+                snap.delivery_dead_letters,
+            ),
+            _gauge(
+                "deliveries_pending",
+                "Emitted studies not yet delivered to the FHIR server.",
+                float(int(str(data.zcard(keys.DELIVER_PENDING)))),
+            ),
+            queue,
+        ]
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
@@ -118,14 +198,22 @@ def make_server(settings: Settings, clients: RedisClients, port: int) -> Threadi
                     )
                 elif path == "/status.json":
                     snap = snapshot(clients.data, clients.rq, settings.quiet_seconds)
-                    self._send(200, json.dumps(snap.as_json()).encode(), "application/json")
+                    body = {
+                        **snap.as_json(),
+                        "history": [asdict(m) for m in history(clients.data)],
+                    }
+                    self._send(200, json.dumps(body).encode(), "application/json")
                 elif path == "/":
                     snap = snapshot(clients.data, clients.rq, settings.quiet_seconds)
-                    self._send(200, render_html(snap).encode(), "text/html; charset=utf-8")
+                    page = render_html(snap, history(clients.data), _refresh(self.path))
+                    self._send(200, page.encode(), "text/html; charset=utf-8")
                 else:
                     self._send(404, b"not found\n", "text/plain")
             except redis.RedisError as exc:
                 self._send(503, f"redis unavailable: {type(exc).__name__}\n".encode(), "text/plain")
+            except Exception as exc:
+                logger.error("web %s failed: %s", path, type(exc).__name__)
+                self._send(500, f"internal error: {type(exc).__name__}\n".encode(), "text/plain")
 
         def _send(self, code: int, body: bytes, content_type: str) -> None:
             self.send_response(code)
@@ -160,7 +248,45 @@ def _redis_ok(data: redis.Redis) -> bool:
         return False
 
 
-def render_html(snap: Snapshot) -> str:
+def _ago(now_ms: int, then_ms: int | None) -> str:
+    if then_ms is None:
+        return "-"
+    seconds = max(0.0, (now_ms - then_ms) / 1000)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else html.escape(str(value))
+
+
+def _delivery_cell(study: EmittedStudy, now_ms: int) -> str:
+    text = study.delivery
+    if study.delivery == "delivered":
+        version = f" v{study.delivered_version}" if study.delivered_version else ""
+        text = f"delivered{version}, {_ago(now_ms, study.delivered_at_ms)}"
+    css = {"delivered": "ok", "pending": "wait", "dead-lettered": "bad"}.get(study.delivery, "")
+    return (
+        f'<td class="{css}" title="{html.escape(DELIVERY_STATES.get(study.delivery, ""))}">'
+        f"{html.escape(text)}</td>"
+    )
+
+
+def _refresh(target: str) -> int:
+    """``/?refresh=N``: reload every N seconds (default 5; 0: never)."""
+    values = parse_qs(urlsplit(target).query).get("refresh", [])
+    try:
+        return max(0, min(3600, int(values[-1]))) if values else 5
+    except ValueError:
+        return 5
+
+
+def render_html(snap: Snapshot, minutes: list[Minute] | None = None, refresh: int = 5) -> str:
+    """The status page: counts first, then the charts of the last hour, then the studies."""
+    now = snap.now_ms
     rows = (
         "".join(
             f"<tr><td>{html.escape(s.study_uid)}</td><td>{s.series}</td><td>{s.instances}</td>"
@@ -171,27 +297,76 @@ def render_html(snap: Snapshot) -> str:
     )
     emitted = (
         "".join(
-            f"<tr><td>{html.escape(e.study_uid)}</td>"
-            f"<td>{(snap.now_ms - e.emitted_at_ms) / 1000:.0f}s ago</td></tr>"
+            f"<tr><td>{html.escape(e.study_uid)}</td><td>{_cell(e.series)}</td>"
+            f"<td>{_cell(e.instances)}</td><td>{_ago(now, e.emitted_at_ms)}</td>"
+            f"<td>{'-' if e.after_quiet_ms is None else f'{e.after_quiet_ms / 1000:.1f}s'}</td>"
+            f'<td class="ok">written</td>{_delivery_cell(e, now)}</tr>'
             for e in snap.emitted
         )
-        or '<tr><td colspan="2">none yet</td></tr>'
+        or '<tr><td colspan="7">none yet</td></tr>'
     )
     queues = "".join(
         f"<tr><td>{html.escape(q.name)}</td><td>{q.queued}</td><td>{q.started}</td>"
         f"<td>{q.scheduled}</td><td>{q.failed}</td></tr>"
         for q in snap.queues
     )
+    minutes = minutes or []
+    received = sum(m.received for m in minutes)
+    figures = "".join(
+        f"<figure><figcaption>{caption}</figcaption>{svg}</figure>"
+        for caption, svg in (
+            (
+                f"Instances received per minute ({received} in the last hour, "
+                f"{sum(m.refused for m in minutes)} refused)",
+                charts.bar_chart([m.received for m in minutes], "instances received", "/min"),
+            ),
+            (
+                f"Studies emitted per minute ({sum(m.emitted for m in minutes)} in the last "
+                f"hour, {sum(m.delivered for m in minutes)} delivered to FHIR)",
+                charts.bar_chart(
+                    [m.emitted for m in minutes], "studies emitted", "/min", color="#4a9e5c"
+                ),
+            ),
+            (
+                "Emission delay after the quiet period (seconds, mean per minute)",
+                charts.line_chart(
+                    [m.emitted_after_quiet_s for m in minutes], "delay after quiet", "s"
+                ),
+            ),
+            (
+                "C-STORE received to durable in Redis (milliseconds, mean per minute)",
+                charts.line_chart(
+                    [m.receive_to_redis_ms for m in minutes],
+                    "receive to Redis",
+                    "ms",
+                    color="#8a5cc4",
+                ),
+            ),
+        )
+    )
+    dead = "bad" if snap.inbox_dead_letters or snap.delivery_dead_letters else "ok"
     return f"""<!doctype html><html><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="5"><title>scp2fhir status</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
+{f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""}
+<title>scp2fhir status</title>
+<style>body{{font-family:sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse;margin-bottom:2em}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+td.ok{{color:#2d7a3e}}td.wait{{color:#a66b00}}td.bad,span.bad{{color:#b3261e;font-weight:bold}}
+.charts{{display:flex;flex-wrap:wrap;gap:1em}}figure{{margin:0}}
+figcaption{{font-size:90%;margin-bottom:4px}}</style></head><body>
 <h1>scp2fhir</h1>
-<p>Inbox backlog: {snap.inbox_backlog} &middot; dead letters: {snap.dead_letters}</p>
+<p>Open studies: {len(snap.open_studies)} ({len(snap.past_quiet)} past their quiet period)
+&middot; inbox backlog: {snap.inbox_backlog}
+&middot; <span class="{dead}">inbox dead letters: {snap.inbox_dead_letters}</span>
+(instances no worker could fold)
+&middot; <span class="{dead}">delivery dead letters: {snap.delivery_dead_letters}</span>
+(FHIR deliveries given up; <code>scp2fhir retry-failed</code>)</p>
+<h2>Last hour</h2><div class="charts">{figures}</div>
 <h2>Open studies ({len(snap.open_studies)})</h2>
 <table><tr><th>Study Instance UID</th><th>series</th><th>instances</th><th>to fold</th>
 <th>quiet in</th></tr>{rows}</table>
-<h2>Last emitted</h2><table><tr><th>Study Instance UID</th><th>when</th></tr>{emitted}</table>
+<h2>Last emitted</h2><table><tr><th>Study Instance UID</th><th>series</th><th>instances</th>
+<th>emitted</th><th>delay after quiet</th><th>folder</th><th>FHIR server</th></tr>{emitted}</table>
 <h2>Queues</h2><table><tr><th>queue</th><th>queued</th><th>started</th><th>scheduled</th>
 <th>failed</th></tr>{queues}</table></body></html>"""
 

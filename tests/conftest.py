@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import redis
@@ -16,9 +19,61 @@ from scp.settings import Settings
 from tests.support import RedisProcess, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The network guard (``tests/netguard/sitecustomize.py``): first on the PYTHONPATH of
+#: every Python child, so it guards them too.
+NETGUARD_DIR = ROOT / "tests" / "netguard"
+#: PYTHONPATH for Python children of the tests: the guard, then the project.
+CHILD_PYTHONPATH = os.pathsep.join([str(NETGUARD_DIR), str(ROOT)])
 #: Short enough to keep the suite quick, long enough that a study sent by one
 #: storescu run is never split on a loaded 2-core machine.
 TEST_QUIET_SECONDS = 1.5
+
+
+def _load_netguard() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "scp2fhir_netguard", NETGUARD_DIR / "sitecustomize.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+netguard = _load_netguard()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Guard this process and every Python child against connections beyond loopback."""
+    if os.environ.get(netguard.LOG):
+        return  # already set up (pytest run from within a test)
+    handle, log = tempfile.mkstemp(prefix="scp2fhir-netguard-", suffix=".log")
+    os.close(handle)
+    os.environ[netguard.ENABLE] = "1"
+    os.environ[netguard.LOG] = log
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(NETGUARD_DIR), os.environ.get("PYTHONPATH", "")) if p
+    )
+    netguard.install()
+
+
+def network_attempts() -> list[str]:
+    """Every attempt to reach beyond loopback so far, by this process or its children."""
+    path = os.environ.get(netguard.LOG)
+    if not path or not Path(path).exists():
+        return []
+    return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(autouse=True)
+def no_network_beyond_loopback() -> Iterator[None]:
+    before = len(network_attempts())
+    yield
+    made = network_attempts()[before:]
+    if made:
+        pytest.fail(
+            "the test tried to reach beyond loopback (tests/netguard):\n" + "\n".join(made),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +105,7 @@ def pipeline_env(redis_url: str, output_dir: Path, port: int, **extra: str) -> d
         "SCP2FHIR_PORT": str(port),
         "SCP2FHIR_QUIET_SECONDS": str(TEST_QUIET_SECONDS),
         "SCP2FHIR_OUTPUT_DIR": str(output_dir),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": CHILD_PYTHONPATH,
     }
     env.update(extra)
     return env

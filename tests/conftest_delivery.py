@@ -42,7 +42,7 @@ import redis
 from scp import keys
 from scp.header import extract_header, read_dataset
 from scp.inbox import Inbox
-from tests.conftest import ROOT, TEST_QUIET_SECONDS, start_worker, stop_process
+from tests.conftest import CHILD_PYTHONPATH, TEST_QUIET_SECONDS, start_worker, stop_process
 from tests.fhirserver.harness import FhirServer
 from tests.support import GeneratedStudy, make_study, wait_for
 from workers.summary import summarize
@@ -441,7 +441,7 @@ def delivery_env(
         "SCP2FHIR_FHIR_RETRY_MAX_SECONDS": "1",
         "SCP2FHIR_FHIR_MAX_ATTEMPTS": "30",
         "SCP2FHIR_RETENTION_SECONDS": "3600",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": CHILD_PYTHONPATH,
     }
     env.update(extra)
     return env

@@ -15,11 +15,30 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 # libfuse 3 (and fusermount3) for tests/crashfs.py, the filesystem that crashes like an OS.
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} from Debian's packages"
+# promtool checks and unit-tests docker/prometheus/alerts.yml; installed without
+# recommends (only the tools are needed: no exporter daemon comes along).
+bare=()
+command -v promtool >/dev/null 2>&1 || bare+=(prometheus)
+# Orthanc routes studies to scp2fhir as the README tells (tests/test_ops.py).
+[ -x /usr/sbin/Orthanc ] || bare+=(orthanc)
+if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} ${bare[*]} from Debian's packages"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ ${#bare[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      "${bare[@]}" >/dev/null
+  fi
+fi
+
+# The FHIR test server's packages (tests/fhirserver/package-lock.json); the tests never
+# install anything themselves.
+if [ ! -d tests/fhirserver/node_modules/@medplum/fhir-router ] \
+   || [ tests/fhirserver/package-lock.json -nt tests/fhirserver/node_modules ]; then
+  (cd tests/fhirserver && npm ci --no-audit --no-fund --silent)
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \

@@ -13,7 +13,7 @@ import pytest
 from fhir.resources.imagingstudy import ImagingStudy as ImagingStudyR5
 
 from scp.settings import ConfigError, Settings
-from tests.conftest import ROOT, TEST_QUIET_SECONDS
+from tests.conftest import CHILD_PYTHONPATH, ROOT, TEST_QUIET_SECONDS
 from tests.support import free_port, make_study, read_json, sample_file, storescu, wait_for
 
 
@@ -92,7 +92,7 @@ def test_up_runs_the_whole_system_on_a_private_redis(tmp_path: Path) -> None:
             "SCP2FHIR_DASHBOARD_PORT": str(free_port()),
             "SCP2FHIR_WEB_PORT": str(web_port),
             "SCP2FHIR_WORKERS": "1",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": CHILD_PYTHONPATH,
         }
     )
     log = (tmp_path / "up.log").open("wb")

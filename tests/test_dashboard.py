@@ -1,5 +1,6 @@
-"""The RQ dashboard, as an operator sees it in a browser: headless Chromium renders it while
-the system holds one open study and one failed delivery; a screenshot is kept as an artifact.
+"""What an operator sees in a browser, rendered by headless Chromium with screenshots kept
+in ``test-artifacts/``: the RQ dashboard while the system holds one open study and one
+failed delivery, and scp2fhir's own status page.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -18,7 +20,9 @@ from rq.registry import FailedJobRegistry
 from scp import keys
 from scp.connections import connect
 from scp.settings import Settings
+from scp.web import make_server
 from tests.conftest import ROOT, ScpThread, pipeline_env, start_worker, stop_process
+from tests.fhirserver.harness import FhirServer
 from tests.support import free_port, make_study, storescu, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -45,6 +49,15 @@ def chromium(tmp_path: Path, *args: str) -> str:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
+
+
+def screenshot(tmp_path: Path, url: str, name: str, size: str) -> Path:
+    """The page as Chromium draws it, kept in test-artifacts/ (look at it)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / name
+    chromium(tmp_path, f"--window-size={size}", f"--screenshot={shot}", url)
+    assert shot.stat().st_size > 10_000
+    return shot
 
 
 def _answers(url: str) -> bool:
@@ -108,13 +121,85 @@ def test_dashboard_shows_an_open_study_and_a_failed_delivery(
         dom = chromium(tmp_path, "--dump-dom", url)
         assert count(dom, keys.DELIVER_QUEUE, "failed") == 1
         assert count(dom, keys.FOLD_QUEUE, "queued") >= 1, "the open study's fold is queued"
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "rq-dashboard.png"
-        chromium(tmp_path, "--window-size=1400,1000", f"--screenshot={shot}", url)
-        assert shot.stat().st_size > 10_000
+        screenshot(tmp_path, url, "rq-dashboard.png", "1400,1000")
     finally:
         clients.close()
         dashboard.terminate()
         dashboard.wait(10)
         stop_process(worker)
         scp.stop()
+
+
+# --- scp2fhir's own status page -----------------------------------------------------------
+
+
+def test_status_page_shows_studies_outcomes_and_charts(redis_url: str, tmp_path: Path) -> None:
+    """The page at / of `scp2fhir web`, rendered by Chromium: one study delivered to a real
+    FHIR server, one whose delivery waits for a retry (the server went away), one open;
+    the charts of the last hour drawn by the server. The screenshot is kept."""
+    fhir = FhirServer().start()
+    port = free_port()
+    env = pipeline_env(
+        redis_url,
+        tmp_path / "out",
+        port,
+        SCP2FHIR_FHIR_BASE_URL=fhir.base_url,
+        SCP2FHIR_FHIR_TIMEOUT_SECONDS="2",
+        SCP2FHIR_FHIR_RETRY_BASE_SECONDS="600",  # the retry stays pending for the test
+        SCP2FHIR_FHIR_RETRY_MAX_SECONDS="600",
+    )
+    settings = Settings.from_env(env)
+    scp = ScpThread(settings).start(port)
+    worker = start_worker(env, tmp_path / "worker.log")
+    web = make_server(settings, connect(redis_url), free_port())
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/?refresh=0"
+    clients = connect(redis_url)
+    try:
+        delivered = make_study(tmp_path / "a", [("CT", 4), ("MR", 2)])
+        storescu(port, delivered.files)
+        wait_for(
+            lambda: clients.data.hget(keys.study_delivery(delivered.study_uid), "version"),
+            60,
+            "the first study to be delivered",
+            step=0.3,
+        )
+        fhir.stop()
+        waiting = make_study(tmp_path / "b", [("CT", 3)])
+        storescu(port, waiting.files)
+        wait_for(
+            lambda: "attempt 1/" in (tmp_path / "worker.log").read_text(errors="replace"),
+            60,
+            "the second study's delivery to fail once",
+            step=0.3,
+        )
+        stop_process(worker)  # the next study stays open: received, not folded
+        open_study = make_study(tmp_path / "c", [("MR", 2)])
+        storescu(port, open_study.files)
+
+        dom = chromium(tmp_path, "--dump-dom", url)
+        rows = {
+            uid: re.search(rf"<tr><td>{re.escape(uid)}</td>(.*?)</tr>", dom, re.S)
+            for uid in (delivered.study_uid, waiting.study_uid, open_study.study_uid)
+        }
+        first, second, third = (rows[u] for u in rows)
+        assert first and second and third, dom[:3000]
+        # Emitted studies: series, instances, when, delay after quiet, both destinations.
+        assert re.match(r"<td>2</td><td>6</td><td>\d+s ago</td><td>[\d.]+s</td>", first.group(1))
+        assert "written" in first.group(1) and "delivered v1" in first.group(1)
+        assert re.match(r"<td>1</td><td>3</td>", second.group(1)) and "pending" in second.group(1)
+        # The open study: nothing folded yet, two instances waiting.
+        assert re.match(r"<td>0</td><td>0</td><td>2</td>", third.group(1)), third.group(1)
+        # Four charts, drawn here: this minute's 11 instances and 2 emissions among them.
+        assert dom.count("<svg") == 4
+        assert "Instances received per minute (11 in the last hour, 0 refused)" in dom
+        assert "Studies emitted per minute (2 in the last hour, 1 delivered to FHIR)" in dom
+        assert dom.count("<rect") >= 2 and dom.count("<circle") >= 2
+        screenshot(tmp_path, url, "status-page.png", "1200,1100")
+    finally:
+        clients.close()
+        web.shutdown()
+        web.server_close()
+        stop_process(worker)
+        scp.stop()
+        fhir.stop()

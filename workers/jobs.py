@@ -343,17 +343,21 @@ def emit(
         # worker dies right here, the sweep queues the delivery (deliver-pending).
         delivery.enqueue_delivery(ctx, study_uid)
     if closed:
+        lag_ms = now - seen_ms - int(settings.quiet_seconds * 1000)
+        record_emission(ctx, study_uid, resource, now, seen_ms, lag_ms)
         recorder = metrics.recorder()
         recorder.count("emissions_total")
         if signalled is not None:
             recorder.count("signalled_emissions_total")
         recorder.observe("last_instance_to_emitted_seconds", (now - seen_ms) / 1000)
+        recorder.observe("emitted_after_quiet_seconds", max(0, lag_ms) / 1000)
         report_disagreements(ctx, aggregate)
         recorder.flush()  # jobs run in RQ's short-lived work horses: flush before exit
-        lag_ms = now - seen_ms - int(settings.quiet_seconds * 1000)
+        # The folder and the id, not the path: with SCP2FHIR_LOG_HASH_UIDS the id is
+        # hashed, and a path with a hashed name would name a file that does not exist.
         logger.info(
             "study=%s emitted id=%s status=%s series=%d instances=%d rejected=%d "
-            "after_quiet_ms=%d%s path=%s",
+            "after_quiet_ms=%d%s folder=%s",
             study_uid,
             resource["id"],
             resource["status"],
@@ -362,7 +366,7 @@ def emit(
             len(aggregate.received) - len(aggregate.instances),
             lag_ms,
             "" if signalled is None else f" on completion signal ({signalled})",
-            path,
+            path.parent,
         )
         if resource["status"] == ENTERED_IN_ERROR:
             logger.warning(
@@ -398,6 +402,31 @@ def report_disagreements(ctx: WorkerContext, aggregate: StudyAggregate) -> None:
         len(found),
         "; ".join(item.line() for item in found),
     )
+
+
+def record_emission(
+    ctx: WorkerContext,
+    study_uid: str,
+    resource: Resource,
+    now_ms: int,
+    seen_ms: int,
+    after_quiet_ms: int,
+) -> None:
+    """What the status page shows of the study's last emission (counts, when, how late)."""
+    key = keys.study_emission(study_uid)
+    pipe = ctx.clients.data.pipeline(transaction=False)
+    pipe.hset(
+        key,
+        mapping={
+            "at": now_ms,
+            "last_arrival": seen_ms,
+            "series": resource["numberOfSeries"],
+            "instances": resource["numberOfInstances"],
+            "after_quiet_ms": after_quiet_ms,
+        },
+    )
+    pipe.pexpire(key, ctx.settings.retention_seconds * 1000)
+    pipe.execute()
 
 
 def log_gaps(study_uid: str, profile: str, gaps: Gaps) -> None:

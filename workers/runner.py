@@ -26,6 +26,7 @@ from rq import Worker
 
 from scp import keys, logs, metrics
 from scp.connections import connect
+from scp.logs import library_level
 from scp.settings import Settings
 from workers.context import WorkerContext, install
 from workers.jobs import ensure_group, ensure_sweep_scheduled
@@ -115,7 +116,8 @@ def _rq_worker(context: WorkerContext, queues: list[str]) -> _Worker:
 def _work(worker: Worker, settings: Settings, burst: bool) -> None:
     # When Redis goes away mid-job RQ logs the error and returns; the process then ends
     # and `scp2fhir up` (or the service manager) starts it again.
-    worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    # RQ logs three lines per job at INFO: they stay out of the default log.
+    worker.work(burst=burst, with_scheduler=True, logging_level=library_level(settings.log_level))
 
 
 def _serve_deliveries(settings: Settings, burst: bool, parent: int) -> None:

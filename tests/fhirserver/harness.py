@@ -3,7 +3,9 @@
     with FhirServer() as fhir:
         httpx.put(f"{fhir.base_url}/ImagingStudy/1.2.3", json=study)
 
-Needs Node.js >= 20.19 and npm on PATH; the first start runs ``npm ci`` here.
+Needs Node.js >= 20.19 on PATH and the packages of ``package-lock.json`` installed in
+this folder, which ``bash tests/run.sh`` does (``npm ci``). A test never installs
+anything: without them, :meth:`FhirServer.start` fails and says so.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ SERVER_DIR = Path(__file__).resolve().parent
 class FhirServer:
     """One ``node server.mjs`` process on a free port of 127.0.0.1."""
 
-    def __init__(self, startup_timeout: float = 60.0, install_timeout: float = 600.0) -> None:
+    def __init__(self, startup_timeout: float = 60.0) -> None:
         self.startup_timeout = startup_timeout
-        self.install_timeout = install_timeout
         self.port: int | None = None
         #: Seconds from spawning node to its LISTENING line (install time excluded).
         self.startup_seconds: float | None = None
@@ -48,7 +49,7 @@ class FhirServer:
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not on PATH; the FHIR test server needs Node.js >= 20.19")
-        self._install()
+        self._check_installed()
         # stderr goes to a file, not a pipe nobody reads, so the server can never block on it.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives until stop())
         began = time.monotonic()
@@ -103,24 +104,12 @@ class FhirServer:
     ) -> None:
         self.stop()
 
-    def _install(self) -> None:
-        """``npm ci`` when node_modules is missing (a fresh clone or a new machine)."""
-        if (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
-            return
-        npm = shutil.which("npm")
-        if npm is None:
-            raise RuntimeError("npm is not on PATH; needed once to install the FHIR test server")
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=SERVER_DIR,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=self.install_timeout,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"npm ci failed in {SERVER_DIR}:\n{result.stdout}\n{result.stderr}")
+    def _check_installed(self) -> None:
+        if not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
+            raise RuntimeError(
+                f"the FHIR test server's packages are not installed in {SERVER_DIR}: run "
+                "`bash tests/run.sh` (or `npm ci` there) first; tests never download them"
+            )
 
     def _first_stdout_line(self) -> str:
         """The first stdout line, or '' on timeout or exit.
