@@ -78,7 +78,12 @@ def test_r4_and_r5_shapes_differ_where_the_versions_do() -> None:
     assert r5["procedure"] == [{"concept": c} for c in r4["procedureCode"]]
     assert r5["reason"] == [{"concept": c} for c in r4["reasonCode"]]
     assert "interpreter" in r4 and "interpreter" not in r5  # R5 dropped it
-    assert "basedOn" in r5 and "basedOn" not in r4
+    # basedOn is in both (R4's ImagingStudy has it too): the ServiceRequest by accession.
+    assert (
+        r4["basedOn"]
+        == r5["basedOn"]
+        == [{"type": "ServiceRequest", "identifier": r4["identifier"][1]}]
+    )
 
 
 def test_every_element_of_the_enriched_study() -> None:
@@ -336,3 +341,31 @@ def test_the_mapping_survives_unexpected_attribute_values(version: FhirVersion) 
     )
     validate(imaging_study(junk, version, options=OPTIONS), version)
     validate_bundle(study_bundle(junk, version, OPTIONS), version)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_uid_that_is_no_oid_is_never_written_as_urn_oid(version: FhirVersion) -> None:
+    # A real file (pydicom-data color-pl.dcm) whose UIDs start with 999: valid DICOM
+    # syntax, but no OID (first arc 0, 1 or 2).
+    study = aggregate_of("color-pl.dcm")
+    assert study.study_uid == "999.999.2.19941105.112000"
+    resource = imaging_study(study, version)
+    assert resource["identifier"][0] == {
+        "use": "official",
+        "system": "urn:dicom:uid",
+        "value": "999.999.2.19941105.112000",
+    }
+    validate(resource, version)
+    # A study whose UID is an OID keeps the urn:oid: form.
+    ct = imaging_study(aggregate_of("CT_small.dcm"), version)
+    assert ct["identifier"][0]["value"] == f"urn:oid:{ct['id']}"
+
+
+def test_a_specimen_uid_that_is_no_oid_stays_bare() -> None:
+    ds = dataset("CT_small.dcm")
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = "S-1"
+    specimen.SpecimenUID = "999.1.2"
+    ds.SpecimenDescriptionSequence = [specimen]
+    series = imaging_study(aggregate(summary_of(ds)), "R4")["series"][0]
+    assert series["specimen"][0]["identifier"] == {"system": "urn:dicom:uid", "value": "999.1.2"}

@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 from workers import terminology
+from workers.dicomjson import is_oid
+from workers.terminology import (
+    RFC3986_SYSTEM as RFC3986,
+)
 from workers.terminology import (
     body_part_coding,
     code_system,
@@ -73,8 +77,29 @@ def test_code_systems() -> None:
 
 
 def test_sop_class_names_come_from_the_uid_dictionary() -> None:
-    assert sop_class_coding("1.2.840.10008.5.1.4.1.1.2")["display"] == "CT Image Storage"
-    assert "display" not in sop_class_coding("1.2.3.4.5")
+    ct = sop_class_coding("1.2.840.10008.5.1.4.1.1.2")
+    assert ct is not None and ct["display"] == "CT Image Storage"
+    assert sop_class_coding("1.2.3.4.5") == {"system": RFC3986, "code": "urn:oid:1.2.3.4.5"}
+    # A DICOM-looking UID that is no OID gets no urn:oid: code.
+    assert sop_class_coding("999.999.2.19941105.112000") is None
+
+
+@pytest.mark.parametrize(
+    ("uid", "oid"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", True),
+        ("2.25.329800735698586629295641978511506172918", True),
+        ("0.39.1", True),
+        ("1.40.1", False),  # second arc above 39 under 1
+        ("2.999.1", True),  # any second arc under 2
+        ("3.1.2", False),  # first arc 0, 1 or 2 only
+        ("999.999.2.19941105.112000", False),
+        ("1", False),
+        ("1.02.3", False),  # not even a UID
+    ],
+)
+def test_what_is_an_oid(uid: str, oid: bool) -> None:
+    assert is_oid(uid) is oid
 
 
 def test_data_files_are_package_data() -> None:

@@ -123,8 +123,22 @@ def _keywords(path: str) -> str:
 
 def valid_uid(value: str) -> bool:
     """A DICOM UID (PS3.5 9.1): at most 64 characters, numeric components without
-    leading zeros. Such a UID is also a valid OID and a valid FHIR id."""
+    leading zeros. Such a UID is also a valid FHIR id; whether it is an OID too, only
+    :func:`is_oid` tells."""
     return len(value) <= 64 and _UID.match(value) is not None
+
+
+def is_oid(value: str) -> bool:
+    """Whether a (valid) UID is also an ISO object identifier, as ``urn:oid:`` needs it
+    (RFC 3061, ITU-T X.660): first arc 0, 1 or 2, second arc at most 39 under 0 and 1.
+    DICOM UIDs are meant to be OIDs (PS3.5 9.1), yet files carry ones like
+    ``999.999.2.19941105.112000`` that are not."""
+    if not valid_uid(value):
+        return False
+    arcs = value.split(".")
+    if len(arcs) < 2 or arcs[0] not in ("0", "1", "2"):
+        return False
+    return arcs[0] == "2" or int(arcs[1]) <= 39
 
 
 def too_long(vr: str, text: str) -> bool:

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from workers.dicomjson import Code, DicomJson, describe_tags
+from workers.dicomjson import Code, DicomJson, describe_tags, is_oid
 from workers.dicomtime import combine
 from workers.technique import technique
 
@@ -164,7 +164,7 @@ def _coding_schemes(dj: DicomJson) -> dict[str, str]:
         uid = item.uid("CodingSchemeUID")
         if designator and url and " " not in url:
             schemes[designator] = url
-        elif designator and uid:
+        elif designator and uid and is_oid(uid):
             schemes[designator] = f"urn:oid:{uid}"
     return schemes
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from workers.dicomjson import Code
+from workers.dicomjson import Code, is_oid
 
 Coding = dict[str, Any]
 
@@ -142,8 +142,11 @@ def concept(codes: list[Code], local: dict[str, str] | None = None) -> dict[str,
     return None
 
 
-def sop_class_coding(uid: str) -> Coding:
-    """A SOP Class UID as the coding ImagingStudy uses, with the class name as display."""
+def sop_class_coding(uid: str) -> Coding | None:
+    """A SOP Class UID as the coding ImagingStudy uses, with the class name as display;
+    ``None`` for a UID that is no OID (``urn:oid:`` would be false)."""
+    if not is_oid(uid):
+        return None
     out: Coding = {"system": RFC3986_SYSTEM, "code": f"urn:oid:{uid}"}
     name = UID(uid).name
     if name and name != uid:
