@@ -369,3 +369,31 @@ def test_a_specimen_uid_that_is_no_oid_stays_bare() -> None:
     ds.SpecimenDescriptionSequence = [specimen]
     series = imaging_study(aggregate(summary_of(ds)), "R4")["series"][0]
     assert series["specimen"][0]["identifier"] == {"system": "urn:dicom:uid", "value": "999.1.2"}
+
+
+@pytest.mark.parametrize("scheme", ["SRT", "SNM3", "99SDM"])
+def test_snomed_rt_anatomy_becomes_snomed_ct(scheme: str) -> None:
+    # Anatomic Region Sequence as older modalities write it: T-A0100 Brain in SNOMED-RT.
+    ds = dataset("MR_small.dcm")
+    ds.AnatomicRegionSequence = [code("T-A0100", scheme, "Brain")]
+    ds.ProcedureCodeSequence = [code("P5-0905E", scheme, "MRI of brain")]
+    study = imaging_study(aggregate(summary_of(ds)), "R4")
+    assert study["series"][0]["bodySite"] == {"system": SCT, "code": "12738006", "display": "Brain"}
+    # PS3.16 Table O-1 lists P5-0905E too; the procedure is translated like the anatomy.
+    assert study["procedureCode"] == [
+        {"coding": [{"system": SCT, "code": "426252008", "display": "MRI of brain"}]}
+    ]
+
+
+def test_an_untranslatable_snomed_rt_code_is_never_emitted() -> None:
+    ds = dataset("CT_small.dcm")
+    ds.AnatomicRegionSequence = [code("T-XXXXX", "SRT", "Somewhere")]
+    ds.BodyPartExamined = "HEAD"
+    ds.ReasonForRequestedProcedureCodeSequence = [code("D-XXXXX", "SRT", "Some finding")]
+    r4 = imaging_study(aggregate(summary_of(ds)), "R4")
+    # Body Part Examined through Annex L instead; the reason keeps its meaning as text.
+    assert r4["series"][0]["bodySite"] == {"system": SCT, "code": "69536005", "display": "Head"}
+    assert r4["reasonCode"] == [{"text": "Some finding"}]
+    assert "urn:oid:2.16.840.1.113883.6.5" not in str(r4)
+    del ds.BodyPartExamined
+    assert "bodySite" not in imaging_study(aggregate(summary_of(ds)), "R4")["series"][0]

@@ -17,6 +17,7 @@ from workers.terminology import (
     body_part_coding,
     code_system,
     coding,
+    concept,
     laterality_coding,
     modality_coding,
     sop_class_coding,
@@ -106,5 +107,32 @@ def test_data_files_are_package_data() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = config["tool"]["setuptools"]["package-data"]["workers"]
     assert "data/*.csv" in patterns
-    for name in ("annex_l_body_parts.csv", "laterality.csv", "dcm_modalities.csv"):
+    for name in (
+        "annex_l_body_parts.csv",
+        "laterality.csv",
+        "dcm_modalities.csv",
+        "snomed_rt_to_ct.csv",
+    ):
         assert (ROOT / "workers" / "data" / name).is_file()
+
+
+def test_snomed_rt_table() -> None:
+    table = terminology._snomed_rt()
+    assert len(table) > 7000
+    for snomed_id, concept_id in table.items():
+        assert re.match(r"^[A-Z][A-Z0-9]?-[0-9A-Z]{4,6}$", snomed_id), snomed_id
+        assert re.match(r"^[1-9][0-9]{5,17}$", concept_id), (snomed_id, concept_id)
+    # Brain, Chest, Heart (SNOMED CT concept ids as SNOMED International publishes them)
+    assert [table[i] for i in ("T-A0100", "T-D3000", "T-32000")] == [
+        "12738006",
+        "51185008",
+        "80891009",
+    ]
+
+
+def test_legacy_snomed_codings() -> None:
+    brain = {"system": "http://snomed.info/sct", "code": "12738006", "display": "Brain"}
+    for scheme in ("SRT", "SNM3", "99SDM"):
+        assert coding({"code": "T-A0100", "scheme": scheme, "meaning": "Brain"}) == brain
+    assert coding({"code": "T-NONE1", "scheme": "SRT", "meaning": "Brain"}) is None
+    assert concept([{"code": "T-NONE1", "scheme": "SRT", "meaning": "Brain"}]) == {"text": "Brain"}
