@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.test_bundle import OPTIONS, validate_bundle
 from workers.dicomtime import fhir_date, fhir_datetime, fhir_dt, sort_key
 from workers.fold import Sourced, StudyAggregate
 from workers.mapping import FhirVersion, MappingOptions, fhir_id, imaging_study, study_bundle
+from workers.summary import log_warnings
 
 VERSIONS: list[FhirVersion] = ["R4", "R5"]
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -397,3 +399,22 @@ def test_an_untranslatable_snomed_rt_code_is_never_emitted() -> None:
     assert "urn:oid:2.16.840.1.113883.6.5" not in str(r4)
     del ds.BodyPartExamined
     assert "bodySite" not in imaging_study(aggregate(summary_of(ds)), "R4")["series"][0]
+
+
+def test_a_person_name_encoded_with_another_vr_is_read_and_the_mismatch_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Real modalities write Operators' Name as LO: explicit VR keeps that on the wire.
+    ds = dataset("MR_small.dcm")
+    ds.add_new(0x00081070, "LO", ["Tech^Terry", "Doe^Jane"])  # OperatorsName
+    ds.add_new(0x00081050, "SH", "A^B^C^D^E^F")  # PerformingPhysicianName: 6 components
+    summary = summary_of(ds)
+    assert summary.series["operators"] == [{"Alphabetic": "Tech^Terry"}, {"Alphabetic": "Doe^Jane"}]
+    assert "performing_physicians" not in summary.series and "00081050" in summary.warnings
+    assert summary.mismatches == (("00081070", "LO"),)
+    series = imaging_study(aggregate(summary), "R4")["series"][0]
+    assert [p["actor"]["display"] for p in series["performer"][:2]] == ["Terry Tech", "Jane Doe"]
+    with caplog.at_level(logging.WARNING):
+        log_warnings(summary)
+    (line,) = [r.getMessage() for r in caplog.records if "another VR" in r.getMessage()]
+    assert "00081070 OperatorsName as LO" in line and "Terry" not in line

@@ -62,6 +62,10 @@ _MULTILINE_VRS = frozenset({"LT", "ST", "UT"})
 _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
+#: Free-text VRs a person name is found under in real files (Operators' Name as LO, say).
+_NAME_LIKE_VRS = frozenset({"LO", "SH", "LT", "ST", "UC", "UT"})
+#: A person name: at most three component groups of at most five components.
+_MAX_PN_GROUPS, _MAX_PN_COMPONENTS = 3, 5
 
 
 _NUMERIC_VRS = frozenset({"DS", "IS", "FD", "FL", "US", "UL", "UV", "SS", "SL", "SV"})
@@ -160,19 +164,30 @@ def clean(text: str, multiline: bool = False) -> str:
 class DicomJson:
     """Read-only view over one DICOM JSON dataset."""
 
-    __slots__ = ("_data", "_prefix", "_warnings")
+    __slots__ = ("_data", "_mismatches", "_prefix", "_warnings")
 
     def __init__(
-        self, data: dict[str, Any], warnings: list[str] | None = None, prefix: str = ""
+        self,
+        data: dict[str, Any],
+        warnings: list[str] | None = None,
+        prefix: str = "",
+        mismatches: list[tuple[str, str]] | None = None,
     ) -> None:
         self._data = data
         self._warnings: list[str] = [] if warnings is None else warnings
+        self._mismatches: list[tuple[str, str]] = [] if mismatches is None else mismatches
         self._prefix = prefix
 
     @property
     def warnings(self) -> list[str]:
         """Tags (``GGGGEEEE``, nested ``SEQUENCE.TAG``) of values that were left out."""
         return self._warnings
+
+    @property
+    def mismatches(self) -> list[tuple[str, str]]:
+        """(tag, VR) of values read although their VR is not the dictionary's (a person
+        name encoded as LO): kept, since the value is what the VR should have been."""
+        return self._mismatches
 
     def warn(self, keyword: str) -> None:
         tag = self._prefix + _key(keyword)
@@ -391,9 +406,16 @@ class DicomJson:
         return parsed
 
     def names(self, keyword: str) -> list[PersonName]:
-        """PN values: the non-empty component groups of each non-empty name."""
+        """PN values: the non-empty component groups of each non-empty name. A value of a
+        free-text VR (LO, SH, ...) where the dictionary says PN is read as a name when it
+        parses as one, and the mismatch recorded (:attr:`mismatches`)."""
         if self._absent(keyword):
             return []
+        key, vrs = _spec(keyword)
+        element = self._data.get(key)
+        vr = element.get("vr") if isinstance(element, dict) else None
+        if "PN" in vrs and vr in _NAME_LIKE_VRS:
+            return self._names_in_text(keyword, vr)
         checked = self._checked(keyword)
         if checked is None:
             return []
@@ -423,6 +445,34 @@ class DicomJson:
                 out.append(name)
         return out
 
+    def _names_in_text(self, keyword: str, vr: str) -> list[PersonName]:
+        """Names written under a text VR: each value must parse as a PN (at most three
+        ``=``-separated groups of at most five ``^``-separated components, no group over
+        the PN maximum); otherwise the element is left out as any bad value is."""
+        out: list[PersonName] = []
+        for value in self.values(keyword):
+            if value is None:
+                continue
+            groups = value.split("=") if isinstance(value, str) else []
+            if not groups or len(groups) > _MAX_PN_GROUPS:
+                self.warn(keyword)
+                return []
+            name: PersonName = {}
+            for group, text in zip(PN_GROUPS, groups, strict=False):
+                text = clean(text)
+                if text.count("^") >= _MAX_PN_COMPONENTS or too_long("PN", text):
+                    self.warn(keyword)
+                    return []
+                if text.replace("^", "").strip():
+                    name[group] = text
+            if name:
+                out.append(name)
+        if out:
+            mismatch = (self._prefix + _key(keyword), vr)
+            if mismatch not in self._mismatches:
+                self._mismatches.append(mismatch)
+        return out
+
     def name(self, keyword: str) -> PersonName | None:
         names = self.names(keyword)
         return names[0] if names else None
@@ -439,7 +489,7 @@ class DicomJson:
             return []
         prefix = f"{self._prefix}{_key(keyword)}."
         return [
-            DicomJson(item, self._warnings, prefix)
+            DicomJson(item, self._warnings, prefix, self._mismatches)
             for item in self.values(keyword)
             if isinstance(item, dict)
         ]

@@ -50,6 +50,8 @@ class InstanceSummary:
     instance: Attributes
     #: Tags of values that were present but unusable and so left out (never values).
     warnings: tuple[str, ...] = ()
+    #: (tag, VR) of values read although encoded with another VR than the dictionary's.
+    mismatches: tuple[tuple[str, str], ...] = ()
 
 
 def summarize(header: dict[str, Any], *, with_technique: bool = False) -> InstanceSummary:
@@ -69,12 +71,28 @@ def summarize(header: dict[str, Any], *, with_technique: bool = False) -> Instan
     if with_technique:
         _put(instance, "technique", technique(dj))
     return InstanceSummary(
-        study_uid, series_uid, sop_uid, study, series, instance, tuple(dj.warnings)
+        study_uid,
+        series_uid,
+        sop_uid,
+        study,
+        series,
+        instance,
+        tuple(dj.warnings),
+        tuple(dj.mismatches),
     )
 
 
 def log_warnings(summary: InstanceSummary, log: logging.Logger = logger) -> None:
-    """One warning line naming the left-out elements by tag and keyword (never values)."""
+    """Warning lines naming by tag and keyword the elements left out and those read
+    despite a VR other than the dictionary's (never values)."""
+    if summary.mismatches:
+        log.warning(
+            "study=%s series=%s sop=%s read with another VR than the dictionary's: %s",
+            summary.study_uid,
+            summary.series_uid,
+            summary.sop_uid,
+            ", ".join(f"{describe_tags([tag])} as {vr}" for tag, vr in summary.mismatches),
+        )
     if summary.warnings:
         log.warning(
             "study=%s series=%s sop=%s left out invalid elements: %s",
