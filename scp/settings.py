@@ -121,6 +121,13 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "Bildgebung), osiris (Osiris onco-imagingstudy) or qicore (QI-Core); the three "
         'guides are R4 only. README "Profiles".',
     ),
+    # --- mapping depth: local times ---
+    "SCP2FHIR_SITE_TIMEZONE": (
+        "(unset)",
+        "IANA time zone of the site (e.g. Europe/Berlin): DICOM times of headers without "
+        "Timezone Offset From UTC get the offset in force then; unset: such times keep only "
+        "their date (no zone is invented).",
+    ),
     "SCP2FHIR_ALLOWED_CALLING_AETS": (
         "(any)",
         "Comma-separated calling AE titles allowed to associate; others are rejected.",
@@ -304,6 +311,8 @@ class Settings:
     wado_rs_url: str | None = None
     fhir_bundle: bool = False
     profile: str = "base"
+    # mapping depth: local times
+    site_timezone: str | None = None
     allowed_calling_aets: tuple[str, ...] = ()
     allowed_peers: tuple[str, ...] = ()
     max_associations: int = 32
@@ -428,6 +437,8 @@ class Settings:
             # Checked against the profile registry with the other mapping options
             # (workers.context.mapping_options), which knows the profiles.
             profile=(get("SCP2FHIR_PROFILE") or defaults.profile).lower(),
+            # Checked as an IANA zone by the mapping options (workers.context).
+            site_timezone=get("SCP2FHIR_SITE_TIMEZONE"),
             allowed_calling_aets=calling,
             allowed_peers=peers,
             max_associations=_int(

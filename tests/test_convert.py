@@ -12,6 +12,7 @@ import pytest
 from fhir.resources import get_fhir_model_class
 from pydicom import dcmread
 
+from scp import cli
 from tests.samples import enriched_ct, enriched_mr_knee
 from tests.support import sample_file
 from workers.convert import NotDicom, convert, read_file
@@ -98,3 +99,22 @@ def read_file_without_class(path: Path) -> bool:
         warnings.simplefilter("ignore")
         ds = dcmread(path, force=True)
     return "SOPInstanceUID" in ds and "SOPClassUID" not in ds
+
+
+def test_the_site_time_zone_setting_reaches_convert(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = enriched_ct()
+    del ds.TimezoneOffsetFromUTC
+    path = tmp_path / "ct.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(path, enforce_file_format=True)
+    assert cli.main(["convert", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["started"] == "2004-01-19"
+    monkeypatch.setenv("SCP2FHIR_SITE_TIMEZONE", "Europe/Paris")
+    assert cli.main(["convert", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["started"] == "2004-01-19T07:27:30+01:00"
+    monkeypatch.setenv("SCP2FHIR_SITE_TIMEZONE", "Paris")
+    assert cli.main(["convert", str(path)]) == 2
+    assert "SCP2FHIR_SITE_TIMEZONE" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from fhir.resources.imagingstudy import ImagingStudy as ImagingStudyR5
@@ -18,14 +19,15 @@ from tests.samples import (
     dataset,
     enriched_ct,
     enriched_mr_knee,
+    header_of,
     summary_of,
     summary_of_file,
 )
 from tests.test_bundle import OPTIONS, validate_bundle
-from workers.dicomtime import fhir_date, fhir_datetime, fhir_dt, sort_key
+from workers.dicomtime import combine, fhir_date, fhir_datetime, fhir_dt, sort_key
 from workers.fold import Sourced, StudyAggregate
 from workers.mapping import FhirVersion, MappingOptions, fhir_id, imaging_study, study_bundle
-from workers.summary import log_warnings
+from workers.summary import log_warnings, summarize
 
 VERSIONS: list[FhirVersion] = ["R4", "R5"]
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -418,3 +420,32 @@ def test_a_person_name_encoded_with_another_vr_is_read_and_the_mismatch_logged(
         log_warnings(summary)
     (line,) = [r.getMessage() for r in caplog.records if "another VR" in r.getMessage()]
     assert "00081070 OperatorsName as LO" in line and "Terry" not in line
+
+
+def test_site_time_zone_is_opt_in_and_follows_summer_time() -> None:
+    ds = dataset("CT_small.dcm")  # Study 2004-01-19, Series 1997-04-30, no offset once removed
+    del ds.TimezoneOffsetFromUTC
+    header = header_of(ds)
+    plain = imaging_study(aggregate(summarize(header)), "R4")
+    assert (plain["started"], plain["series"][0]["started"]) == ("2004-01-19", "1997-04-30")
+    options = MappingOptions(site_timezone="Europe/Berlin")
+    berlin = imaging_study(aggregate(summarize(header, site_zone=options.site_zone)), "R4")
+    assert berlin["started"] == "2004-01-19T07:27:30+01:00"  # winter: CET
+    assert berlin["series"][0]["started"] == "1997-04-30T11:27:49+02:00"  # summer: CEST
+    validate(berlin, "R4")
+    # The header's own offset always wins over the site's zone.
+    own = summarize(header_of(dataset("CT_small.dcm")), site_zone=options.site_zone)
+    assert own.study["started"].endswith("-05:00")
+
+
+def test_site_time_zone_never_guesses_a_repeated_or_skipped_hour() -> None:
+    zone = MappingOptions(site_timezone="Europe/Berlin").site_zone
+    assert zone is not None
+    assert combine("2024-10-27", "02:30:00", zone) == "2024-10-27"  # happens twice
+    assert combine("2024-03-31", "02:30:00", zone) == "2024-03-31"  # never happens
+    assert combine("2024-03-31", "03:30:00", zone) == "2024-03-31T03:30:00+02:00"
+    assert combine("2024-07-01", "12:00:00", ZoneInfo("America/St_Johns")) == (
+        "2024-07-01T12:00:00-02:30"
+    )
+    with pytest.raises(ValueError, match="IANA"):
+        MappingOptions(site_timezone="Mars/Olympus_Mons")

@@ -112,7 +112,11 @@ def convert(
     for path in iter_files(paths):
         progress.step(len(summaries), unreadable)
         try:
-            summary = summarize(read_file(path).json, with_technique=options.needs_technique)
+            summary = summarize(
+                read_file(path).json,
+                with_technique=options.needs_technique,
+                site_zone=options.site_zone,
+            )
         except Exception as exc:
             unreadable += 1
             logger.warning("file=%s skipped: %s", path, type(exc).__name__)

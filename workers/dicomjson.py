@@ -384,7 +384,7 @@ class DicomJson:
         """A UTC offset (``+hhmm``) as a FHIR zone (``+hh:mm``)."""
         return self._parsed(keyword, dicomtime.fhir_offset)
 
-    def date_time(self, keyword: str, zone: str | None) -> str | None:
+    def date_time(self, keyword: str, zone: dicomtime.Zone | None) -> str | None:
         """A DT value as a FHIR dateTime (``zone`` applies when the value has none)."""
         text = self.text(keyword)
         if text is None:

@@ -119,7 +119,9 @@ def fold_entries(ctx: WorkerContext, entries: list[InboxEntry]) -> int:
     for entry in entries:
         try:
             summary = summarize(
-                json.loads(entry.header), with_technique=ctx.options.needs_technique
+                json.loads(entry.header),
+                with_technique=ctx.options.needs_technique,
+                site_zone=ctx.options.site_zone,
             )
         except Exception as exc:  # a header no summary can be made of goes to dead-letter
             logger.error(

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any
 
 from workers.dicomjson import Code, DicomJson, describe_tags, is_oid
-from workers.dicomtime import combine
+from workers.dicomtime import Zone, combine
 from workers.technique import technique
 
 logger = logging.getLogger(__name__)
@@ -54,17 +55,24 @@ class InstanceSummary:
     mismatches: tuple[tuple[str, str], ...] = ()
 
 
-def summarize(header: dict[str, Any], *, with_technique: bool = False) -> InstanceSummary:
+def summarize(
+    header: dict[str, Any],
+    *,
+    with_technique: bool = False,
+    site_zone: tzinfo | None = None,
+) -> InstanceSummary:
     """Split ``header`` into its study, series and instance attributes. With
     ``with_technique`` (an implementation-guide profile is active), each instance record
-    also carries its acquisition technique (:mod:`workers.technique`)."""
+    also carries its acquisition technique (:mod:`workers.technique`). ``site_zone`` (the
+    opt-in ``SCP2FHIR_SITE_TIMEZONE``) dates local times of a header that has no Timezone
+    Offset From UTC; without it such times keep only their date."""
     dj = DicomJson(header)
     study_uid = dj.raw_uid("StudyInstanceUID")
     series_uid = dj.raw_uid("SeriesInstanceUID")
     sop_uid = dj.raw_uid("SOPInstanceUID")
     if not (study_uid and series_uid and sop_uid):
         raise NotAnInstance("StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID are required")
-    zone = dj.offset("TimezoneOffsetFromUTC")
+    zone: Zone | None = dj.offset("TimezoneOffsetFromUTC") or site_zone
     study = _study(dj, zone)
     series = _series(dj, zone)
     instance = _instance(dj, zone, series_uid, needs_acquisition="started" not in series)
@@ -106,7 +114,7 @@ def log_warnings(summary: InstanceSummary, log: logging.Logger = logger) -> None
 # --- study ---------------------------------------------------------------------------------
 
 
-def _study(dj: DicomJson, zone: str | None) -> Attributes:
+def _study(dj: DicomJson, zone: Zone | None) -> Attributes:
     out: Attributes = {}
     _put(out, "patient_id", dj.text("PatientID"))
     _put(
@@ -190,7 +198,7 @@ def _coding_schemes(dj: DicomJson) -> dict[str, str]:
 # --- series --------------------------------------------------------------------------------
 
 
-def _series(dj: DicomJson, zone: str | None) -> Attributes:
+def _series(dj: DicomJson, zone: Zone | None) -> Attributes:
     out: Attributes = {}
     _put(out, "modality", dj.code_string("Modality", required=True))
     _put(out, "series_description", dj.text("SeriesDescription"))
@@ -243,7 +251,7 @@ def _specimens(dj: DicomJson) -> list[dict[str, Any]]:
 
 
 def _instance(
-    dj: DicomJson, zone: str | None, series_uid: str, needs_acquisition: bool
+    dj: DicomJson, zone: Zone | None, series_uid: str, needs_acquisition: bool
 ) -> Attributes:
     out: Attributes = {"series_uid": series_uid}
     sop_class = dj.uid("SOPClassUID", required=True)
