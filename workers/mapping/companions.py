@@ -10,7 +10,9 @@ One FHIR transaction per study holds:
 * the WADO-RS Endpoint (when configured) and one Device per piece of equipment,
   both ``PUT`` to ids that depend only on their content, so every study shares them;
 * the ImagingStudy, ``PUT`` to its stable id, referring to the others by their
-  entries' ``urn:uuid`` fullUrls (the server rewrites them).
+  entries' ``urn:uuid`` fullUrls (the server rewrites them);
+* the patient's weight and height at the time of the study as vital-sign Observations
+  (:mod:`workers.mapping.vitals`), ``PUT`` to ids derived from the study.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from workers.mapping.study import (
     series_attrs,
     study_attrs,
 )
+from workers.mapping.vitals import vital_sign_observations
 from workers.names import human_names
 from workers.profiles import Gaps, profile_named
 
@@ -120,7 +123,13 @@ def _entries(
         links.devices[key] = {"reference": url, "type": "Device", "display": device_display(key)}
 
     study_resource = build_imaging_study(aggregate, version, options, links, gaps)
-    entries.append(_put(full_url("ImagingStudy", aggregate.study_uid), study_resource))
+    study_url = full_url("ImagingStudy", aggregate.study_uid)
+    entries.append(_put(study_url, study_resource))
+    study_reference = {"reference": study_url, "type": "ImagingStudy"}
+    for observation in vital_sign_observations(
+        aggregate.study_uid, study, links.subject, study_reference
+    ):
+        entries.append(_put(full_url("Observation", observation["id"]), observation))
     return entries
 
 
