@@ -477,6 +477,25 @@ class DicomJson:
         names = self.names(keyword)
         return names[0] if names else None
 
+    def private_text(self, group: int, creator: str, offset: int) -> str | None:
+        """The text of private element (``group``, xx``offset``) in the block that
+        ``creator`` reserved: read only where the private creator says so (the same
+        element number means something else under another creator)."""
+        prefix = f"{group:04X}00"
+        for key in [k for k in self._data if k.startswith(prefix)]:
+            element, owner = int(key[4:], 16), self._data[key]
+            if not (0x10 <= element <= 0xFF and isinstance(owner, dict)):
+                continue
+            names = owner.get("Value")
+            if isinstance(names, list) and names and names[0] == creator:
+                value = self._data.get(f"{group:04X}{element << 8 | offset:04X}")
+                values = value.get("Value") if isinstance(value, dict) else None
+                if isinstance(values, list) and values and isinstance(values[0], str):
+                    text = clean(values[0])
+                    return text if text and not too_long("LO", text) else None
+                return None
+        return None
+
     def items(self, keyword: str) -> list[DicomJson]:
         """The items of a sequence, sharing this dataset's warnings."""
         if self._absent(keyword):

@@ -202,6 +202,9 @@ def _series(dj: DicomJson, zone: Zone | None) -> Attributes:
     out: Attributes = {}
     _put(out, "modality", dj.code_string("Modality", required=True))
     _put(out, "series_description", dj.text("SeriesDescription"))
+    # ELSCINT1 "Image Label" (00E1,xx40), the Osiris guide's first source of a series'
+    # description; the SCP keeps this one private element (scp.header_rules.KEPT_PRIVATE).
+    _put(out, "image_label", dj.private_text(0x00E1, "ELSCINT1", 0x40))
     _put(out, "series_number", dj.integer("SeriesNumber"))
     _put(out, "started", combine(dj.date("SeriesDate"), dj.time("SeriesTime"), zone))
     _put(out, "body_part", dj.code_string("BodyPartExamined"))
