@@ -387,9 +387,7 @@ class _Reader:
         text = str(raw, self.encoding or "latin_1") if vr in _CHARSET_VRS else str(raw, "latin_1")
         return _text_element(vr, text)
 
-    def _private(
-        self, group: int, element: int, vr: str, raw: memoryview
-    ) -> dict[str, Any] | None:
+    def _private(self, group: int, element: int, vr: str, raw: memoryview) -> dict[str, Any] | None:
         """A private creator or element of :data:`~scp.header_rules.KEPT_PRIVATE`, else
         ``None``. Implicit VR gives them "UN": they are text all the same."""
         if len(raw) > MAX_PRIVATE_BYTES:
