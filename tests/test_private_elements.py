@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
 
 from scp.header import extract_header, read_dataset, read_header
 from tests.samples import aggregate, dataset, summary_of
@@ -36,7 +37,7 @@ def headers(ds: Dataset, tmp_path: Path, implicit: bool) -> tuple[dict[str, Any]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if implicit:
-            ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
         return read_header(path).json, extract_header(read_dataset(path)).json
 

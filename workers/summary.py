@@ -10,8 +10,9 @@ them (:func:`log_warnings`).
 Instance records are stored once per instance, so they stay small: only what
 varies per instance or is reduced over instances by the mapping (the acquisition
 date-time, kept only when the instance has no Series Date, which is when the
-mapping needs the series' earliest acquisition; the image laterality) and the
-rare per-instance title.
+mapping needs the series' earliest acquisition; the image laterality), the
+rare per-instance title and, for the few instances that are selections (KOS, SEG,
+RTSTRUCT), their bounded references (:mod:`workers.selection`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from workers.dicomjson import Code, DicomJson, describe_tags, is_oid
 from workers.dicomtime import Zone, combine
+from workers.selection import selection
 from workers.technique import technique
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ def summarize(
     study = _study(dj, zone)
     series = _series(dj, zone)
     instance = _instance(dj, zone, series_uid, needs_acquisition="started" not in series)
+    _put(instance, "selection", selection(dj, instance.get("sop_class_uid"), study_uid))
     if with_technique:
         _put(instance, "technique", technique(dj))
     return InstanceSummary(

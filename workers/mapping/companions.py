@@ -12,7 +12,9 @@ One FHIR transaction per study holds:
 * the ImagingStudy, ``PUT`` to its stable id, referring to the others by their
   entries' ``urn:uuid`` fullUrls (the server rewrites them);
 * the patient's weight and height at the time of the study as vital-sign Observations
-  (:mod:`workers.mapping.vitals`), ``PUT`` to ids derived from the study.
+  (:mod:`workers.mapping.vitals`), ``PUT`` to ids derived from the study;
+* in R5, the ImagingSelections of its KOS, SEG and RTSTRUCT instances
+  (:mod:`workers.mapping.selections`; R4 has no such resource).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from workers.mapping.common import Resource, fhir_id, full_url, patient_identifi
 from workers.mapping.devices import DeviceKey, device_display, device_key, device_resource
 from workers.mapping.endpoint import endpoint_resource
 from workers.mapping.options import FhirVersion, MappingOptions
+from workers.mapping.selections import imaging_selections
 from workers.mapping.series import modality_code
 from workers.mapping.study import (
     Links,
@@ -130,6 +133,15 @@ def _entries(
         aggregate.study_uid, study, links.subject, study_reference
     ):
         entries.append(_put(full_url("Observation", observation["id"]), observation))
+    if version == "R5":
+        schemes = study.get("coding_schemes")
+        for selection in imaging_selections(
+            aggregate,
+            links.subject,
+            study_reference,
+            schemes if isinstance(schemes, dict) else None,
+        ):
+            entries.append(_put(full_url("ImagingSelection", selection["id"]), selection))
     return entries
 
 
