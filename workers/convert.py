@@ -48,7 +48,7 @@ class NotDicom(InvalidDicomError):
     """A file that is not DICOM: neither Part 10 nor a dataset that identifies itself."""
 
 
-def read_file(path: Path) -> Header:
+def read_file(path: str | Path) -> Header:
     """The header of a DICOM file: Part 10 as the SCP reads it; else the bare dataset
     (pydicom's ``force``, which also finds the transfer syntax) if it identifies itself."""
     try:
