@@ -113,7 +113,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SCP2FHIR_FHIR_BUNDLE": (
         "0",
         "1: also emit one transaction Bundle per study (Patient, Endpoint, Device, "
-        "ImagingStudy) to OUTPUT_DIR/Bundle/.",
+        "ImagingStudy, vital-sign and dose Observations, R5 ImagingSelections) to "
+        "OUTPUT_DIR/Bundle/.",
     ),
     "SCP2FHIR_PROFILE": (
         "base",

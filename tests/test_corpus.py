@@ -26,11 +26,14 @@ from fhir.resources.R4B import get_fhir_model_class as model_r4b
 from pydicom.data import get_charset_files
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from scp.header import extract_header
+from tests.dose_reports import ct_dose_report, xray_dose_report
 from tests.samples import CORPUS_ROOTS, PYDICOM_DATA, aggregate, corpus_files, dataset, read
 from tests.samples import header_of as header_from_dataset
+from tests.test_selections import key_objects
 from workers.convert import read_file
 from workers.fold import fold_all
 from workers.mapping import FhirVersion, MappingOptions, imaging_study, study_bundle
@@ -81,7 +84,18 @@ def synthesized() -> dict[str, Dataset]:
     for ds in (dx, mg, sm):
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return {"synthesized:DX": dx, "synthesized:MG": mg, "synthesized:SM": sm}
+    ct = dataset("CT_small.dcm")
+    # Objects the corpus has none of, made by highdicom: dose reports (CT, projection
+    # X-ray) in the studies of real images, and a key object selection of the CR.
+    kos = key_objects(Code("113000", "DCM", "Of Interest"))
+    return {
+        "synthesized:DX": dx,
+        "synthesized:MG": mg,
+        "synthesized:SM": sm,
+        "synthesized:RDSR-CT": ct_dose_report(ct),
+        "synthesized:RDSR-XR": xray_dose_report(cr),
+        "synthesized:KO": kos,
+    }
 
 
 #: Labels of the corpus roots in file names ("pydicom-data/CT_small.dcm").

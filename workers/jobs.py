@@ -34,7 +34,7 @@ from workers import delivery
 from workers.aggregates import InboxEntry
 from workers.context import WorkerContext, current
 from workers.fold import StudyAggregate
-from workers.mapping import Resource, imaging_study, study_bundle
+from workers.mapping import Resource, imaging_study, standalone_resources, study_bundle
 from workers.output import write_resource
 from workers.profiles import Gaps
 from workers.summary import InstanceSummary, log_warnings, summarize
@@ -222,6 +222,10 @@ def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> 
     aggregate = ctx.store.load(study_uid)
     gaps = Gaps()
     resource = imaging_study(aggregate, settings.fhir_version, options=ctx.options, gaps=gaps)
+    # Dose Observations and ImagingSelections (R5) as files of their own beside it,
+    # written first: once the ImagingStudy's file is there, so are they.
+    for derived in standalone_resources(aggregate, settings.fhir_version, ctx.options):
+        write_resource(settings.output_dir, derived)
     path = write_resource(settings.output_dir, resource)
     if ctx.options.bundle:
         write_resource(

@@ -12,7 +12,8 @@ varies per instance or is reduced over instances by the mapping (the acquisition
 date-time, kept only when the instance has no Series Date, which is when the
 mapping needs the series' earliest acquisition; the image laterality), the
 rare per-instance title and, for the few instances that are selections (KOS, SEG,
-RTSTRUCT), their bounded references (:mod:`workers.selection`).
+RTSTRUCT) or dose reports, their bounded references (:mod:`workers.selection`) or
+doses (:mod:`workers.dose`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from workers.dicomjson import Code, DicomJson, describe_tags, is_oid
 from workers.dicomtime import Zone, combine
+from workers.dose import dose_report
 from workers.selection import selection
 from workers.technique import technique
 
@@ -79,6 +81,7 @@ def summarize(
     series = _series(dj, zone)
     instance = _instance(dj, zone, series_uid, needs_acquisition="started" not in series)
     _put(instance, "selection", selection(dj, instance.get("sop_class_uid"), study_uid))
+    _put(instance, "dose", dose_report(dj, instance.get("sop_class_uid"), zone))
     if with_technique:
         _put(instance, "technique", technique(dj))
     return InstanceSummary(
