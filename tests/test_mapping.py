@@ -328,6 +328,7 @@ def test_the_mapping_survives_unexpected_attribute_values(version: FhirVersion) 
         "performing_physicians": [5],
         "manufacturer": 1,
         "started": [],
+        "image_label": 5,
     }
     record = {
         "series_uid": "1.2.3",
@@ -336,15 +337,32 @@ def test_the_mapping_survives_unexpected_attribute_values(version: FhirVersion) 
         "acquired": 5,
         "laterality": 1,
         "title": [],
+        "selection": {"kind": "kos", "series": [5, {"study": "1.2", "series": "1.2.3"}]},
+        "dose": {"accumulated": {"concept": "x", "measures": 5}, "events": [1, {"target": 2}]},
+    }
+    odd = {
+        "series_uid": "1.2.3",
+        "selection": {"series": [{"study": "1.2", "series": "1.3", "instances": 7}]},
+        "dose": {
+            "events": [
+                {
+                    "concept": {"code": "113819", "scheme": "DCM", "meaning": "x"},
+                    "measures": [{"concept": {"code": "113830", "scheme": "DCM"}, "value": "9"}],
+                    "uid": 3,
+                }
+            ]
+        },
     }
     junk = StudyAggregate(
         "1.2",
         study=Sourced("1.2.3.4", study),
-        instances={"1.2.3.4": record},
+        instances={"1.2.3.4": record, "1.2.3.5": odd},
         series={"1.2.3": Sourced("1.2.3.4", series)},
     )
     validate(imaging_study(junk, version, options=OPTIONS), version)
     validate_bundle(study_bundle(junk, version, OPTIONS), version)
+    if version == "R4":  # the guides are R4: Osiris reads the private image label too
+        validate(imaging_study(junk, version, options=MappingOptions(profile="osiris")), version)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

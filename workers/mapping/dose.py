@@ -45,10 +45,11 @@ def dose_observations(
                 if text(study.get("started")):
                     made["effectiveDateTime"] = study["started"]
                 out.append(made)
-        for number, event in enumerate(dose.get("events") or []):
+        for number, event in enumerate(_list(dose.get("events"))):
             if not isinstance(event, dict):
                 continue
             key = event["uid"] if text(event.get("uid")) else str(number)
+            target = event.get("target")
             made = _observation(stable_id("dose", sop_uid, key), event, local_schemes)
             if made is None:
                 continue
@@ -57,7 +58,7 @@ def dose_observations(
                 made["identifier"] = [identifier]
             if text(event.get("started")):
                 made["effectiveDateTime"] = event["started"]
-            body_site = concept([event["target"]], local_schemes) if event.get("target") else None
+            body_site = concept([target], local_schemes) if isinstance(target, dict) else None
             if body_site:
                 made["bodySite"] = body_site
             if text(event.get("protocol")):
@@ -72,7 +73,7 @@ def _observation(
     observation_id: str, source: dict[str, Any], local: dict[str, str] | None
 ) -> Resource | None:
     code = _coded(source.get("concept"), local)
-    components = [c for m in source.get("measures") or [] if (c := _component(m, local))]
+    components = [c for m in _list(source.get("measures")) if (c := _component(m, local))]
     if code is None or not components:
         return None
     return {
@@ -100,6 +101,11 @@ def _component(measure: Any, local: dict[str, str] | None) -> dict[str, Any] | N
             quantity["system"] = UCUM
             quantity["code"] = unit["code"]
     return {"code": {"coding": [code]}, "valueQuantity": quantity}
+
+
+def _list(value: Any) -> list[Any]:
+    """A list from a record (records come from Redis: anything else is no list)."""
+    return value if isinstance(value, list) else []
 
 
 def _coded(code: Any, local: dict[str, str] | None) -> dict[str, Any] | None:

@@ -88,7 +88,10 @@ def _selection(
     frame_of_reference = chosen.get("frame_of_reference")
     if is_fhir_id(frame_of_reference):
         resource["frameOfReferenceUid"] = frame_of_reference
-    instances = [made for item in series.get("instances") or [] if (made := _instance(item))]
+    listed = series.get("instances")
+    instances = [
+        made for item in (listed if isinstance(listed, list) else []) if (made := _instance(item))
+    ]
     if instances:
         resource["instance"] = instances
     return resource
@@ -102,7 +105,12 @@ def _instance(item: Any) -> dict[str, Any] | None:
     coded = sop_class_coding(sop_class) if isinstance(sop_class, str) else None
     if coded:
         instance["sopClass"] = coded
-    frames = [str(n) for n in item.get("frames") or [] if isinstance(n, int) and n > 0]
+    listed = item.get("frames")
+    frames = [
+        str(n)
+        for n in (listed if isinstance(listed, list) else [])
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0
+    ]
     if frames:
         instance["subset"] = frames
     return instance
