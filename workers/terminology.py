@@ -25,6 +25,9 @@ Coding = dict[str, Any]
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED_SYSTEM = "http://snomed.info/sct"
 RFC3986_SYSTEM = "urn:ietf:rfc:3986"
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+LOINC_SYSTEM = "http://loinc.org"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 #: series.performer.function codes (v3 ParticipationType), as FHIR's DICOM mappings use them.

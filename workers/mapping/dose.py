@@ -16,10 +16,8 @@ from typing import Any
 
 from workers.fold import StudyAggregate
 from workers.mapping.common import Resource, stable_id, text, uid_identifier
-from workers.terminology import coding, concept
+from workers.terminology import OBSERVATION_CATEGORY, UCUM_SYSTEM, coding, concept
 
-UCUM = "http://unitsofmeasure.org"
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 IMAGING = {"system": OBSERVATION_CATEGORY, "code": "imaging", "display": "Imaging"}
 
 
@@ -98,7 +96,7 @@ def _component(measure: Any, local: dict[str, str] | None) -> dict[str, Any] | N
         if unit.get("meaning"):
             quantity["unit"] = unit["meaning"]
         if unit.get("scheme") == "UCUM" and text(unit.get("code")):
-            quantity["system"] = UCUM
+            quantity["system"] = UCUM_SYSTEM
             quantity["code"] = unit["code"]
     return {"code": {"coding": [code]}, "valueQuantity": quantity}
 

@@ -13,10 +13,8 @@ from decimal import Decimal
 from typing import Any
 
 from workers.mapping.common import Resource, stable_id, text
+from workers.terminology import LOINC_SYSTEM, OBSERVATION_CATEGORY, UCUM_SYSTEM
 
-UCUM = "http://unitsofmeasure.org"
-LOINC = "http://loinc.org"
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 VITAL_SIGNS = {"system": OBSERVATION_CATEGORY, "code": "vital-signs", "display": "Vital Signs"}
 BODY_WEIGHT_PROFILE = "http://hl7.org/fhir/StructureDefinition/bodyweight"
 BODY_HEIGHT_PROFILE = "http://hl7.org/fhir/StructureDefinition/bodyheight"
@@ -52,7 +50,7 @@ def vital_sign_observations(
                 "status": "final",
                 "category": [{"coding": [dict(VITAL_SIGNS)]}],
                 "code": {
-                    "coding": [{"system": LOINC, "code": loinc, "display": display}],
+                    "coding": [{"system": LOINC_SYSTEM, "code": loinc, "display": display}],
                     "text": display,
                 },
                 "subject": subject,
@@ -60,7 +58,7 @@ def vital_sign_observations(
                 "valueQuantity": {
                     "value": scaled(value, factor),
                     "unit": unit,
-                    "system": UCUM,
+                    "system": UCUM_SYSTEM,
                     "code": unit,
                 },
                 "derivedFrom": [imaging_study],
