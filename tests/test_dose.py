@@ -10,18 +10,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom.dataset import Dataset
 
 from scp.header import extract_header, read_dataset, read_header
 from tests.conftest import Pipeline
 from tests.dose_reports import ct_dose_report, ct_events, xray_dose_report
+from tests.fhirserver.harness import FhirServer
 from tests.samples import aggregate, enriched_ct, summary_of
 from tests.support import read_json, storescu, wait_for
 from tests.test_bundle import OPTIONS, by_type, validate_bundle
 from tests.test_pipeline import EMIT_TIMEOUT
 from workers.dose import MAX_DOSE_EVENTS
-from workers.mapping import FhirVersion, standalone_resources, study_bundle
+from workers.mapping import FhirVersion, MappingOptions, standalone_resources, study_bundle
 from workers.summary import InstanceSummary, summarize
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -218,3 +220,29 @@ def test_a_dose_report_sent_to_the_scp_becomes_observation_files(
         if read_json(p).get("partOf")
     ]
     assert observed(written) == expected
+
+
+def test_a_fhir_server_takes_the_bundle_with_dose_and_vital_signs() -> None:
+    # The real test server (tests/fhirserver, Medplum's router) runs the transaction: every
+    # entry is written and the Observations' references resolve to the ImagingStudy.
+    # (Medplum takes at most 8 entries in a transaction with conditional operations: this
+    # one has 8.)
+    images = enriched_ct()
+    images.PatientWeight = 72.5
+    images.PatientSize = 1.81
+    options = MappingOptions(patient_id_system="urn:oid:1.2.3.4", bundle=True)
+    study = aggregate(summary_of(images), summary_of(xray_dose_report(images)))
+    bundle = study_bundle(study, "R4", options)
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert kinds.count("Observation") == 4 and len(kinds) == 8  # weight, height, 2 doses
+    with FhirServer() as server, httpx.Client(base_url=server.base_url, timeout=30) as client:
+        response = client.post("", json=bundle, headers={"Content-Type": "application/fhir+json"})
+        assert response.status_code == 200, response.text[:500]
+        statuses = [e["response"]["status"] for e in response.json()["entry"]]
+        assert all(s.startswith(("200", "201")) for s in statuses), statuses
+        study_id = client.get("ImagingStudy").json()["entry"][0]["resource"]["id"]
+        observations = [e["resource"] for e in client.get("Observation").json()["entry"]]
+        assert len(observations) == 4
+        for observation in observations:
+            linked = observation.get("partOf") or observation.get("derivedFrom")
+            assert linked[0]["reference"] == f"ImagingStudy/{study_id}"
