@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 
 from scp.header import extract_header, read_dataset, read_header
-from tests.samples import aggregate, dataset, summary_of
+from tests.samples import aggregate, dataset, header_of, summary_of
 from workers.mapping import MappingOptions, imaging_study
 from workers.profiles import Gaps
 from workers.summary import summarize
@@ -67,7 +67,8 @@ def test_a_long_private_value_is_not_kept(tmp_path: Path) -> None:
 
 
 def osiris_descriptions(*datasets: Dataset) -> list[str | None]:
-    study = aggregate(*(summary_of(ds) for ds in datasets))
+    # (summaries for a profile, as a worker with SCP2FHIR_PROFILE=osiris makes them)
+    study = aggregate(*(summarize(header_of(ds), with_technique=True) for ds in datasets))
     gaps = Gaps()
     resource = imaging_study(study, "R4", options=MappingOptions(profile="osiris"), gaps=gaps)
     return [series.get("description") for series in resource["series"]]
@@ -103,5 +104,7 @@ def test_the_label_survives_the_pipeline_header_json() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.save_as(buffer, enforce_file_format=True)
-    summary = summarize(extract_header(read_dataset(io.BytesIO(buffer.getvalue()))).json)
+    header = extract_header(read_dataset(io.BytesIO(buffer.getvalue()))).json
+    summary = summarize(header, with_technique=True)
     assert summary.series["image_label"] == "sFRAME 3"
+    assert "image_label" not in summarize(header).series  # only a profile reads it

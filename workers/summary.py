@@ -26,15 +26,13 @@ from typing import Any
 from workers.dicomjson import Code, DicomJson, describe_tags, is_oid
 from workers.dicomtime import Zone, combine
 from workers.dose import dose_report
-from workers.selection import selection
+from workers.selection import KEY_OBJECT_SOP_CLASS, selection
 from workers.technique import technique
 
 logger = logging.getLogger(__name__)
 
 Attributes = dict[str, Any]
 
-#: Key Object Selection Document Storage: its title falls back to the series description.
-KEY_OBJECT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 
 _LATERALITIES = frozenset({"R", "L", "B", "U"})
 _SEXES = frozenset({"M", "F", "O"})
@@ -67,7 +65,8 @@ def summarize(
 ) -> InstanceSummary:
     """Split ``header`` into its study, series and instance attributes. With
     ``with_technique`` (an implementation-guide profile is active), each instance record
-    also carries its acquisition technique (:mod:`workers.technique`). ``site_zone`` (the
+    also carries its acquisition technique (:mod:`workers.technique`) and the series the
+    private image label the Osiris guide reads. ``site_zone`` (the
     opt-in ``SCP2FHIR_SITE_TIMEZONE``) dates local times of a header that has no Timezone
     Offset From UTC; without it such times keep only their date."""
     dj = DicomJson(header)
@@ -84,6 +83,9 @@ def summarize(
     _put(instance, "dose", dose_report(dj, instance.get("sop_class_uid"), zone))
     if with_technique:
         _put(instance, "technique", technique(dj))
+        # ELSCINT1 "Image Label" (00E1,xx40), the Osiris guide's first source of a series'
+        # description (the SCP keeps this one private element: scp.header_rules).
+        _put(series, "image_label", dj.private_text(0x00E1, "ELSCINT1", 0x40))
     return InstanceSummary(
         study_uid,
         series_uid,
@@ -208,9 +210,6 @@ def _series(dj: DicomJson, zone: Zone | None) -> Attributes:
     out: Attributes = {}
     _put(out, "modality", dj.code_string("Modality", required=True))
     _put(out, "series_description", dj.text("SeriesDescription"))
-    # ELSCINT1 "Image Label" (00E1,xx40), the Osiris guide's first source of a series'
-    # description; the SCP keeps this one private element (scp.header_rules.KEPT_PRIVATE).
-    _put(out, "image_label", dj.private_text(0x00E1, "ELSCINT1", 0x40))
     _put(out, "series_number", dj.integer("SeriesNumber"))
     _put(out, "started", combine(dj.date("SeriesDate"), dj.time("SeriesTime"), zone))
     _put(out, "body_part", dj.code_string("BodyPartExamined"))
