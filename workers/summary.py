@@ -65,10 +65,10 @@ def summarize(
 ) -> InstanceSummary:
     """Split ``header`` into its study, series and instance attributes. With
     ``with_technique`` (an implementation-guide profile is active), each instance record
-    also carries its acquisition technique (:mod:`workers.technique`) and the series the
-    private image label the Osiris guide reads. ``site_zone`` (the
-    opt-in ``SCP2FHIR_SITE_TIMEZONE``) dates local times of a header that has no Timezone
-    Offset From UTC; without it such times keep only their date."""
+    also carries its acquisition technique (:mod:`workers.technique`), and each series
+    record the private image label the Osiris guide reads. ``site_zone`` (the opt-in
+    ``SCP2FHIR_SITE_TIMEZONE``) dates local times of a header that has no Timezone Offset
+    From UTC; without it such times keep only their date."""
     dj = DicomJson(header)
     study_uid = dj.raw_uid("StudyInstanceUID")
     series_uid = dj.raw_uid("SeriesInstanceUID")
