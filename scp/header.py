@@ -3,8 +3,9 @@
 What is kept: every public, non-bulk element, sequences included. What is left
 out, always: pixel data of every kind, overlay/waveform/audio/spectroscopy data,
 encapsulated documents, any binary value (OB/OD/OF/OL/OV/OW/UN) longer than
-:data:`BULK_THRESHOLD` bytes, private elements (no worker reads them and they
-are the bulk of many vendors' headers) and group lengths. An element that cannot
+:data:`BULK_THRESHOLD` bytes, private elements (they are the bulk of many vendors'
+headers; only the few a worker reads, :data:`scp.header_rules.KEPT_PRIVATE`, stay,
+bounded) and group lengths. An element that cannot
 be decoded, a text value longer than :data:`MAX_TEXT_BYTES` and the element a
 truncated dataset ends in are skipped and reported by tag, so one bad value never
 costs the whole instance.
@@ -33,10 +34,16 @@ from pydicom.tag import BaseTag
 
 from scp.header_rules import (
     BULK_THRESHOLD,
+    KEPT_PRIVATE_CREATORS,
+    KEPT_PRIVATE_GROUPS,
+    MAX_PRIVATE_BYTES,
     MAX_SEQUENCE_DEPTH,
     MAX_TEXT_BYTES,
     TEXT_VRS,
     is_bulk,
+    is_private_creator,
+    kept_private_json,
+    kept_private_vr,
     normalize_text,
 )
 from scp.rawjson import Truncated, Unsupported, dataset_to_json, part10_to_json
@@ -185,10 +192,41 @@ def _value_length(ds: Dataset, tag: BaseTag) -> int | None:
     return None
 
 
+def _kept_private(ds: Dataset, tag: BaseTag, creators: dict[int, str]) -> dict[str, Any] | None:
+    """A private creator or element of :data:`~scp.header_rules.KEPT_PRIVATE` as the
+    fast path writes it; ``None`` for any other private element."""
+    length = _value_length(ds, tag)
+    if length is not None and length > MAX_PRIVATE_BYTES:
+        return None
+    try:
+        value = ds[tag].value
+    except Exception:  # a private value pydicom cannot decode is simply not kept
+        return None
+    if not isinstance(value, str):
+        return None
+    if is_private_creator(tag.element):
+        creator = value.strip(" \0")
+        if (tag.group, creator) not in KEPT_PRIVATE_CREATORS:
+            return None
+        creators[tag.element] = creator
+        return {"vr": "LO", "Value": [creator]}
+    kept_vr = kept_private_vr(tag.group, tag.element, creators)
+    if kept_vr is None or len(value.encode("utf-8")) > MAX_PRIVATE_BYTES:
+        return None
+    return kept_private_json(kept_vr, value)
+
+
 def _dataset_json(ds: Dataset, skipped: list[str], depth: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    creators: dict[int, str] = {}
     for tag in list(ds.keys()):
-        if tag.is_private or tag.element == 0 or is_bulk(tag) or (tag.group == 2 and depth == 0):
+        if tag.is_private:
+            if depth == 0 and tag.group in KEPT_PRIVATE_GROUPS and tag.element:
+                kept = _kept_private(ds, tag, creators)
+                if kept is not None:
+                    out[f"{tag:08X}"] = kept
+            continue
+        if tag.element == 0 or is_bulk(tag) or (tag.group == 2 and depth == 0):
             continue  # (group 0002 belongs to the file meta, never to a dataset)
         key = f"{tag:08X}"
         verdict = _unread_verdict(ds, tag)

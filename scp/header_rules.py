@@ -76,3 +76,37 @@ def normalize_text(element: dict[str, Any]) -> dict[str, Any]:
     elif vr in ("SH", "LO", "UC"):
         element["Value"] = [v.rstrip(" \0") if isinstance(v, str) else v for v in values]
     return element
+
+
+# --- the private elements a worker reads ----------------------------------------------
+# Private data is left out, but for these: (group, private creator, element offset) -> VR.
+# The Osiris ImagingStudy (ig-osiris.cancer.fr, onco-imagingstudy 1.1.0) takes a series'
+# description from (00E1,1040) first: "Image Label" of private creator ELSCINT1 (Philips,
+# ex Elscint; pydicom's private dictionary), in whichever block that creator reserved.
+KEPT_PRIVATE: dict[tuple[int, str, int], str] = {(0x00E1, "ELSCINT1", 0x40): "SH"}
+KEPT_PRIVATE_GROUPS = frozenset(group for group, _, _ in KEPT_PRIVATE)
+KEPT_PRIVATE_CREATORS = frozenset((group, creator) for group, creator, _ in KEPT_PRIVATE)
+#: A kept private value longer than this (bytes) is left out: the record stays bounded.
+MAX_PRIVATE_BYTES = 64
+
+
+def is_private_creator(element: int) -> bool:
+    """(gggg,0010)-(gggg,00FF) of an odd group reserve the blocks (gggg,10xx)-(gggg,FFxx)."""
+    return 0x0010 <= element <= 0x00FF
+
+
+def kept_private_vr(group: int, element: int, creators: dict[int, str]) -> str | None:
+    """The VR to keep a private element as, ``None`` to leave it out; ``creators`` maps
+    the blocks seen so far in ``group`` to the creators that reserved them."""
+    creator = creators.get(element >> 8)
+    if creator is None:
+        return None
+    return KEPT_PRIVATE.get((group, creator, element & 0xFF))
+
+
+def kept_private_json(vr: str, text: str) -> dict[str, Any] | None:
+    """A kept private text value as DICOM JSON (both encoders write it this way)."""
+    value = text.strip(" \0")
+    if not value or len(value.encode("utf-8")) > MAX_PRIVATE_BYTES:
+        return None
+    return {"vr": vr, "Value": [value]}

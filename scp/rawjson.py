@@ -17,8 +17,9 @@ that ends inside an element raises :class:`Truncated`, naming that element. The 
 paths are tested to produce identical JSON over pydicom's test files and over
 datasets mutated at random (``tests/test_fuzz.py``).
 
-What is left out is the same as in :mod:`scp.header`: private elements, group
-lengths, bulk data, binary values above the threshold, everything from Pixel Data on.
+What is left out is the same as in :mod:`scp.header`: private elements (but the few
+:data:`scp.header_rules.KEPT_PRIVATE` names), group lengths, bulk data, binary values
+above the threshold, everything from Pixel Data on.
 """
 
 from __future__ import annotations
@@ -31,7 +32,18 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 
-from scp.header_rules import BULK_THRESHOLD, MAX_SEQUENCE_DEPTH, MAX_TEXT_BYTES, is_bulk
+from scp.header_rules import (
+    BULK_THRESHOLD,
+    KEPT_PRIVATE_CREATORS,
+    KEPT_PRIVATE_GROUPS,
+    MAX_PRIVATE_BYTES,
+    MAX_SEQUENCE_DEPTH,
+    MAX_TEXT_BYTES,
+    is_bulk,
+    is_private_creator,
+    kept_private_json,
+    kept_private_vr,
+)
 
 __all__ = ["Truncated", "Unsupported", "dataset_to_json", "part10_to_json"]
 
@@ -193,7 +205,7 @@ def _dataset_to_json(data: bytes | memoryview, transfer_syntax: str) -> dict[str
 
 
 class _Reader:
-    __slots__ = ("data", "encoding", "implicit", "signed_pixels", "top")
+    __slots__ = ("creators", "data", "encoding", "implicit", "signed_pixels", "top")
 
     def __init__(self, data: memoryview, implicit: bool, encoding: str | None) -> None:
         self.data = data
@@ -202,6 +214,8 @@ class _Reader:
         self.signed_pixels: bool | None = None
         #: Tag of the top-level element being read (what truncation is reported against).
         self.top: int | None = None
+        #: Private blocks of a kept private group reserved by a kept creator (top level).
+        self.creators: dict[int, str] = {}
 
     def _overrun(self, what: str, limit: int) -> Unsupported:
         """The error for a length that runs past ``limit``: truncation when ``limit`` is
@@ -282,6 +296,10 @@ class _Reader:
                 raise self._overrun("value runs past the end", end)
             meta_in_dataset = group == 2 and depth == 0 and stop_group is None
             if group % 2 == 1 or element == 0 or is_bulk(tag) or meta_in_dataset:
+                if depth == 0 and group in KEPT_PRIVATE_GROUPS and element and vr != "SQ":
+                    kept = self._private(group, element, vr, data[pos:value_end])
+                    if kept is not None:
+                        out[_key(tag)] = kept
                 pos = value_end  # (group 0002 belongs to the file meta, never to a dataset)
                 continue
             if vr == "SQ":
@@ -368,6 +386,26 @@ class _Reader:
             return {"vr": vr, "Value": [text]}
         text = str(raw, self.encoding or "latin_1") if vr in _CHARSET_VRS else str(raw, "latin_1")
         return _text_element(vr, text)
+
+    def _private(self, group: int, element: int, vr: str, raw: memoryview) -> dict[str, Any] | None:
+        """A private creator or element of :data:`~scp.header_rules.KEPT_PRIVATE`, else
+        ``None``. Implicit VR gives them "UN": they are text all the same."""
+        if len(raw) > MAX_PRIVATE_BYTES:
+            return None
+        if is_private_creator(element):
+            creator = str(raw, "latin_1").strip(" \0")
+            if (group, creator) not in KEPT_PRIVATE_CREATORS:
+                return None
+            self.creators[element] = creator
+            return {"vr": "LO", "Value": [creator]}
+        kept_vr = kept_private_vr(group, element, self.creators)
+        if kept_vr is None:
+            return None
+        if vr == "UN" and not self.implicit:
+            raise Unsupported("kept private element as explicit UN")  # pydicom decides
+        if vr not in _CHARSET_VRS and vr != "UN":
+            return None
+        return kept_private_json(kept_vr, str(raw, self.encoding or "latin_1"))
 
     def _binary_numbers(self, tag: int, vr: str, raw: memoryview) -> dict[str, Any]:
         if tag == _PIXEL_REPRESENTATION and len(raw) >= 2:

@@ -113,13 +113,21 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SCP2FHIR_FHIR_BUNDLE": (
         "0",
         "1: also emit one transaction Bundle per study (Patient, Endpoint, Device, "
-        "ImagingStudy) to OUTPUT_DIR/Bundle/.",
+        "ImagingStudy, vital-sign and dose Observations, R5 ImagingSelections) to "
+        "OUTPUT_DIR/Bundle/.",
     ),
     "SCP2FHIR_PROFILE": (
         "base",
         "Implementation-guide profile of the output: base (FHIR ImagingStudy), mii (MII "
         "Bildgebung), osiris (Osiris onco-imagingstudy) or qicore (QI-Core); the three "
         'guides are R4 only. README "Profiles".',
+    ),
+    # --- mapping depth: local times ---
+    "SCP2FHIR_SITE_TIMEZONE": (
+        "(unset)",
+        "IANA time zone of the site (e.g. Europe/Berlin): DICOM times of headers without "
+        "Timezone Offset From UTC get the offset in force then; unset: such times keep only "
+        "their date (no zone is invented).",
     ),
     "SCP2FHIR_ALLOWED_CALLING_AETS": (
         "(any)",
@@ -316,6 +324,8 @@ class Settings:
     wado_rs_url: str | None = None
     fhir_bundle: bool = False
     profile: str = "base"
+    # mapping depth: local times
+    site_timezone: str | None = None
     allowed_calling_aets: tuple[str, ...] = ()
     allowed_peers: tuple[str, ...] = ()
     max_associations: int = 32
@@ -443,6 +453,8 @@ class Settings:
             # Checked against the profile registry with the other mapping options
             # (workers.context.mapping_options), which knows the profiles.
             profile=(get("SCP2FHIR_PROFILE") or defaults.profile).lower(),
+            # Checked as an IANA zone by the mapping options (workers.context).
+            site_timezone=get("SCP2FHIR_SITE_TIMEZONE"),
             allowed_calling_aets=calling,
             allowed_peers=peers,
             max_associations=_int(

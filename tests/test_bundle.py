@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -187,3 +188,57 @@ def _references(value: Any) -> set[str]:
     if isinstance(value, list):
         return set().union(*(_references(v) for v in value)) if value else set()
     return set()
+
+
+@pytest.mark.parametrize(
+    ("profile", "version"),
+    [("base", "R4"), ("base", "R5"), ("mii", "R4"), ("osiris", "R4"), ("qicore", "R4")],
+)
+def test_weight_and_height_are_vital_sign_observations_for_every_profile(
+    profile: str, version: FhirVersion
+) -> None:
+    # A real enhanced CT (pydicom's eCT_Supplemental.dcm): Patient's Weight 75 kg, Size 1.6 m.
+    study = aggregate(summary_of_file("eCT_Supplemental.dcm"))
+    options = MappingOptions(patient_id_system="urn:oid:1.2.3.4", bundle=True, profile=profile)
+    bundle = study_bundle(study, version, options)
+    validate_bundle(bundle, version)
+    patient_url = by_type(bundle)["Patient"][0]["fullUrl"]
+    study_url = by_type(bundle)["ImagingStudy"][0]["fullUrl"]
+    started = by_type(bundle)["ImagingStudy"][0]["resource"]["started"]
+    observations = {
+        o["resource"]["code"]["coding"][0]["code"]: o for o in by_type(bundle)["Observation"]
+    }
+    assert sorted(observations) == ["29463-7", "8302-2"]
+    weight, height = observations["29463-7"]["resource"], observations["8302-2"]["resource"]
+    assert weight["meta"]["profile"] == ["http://hl7.org/fhir/StructureDefinition/bodyweight"]
+    assert weight["category"][0]["coding"][0]["code"] == "vital-signs"
+    assert weight["valueQuantity"] == {
+        "value": 75,
+        "unit": "kg",
+        "system": "http://unitsofmeasure.org",
+        "code": "kg",
+    }
+    assert height["valueQuantity"]["value"] == 160 and height["valueQuantity"]["code"] == "cm"
+    for observation in (weight, height):
+        assert observation["subject"] == {"reference": patient_url, "type": "Patient"}
+        assert observation["effectiveDateTime"] == started == "2006-12-19T11:11:54.812-05:00"
+        assert observation["derivedFrom"] == [{"reference": study_url, "type": "ImagingStudy"}]
+    assert observations["29463-7"]["request"] == {
+        "method": "PUT",
+        "url": f"Observation/{weight['id']}",
+    }
+
+
+def test_no_vital_signs_without_a_date_or_whose_they_are() -> None:
+    summary = summary_of_file("examples_overlay.dcm")  # Patient's Size 1.73 m, no weight
+    bundle = study_bundle(aggregate(summary), "R4", OPTIONS)
+    (height,) = [e["resource"] for e in by_type(bundle)["Observation"]]
+    assert height["valueQuantity"]["value"] == 173  # 1.73 m, exactly
+    attrs = dict(summary.study)
+    del attrs["started"]
+    undated = replace(summary, study=attrs)
+    assert "Observation" not in by_type(study_bundle(aggregate(undated), "R4", OPTIONS))
+    attrs = dict(summary.study)
+    del attrs["patient_id"]
+    anonymous = replace(summary, study=attrs)
+    assert "Observation" not in by_type(study_bundle(aggregate(anonymous), "R4", OPTIONS))

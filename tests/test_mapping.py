@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from fhir.resources.imagingstudy import ImagingStudy as ImagingStudyR5
@@ -17,13 +19,15 @@ from tests.samples import (
     dataset,
     enriched_ct,
     enriched_mr_knee,
+    header_of,
     summary_of,
     summary_of_file,
 )
 from tests.test_bundle import OPTIONS, validate_bundle
-from workers.dicomtime import fhir_date, fhir_datetime, fhir_dt, sort_key
+from workers.dicomtime import combine, fhir_date, fhir_datetime, fhir_dt, sort_key
 from workers.fold import Sourced, StudyAggregate
 from workers.mapping import FhirVersion, MappingOptions, fhir_id, imaging_study, study_bundle
+from workers.summary import log_warnings, summarize
 
 VERSIONS: list[FhirVersion] = ["R4", "R5"]
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -78,7 +82,12 @@ def test_r4_and_r5_shapes_differ_where_the_versions_do() -> None:
     assert r5["procedure"] == [{"concept": c} for c in r4["procedureCode"]]
     assert r5["reason"] == [{"concept": c} for c in r4["reasonCode"]]
     assert "interpreter" in r4 and "interpreter" not in r5  # R5 dropped it
-    assert "basedOn" in r5 and "basedOn" not in r4
+    # basedOn is in both (R4's ImagingStudy has it too): the ServiceRequest by accession.
+    assert (
+        r4["basedOn"]
+        == r5["basedOn"]
+        == [{"type": "ServiceRequest", "identifier": r4["identifier"][1]}]
+    )
 
 
 def test_every_element_of_the_enriched_study() -> None:
@@ -319,6 +328,7 @@ def test_the_mapping_survives_unexpected_attribute_values(version: FhirVersion) 
         "performing_physicians": [5],
         "manufacturer": 1,
         "started": [],
+        "image_label": 5,
     }
     record = {
         "series_uid": "1.2.3",
@@ -327,12 +337,133 @@ def test_the_mapping_survives_unexpected_attribute_values(version: FhirVersion) 
         "acquired": 5,
         "laterality": 1,
         "title": [],
+        "selection": {"kind": "kos", "series": [5, {"study": "1.2", "series": "1.2.3"}]},
+        "dose": {"accumulated": {"concept": "x", "measures": 5}, "events": [1, {"target": 2}]},
+    }
+    odd = {
+        "series_uid": "1.2.3",
+        "selection": {"series": [{"study": "1.2", "series": "1.3", "instances": 7}]},
+        "dose": {
+            "events": [
+                {
+                    "concept": {"code": "113819", "scheme": "DCM", "meaning": "x"},
+                    "measures": [{"concept": {"code": "113830", "scheme": "DCM"}, "value": "9"}],
+                    "uid": 3,
+                }
+            ]
+        },
     }
     junk = StudyAggregate(
         "1.2",
         study=Sourced("1.2.3.4", study),
-        instances={"1.2.3.4": record},
+        instances={"1.2.3.4": record, "1.2.3.5": odd},
         series={"1.2.3": Sourced("1.2.3.4", series)},
     )
     validate(imaging_study(junk, version, options=OPTIONS), version)
     validate_bundle(study_bundle(junk, version, OPTIONS), version)
+    if version == "R4":  # the guides are R4: Osiris reads the private image label too
+        validate(imaging_study(junk, version, options=MappingOptions(profile="osiris")), version)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_uid_that_is_no_oid_is_never_written_as_urn_oid(version: FhirVersion) -> None:
+    # A real file (pydicom-data color-pl.dcm) whose UIDs start with 999: valid DICOM
+    # syntax, but no OID (first arc 0, 1 or 2).
+    study = aggregate_of("color-pl.dcm")
+    assert study.study_uid == "999.999.2.19941105.112000"
+    resource = imaging_study(study, version)
+    assert resource["identifier"][0] == {
+        "use": "official",
+        "system": "urn:dicom:uid",
+        "value": "999.999.2.19941105.112000",
+    }
+    validate(resource, version)
+    # A study whose UID is an OID keeps the urn:oid: form.
+    ct = imaging_study(aggregate_of("CT_small.dcm"), version)
+    assert ct["identifier"][0]["value"] == f"urn:oid:{ct['id']}"
+
+
+def test_a_specimen_uid_that_is_no_oid_stays_bare() -> None:
+    ds = dataset("CT_small.dcm")
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = "S-1"
+    specimen.SpecimenUID = "999.1.2"
+    ds.SpecimenDescriptionSequence = [specimen]
+    series = imaging_study(aggregate(summary_of(ds)), "R4")["series"][0]
+    assert series["specimen"][0]["identifier"] == {"system": "urn:dicom:uid", "value": "999.1.2"}
+
+
+@pytest.mark.parametrize("scheme", ["SRT", "SNM3", "99SDM"])
+def test_snomed_rt_anatomy_becomes_snomed_ct(scheme: str) -> None:
+    # Anatomic Region Sequence as older modalities write it: T-A0100 Brain in SNOMED-RT.
+    ds = dataset("MR_small.dcm")
+    ds.AnatomicRegionSequence = [code("T-A0100", scheme, "Brain")]
+    ds.ProcedureCodeSequence = [code("P5-0905E", scheme, "MRI of brain")]
+    study = imaging_study(aggregate(summary_of(ds)), "R4")
+    assert study["series"][0]["bodySite"] == {"system": SCT, "code": "12738006", "display": "Brain"}
+    # PS3.16 Table O-1 lists P5-0905E too; the procedure is translated like the anatomy.
+    assert study["procedureCode"] == [
+        {"coding": [{"system": SCT, "code": "426252008", "display": "MRI of brain"}]}
+    ]
+
+
+def test_an_untranslatable_snomed_rt_code_is_never_emitted() -> None:
+    ds = dataset("CT_small.dcm")
+    ds.AnatomicRegionSequence = [code("T-XXXXX", "SRT", "Somewhere")]
+    ds.BodyPartExamined = "HEAD"
+    ds.ReasonForRequestedProcedureCodeSequence = [code("D-XXXXX", "SRT", "Some finding")]
+    r4 = imaging_study(aggregate(summary_of(ds)), "R4")
+    # Body Part Examined through Annex L instead; the reason keeps its meaning as text.
+    assert r4["series"][0]["bodySite"] == {"system": SCT, "code": "69536005", "display": "Head"}
+    assert r4["reasonCode"] == [{"text": "Some finding"}]
+    assert "urn:oid:2.16.840.1.113883.6.5" not in str(r4)
+    del ds.BodyPartExamined
+    assert "bodySite" not in imaging_study(aggregate(summary_of(ds)), "R4")["series"][0]
+
+
+def test_a_person_name_encoded_with_another_vr_is_read_and_the_mismatch_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Real modalities write Operators' Name as LO: explicit VR keeps that on the wire.
+    ds = dataset("MR_small.dcm")
+    ds.add_new(0x00081070, "LO", ["Tech^Terry", "Doe^Jane"])  # OperatorsName
+    ds.add_new(0x00081050, "SH", "A^B^C^D^E^F")  # PerformingPhysicianName: 6 components
+    summary = summary_of(ds)
+    assert summary.series["operators"] == [{"Alphabetic": "Tech^Terry"}, {"Alphabetic": "Doe^Jane"}]
+    assert "performing_physicians" not in summary.series and "00081050" in summary.warnings
+    assert summary.mismatches == (("00081070", "LO"),)
+    series = imaging_study(aggregate(summary), "R4")["series"][0]
+    assert [p["actor"]["display"] for p in series["performer"][:2]] == ["Terry Tech", "Jane Doe"]
+    with caplog.at_level(logging.WARNING):
+        log_warnings(summary)
+    (line,) = [r.getMessage() for r in caplog.records if "another VR" in r.getMessage()]
+    assert "00081070 OperatorsName as LO" in line and "Terry" not in line
+
+
+def test_site_time_zone_is_opt_in_and_follows_summer_time() -> None:
+    ds = dataset("CT_small.dcm")  # Study 2004-01-19, Series 1997-04-30, no offset once removed
+    del ds.TimezoneOffsetFromUTC
+    header = header_of(ds)
+    plain = imaging_study(aggregate(summarize(header)), "R4")
+    assert (plain["started"], plain["series"][0]["started"]) == ("2004-01-19", "1997-04-30")
+    options = MappingOptions(site_timezone="Europe/Berlin")
+    berlin = imaging_study(aggregate(summarize(header, site_zone=options.site_zone)), "R4")
+    assert berlin["started"] == "2004-01-19T07:27:30+01:00"  # winter: CET
+    assert berlin["series"][0]["started"] == "1997-04-30T11:27:49+02:00"  # summer: CEST
+    validate(berlin, "R4")
+    # The header's own offset always wins over the site's zone.
+    own = summarize(header_of(dataset("CT_small.dcm")), site_zone=options.site_zone)
+    assert own.study["started"].endswith("-05:00")
+
+
+def test_site_time_zone_never_guesses_a_repeated_or_skipped_hour() -> None:
+    zone = MappingOptions(site_timezone="Europe/Berlin").site_zone
+    assert zone is not None
+    assert combine("2024-10-27", "02:30:00", zone) == "2024-10-27"  # happens twice
+    assert combine("2024-03-31", "02:30:00", zone) == "2024-03-31"  # never happens
+    assert combine("2024-03-31", "03:30:00", zone) == "2024-03-31T03:30:00+02:00"
+    assert combine("2024-07-01", "12:00:00", ZoneInfo("America/St_Johns")) == (
+        "2024-07-01T12:00:00-02:30"
+    )
+    with pytest.raises(ValueError, match="IANA"):
+        MappingOptions(site_timezone="Mars/Olympus_Mons")

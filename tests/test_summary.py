@@ -47,7 +47,8 @@ def broken_ct() -> Dataset:
         ds.PatientBirthDate = "19701345"
         ds.TimezoneOffsetFromUTC = "+2500"
         ds.Laterality = "RIGHT"
-        ds.add_new(0x00080090, "LO", "Smith^Anna")  # Referring Physician's Name, wrong VR
+        # Referring Physician's Name with the wrong VR: read as the name it is (and noted)
+        ds.add_new(0x00080090, "LO", "Smith^Anna")
     return ds
 
 
@@ -65,8 +66,9 @@ def test_bad_values_are_left_out_and_named_by_tag() -> None:
         "00100030",
         "00080201",
         "00200060",
-        "00080090",
     }
+    assert summary.study["referrer"] == {"Alphabetic": "Smith^Anna"}
+    assert summary.mismatches == (("00080090", "LO"),)
     for attrs in (summary.study, summary.series, summary.instance):
         assert None not in attrs.values()
     assert "started" not in summary.study and "study_description" not in summary.study
@@ -104,12 +106,14 @@ def test_warnings_are_logged_by_tag_never_with_patient_data(
     summary = summary_of(broken_ct())
     with caplog.at_level(logging.WARNING):
         log_warnings(summary)
-    (record,) = [r for r in caplog.records if r.name == "workers.summary"]
-    text = record.getMessage()
+    records = [r for r in caplog.records if r.name == "workers.summary"]
+    assert len(records) == 2  # the mismatched VR, the left-out elements
+    assert "00080090 ReferringPhysicianName as LO" in records[0].getMessage()
+    text = records[1].getMessage()
     assert "00100030 PatientBirthDate" in text and "00081032.00080104" in text
     assert summary.sop_uid in text
     for patient_data in ("19701345", "MRN-0042", "Doe", "John", "Smith"):
-        assert patient_data not in text
+        assert all(patient_data not in r.getMessage() for r in records)
 
 
 def test_describe_tags() -> None:

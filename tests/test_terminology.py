@@ -9,10 +9,15 @@ from pathlib import Path
 import pytest
 
 from workers import terminology
+from workers.dicomjson import is_oid
+from workers.terminology import (
+    RFC3986_SYSTEM as RFC3986,
+)
 from workers.terminology import (
     body_part_coding,
     code_system,
     coding,
+    concept,
     laterality_coding,
     modality_coding,
     sop_class_coding,
@@ -73,13 +78,61 @@ def test_code_systems() -> None:
 
 
 def test_sop_class_names_come_from_the_uid_dictionary() -> None:
-    assert sop_class_coding("1.2.840.10008.5.1.4.1.1.2")["display"] == "CT Image Storage"
-    assert "display" not in sop_class_coding("1.2.3.4.5")
+    ct = sop_class_coding("1.2.840.10008.5.1.4.1.1.2")
+    assert ct is not None and ct["display"] == "CT Image Storage"
+    assert sop_class_coding("1.2.3.4.5") == {"system": RFC3986, "code": "urn:oid:1.2.3.4.5"}
+    # A DICOM-looking UID that is no OID gets no urn:oid: code.
+    assert sop_class_coding("999.999.2.19941105.112000") is None
+
+
+@pytest.mark.parametrize(
+    ("uid", "oid"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", True),
+        ("2.25.329800735698586629295641978511506172918", True),
+        ("0.39.1", True),
+        ("1.40.1", False),  # second arc above 39 under 1
+        ("2.999.1", True),  # any second arc under 2
+        ("3.1.2", False),  # first arc 0, 1 or 2 only
+        ("999.999.2.19941105.112000", False),
+        ("1", False),
+        ("1.02.3", False),  # not even a UID
+    ],
+)
+def test_what_is_an_oid(uid: str, oid: bool) -> None:
+    assert is_oid(uid) is oid
 
 
 def test_data_files_are_package_data() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = config["tool"]["setuptools"]["package-data"]["workers"]
     assert "data/*.csv" in patterns
-    for name in ("annex_l_body_parts.csv", "laterality.csv", "dcm_modalities.csv"):
+    for name in (
+        "annex_l_body_parts.csv",
+        "laterality.csv",
+        "dcm_modalities.csv",
+        "snomed_rt_to_ct.csv",
+    ):
         assert (ROOT / "workers" / "data" / name).is_file()
+
+
+def test_snomed_rt_table() -> None:
+    table = terminology._snomed_rt()
+    assert len(table) > 7000
+    for snomed_id, concept_id in table.items():
+        assert re.match(r"^[A-Z][A-Z0-9]?-[0-9A-Z]{4,6}$", snomed_id), snomed_id
+        assert re.match(r"^[1-9][0-9]{5,17}$", concept_id), (snomed_id, concept_id)
+    # Brain, Chest, Heart (SNOMED CT concept ids as SNOMED International publishes them)
+    assert [table[i] for i in ("T-A0100", "T-D3000", "T-32000")] == [
+        "12738006",
+        "51185008",
+        "80891009",
+    ]
+
+
+def test_legacy_snomed_codings() -> None:
+    brain = {"system": "http://snomed.info/sct", "code": "12738006", "display": "Brain"}
+    for scheme in ("SRT", "SNM3", "99SDM"):
+        assert coding({"code": "T-A0100", "scheme": scheme, "meaning": "Brain"}) == brain
+    assert coding({"code": "T-NONE1", "scheme": "SRT", "meaning": "Brain"}) is None
+    assert concept([{"code": "T-NONE1", "scheme": "SRT", "meaning": "Brain"}]) == {"text": "Brain"}

@@ -29,6 +29,7 @@ def mapping_options(settings: Settings) -> MappingOptions:
             wado_rs_base_url=settings.wado_rs_url,
             bundle=settings.fhir_bundle,
             profile=settings.profile,
+            site_timezone=settings.site_timezone,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

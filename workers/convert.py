@@ -2,6 +2,10 @@
 
 Each file is read the way the SCP reads a received instance (header only), so
 the resources equal what the live pipeline would emit for the same instances.
+A file without a Part 10 header (no preamble, no file meta: what some archives and
+older tools write) is read as a bare dataset too, but only when the dataset identifies
+itself (valid SOP Class, SOP Instance, Study and Series Instance UIDs): anything else
+that merely happens to parse is not taken for DICOM.
 """
 
 from __future__ import annotations
@@ -10,11 +14,16 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from scp.header import read_header
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from scp.header import Header, extract_header, read_header
+from workers.dicomjson import valid_uid
 from workers.fold import fold_all
 from workers.lifecycle.origin import with_origin
 from workers.mapping import FhirVersion, MappingOptions, emitted
@@ -30,6 +39,35 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield from sorted(p for p in path.rglob("*") if p.is_file())
         else:
             yield path
+
+
+#: What a dataset without a Part 10 header must carry to be taken as an instance.
+_IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+class NotDicom(InvalidDicomError):
+    """A file that is not DICOM: neither Part 10 nor a dataset that identifies itself."""
+
+
+def read_file(path: str | Path) -> Header:
+    """The header of a DICOM file: Part 10 as the SCP reads it; else the bare dataset
+    (pydicom's ``force``, which also finds the transfer syntax) if it identifies itself."""
+    try:
+        return read_header(path)
+    except InvalidDicomError:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a forced read warns about what it guesses
+            ds = dcmread(path, force=True, stop_before_pixels=True)
+            identity = [ds.get(keyword) for keyword in _IDENTITY]
+            header = extract_header(ds)
+    except Exception as exc:  # whatever a forced read of a non-DICOM file raises
+        raise NotDicom(f"not DICOM ({type(exc).__name__})") from exc
+    if not all(isinstance(uid, str) and valid_uid(uid) for uid in identity):
+        raise NotDicom("no Part 10 header and no SOP/study/series identity")
+    logger.info("file=%s has no Part 10 header: read as a bare dataset", path)
+    return header
 
 
 class Progress:
@@ -75,7 +113,11 @@ def convert(
     for path in iter_files(paths):
         progress.step(len(summaries), unreadable)
         try:
-            summary = summarize(read_header(path).json, with_technique=options.needs_technique)
+            summary = summarize(
+                read_file(path).json,
+                with_technique=options.needs_technique,
+                site_zone=options.site_zone,
+            )
         except Exception as exc:
             unreadable += 1
             logger.warning("file=%s skipped: %s", path, type(exc).__name__)

@@ -76,6 +76,10 @@ _MULTILINE_VRS = frozenset({"LT", "ST", "UT"})
 _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
+#: Free-text VRs a person name is found under in real files (Operators' Name as LO, say).
+_NAME_LIKE_VRS = frozenset({"LO", "SH", "LT", "ST", "UC", "UT"})
+#: A person name: at most three component groups of at most five components.
+_MAX_PN_GROUPS, _MAX_PN_COMPONENTS = 3, 5
 
 
 _NUMERIC_VRS = frozenset({"DS", "IS", "FD", "FL", "US", "UL", "UV", "SS", "SL", "SV"})
@@ -137,8 +141,22 @@ def _keywords(path: str) -> str:
 
 def valid_uid(value: str) -> bool:
     """A DICOM UID (PS3.5 9.1): at most 64 characters, numeric components without
-    leading zeros. Such a UID is also a valid OID and a valid FHIR id."""
+    leading zeros. Such a UID is also a valid FHIR id; whether it is an OID too, only
+    :func:`is_oid` tells."""
     return len(value) <= 64 and _UID.match(value) is not None
+
+
+def is_oid(value: str) -> bool:
+    """Whether a (valid) UID is also an ISO object identifier, as ``urn:oid:`` needs it
+    (RFC 3061, ITU-T X.660): first arc 0, 1 or 2, second arc at most 39 under 0 and 1.
+    DICOM UIDs are meant to be OIDs (PS3.5 9.1), yet files carry ones like
+    ``999.999.2.19941105.112000`` that are not."""
+    if not valid_uid(value):
+        return False
+    arcs = value.split(".")
+    if len(arcs) < 2 or arcs[0] not in ("0", "1", "2"):
+        return False
+    return arcs[0] == "2" or int(arcs[1]) <= 39
 
 
 def too_long(vr: str, text: str) -> bool:
@@ -160,17 +178,19 @@ def clean(text: str, multiline: bool = False) -> str:
 class DicomJson:
     """Read-only view over one DICOM JSON dataset."""
 
-    __slots__ = ("_data", "_deadline", "_prefix", "_warnings")
+    __slots__ = ("_data", "_deadline", "_mismatches", "_prefix", "_warnings")
 
     def __init__(
         self,
         data: dict[str, Any],
         warnings: list[str] | None = None,
         prefix: str = "",
+        mismatches: list[tuple[str, str]] | None = None,
         deadline: float | None = None,
     ) -> None:
         self._data = data
         self._warnings: list[str] = [] if warnings is None else warnings
+        self._mismatches: list[tuple[str, str]] = [] if mismatches is None else mismatches
         self._prefix = prefix
         #: shared by a dataset and its items (time.monotonic() seconds)
         self._deadline = time.monotonic() + READ_BUDGET_SECONDS if deadline is None else deadline
@@ -179,6 +199,12 @@ class DicomJson:
     def warnings(self) -> list[str]:
         """Tags (``GGGGEEEE``, nested ``SEQUENCE.TAG``) of values that were left out."""
         return self._warnings
+
+    @property
+    def mismatches(self) -> list[tuple[str, str]]:
+        """(tag, VR) of values read although their VR is not the dictionary's (a person
+        name encoded as LO): kept, since the value is what the VR should have been."""
+        return self._mismatches
 
     def warn(self, keyword: str) -> None:
         tag = self._prefix + _key(keyword)
@@ -375,7 +401,7 @@ class DicomJson:
         """A UTC offset (``+hhmm``) as a FHIR zone (``+hh:mm``)."""
         return self._parsed(keyword, dicomtime.fhir_offset)
 
-    def date_time(self, keyword: str, zone: str | None) -> str | None:
+    def date_time(self, keyword: str, zone: dicomtime.Zone | None) -> str | None:
         """A DT value as a FHIR dateTime (``zone`` applies when the value has none)."""
         text = self.text(keyword)
         if text is None:
@@ -397,9 +423,16 @@ class DicomJson:
         return parsed
 
     def names(self, keyword: str) -> list[PersonName]:
-        """PN values: the non-empty component groups of each non-empty name."""
+        """PN values: the non-empty component groups of each non-empty name. A value of a
+        free-text VR (LO, SH, ...) where the dictionary says PN is read as a name when it
+        parses as one, and the mismatch recorded (:attr:`mismatches`)."""
         if self._absent(keyword):
             return []
+        key, vrs = _spec(keyword)
+        element = self._data.get(key)
+        vr = element.get("vr") if isinstance(element, dict) else None
+        if "PN" in vrs and vr in _NAME_LIKE_VRS:
+            return self._names_in_text(keyword, vr)
         checked = self._checked(keyword)
         if checked is None:
             return []
@@ -429,9 +462,56 @@ class DicomJson:
                 out.append(name)
         return out
 
+    def _names_in_text(self, keyword: str, vr: str) -> list[PersonName]:
+        """Names written under a text VR: each value must parse as a PN (at most three
+        ``=``-separated groups of at most five ``^``-separated components, no group over
+        the PN maximum); otherwise the element is left out as any bad value is."""
+        out: list[PersonName] = []
+        for value in self.values(keyword):
+            if value is None:
+                continue
+            groups = value.split("=") if isinstance(value, str) else []
+            if not groups or len(groups) > _MAX_PN_GROUPS:
+                self.warn(keyword)
+                return []
+            name: PersonName = {}
+            for group, text in zip(PN_GROUPS, groups, strict=False):
+                text = clean(text)
+                if text.count("^") >= _MAX_PN_COMPONENTS or too_long("PN", text):
+                    self.warn(keyword)
+                    return []
+                if text.replace("^", "").strip():
+                    name[group] = text
+            if name:
+                out.append(name)
+        if out:
+            mismatch = (self._prefix + _key(keyword), vr)
+            if mismatch not in self._mismatches:
+                self._mismatches.append(mismatch)
+        return out
+
     def name(self, keyword: str) -> PersonName | None:
         names = self.names(keyword)
         return names[0] if names else None
+
+    def private_text(self, group: int, creator: str, offset: int) -> str | None:
+        """The text of private element (``group``, xx``offset``) in the block that
+        ``creator`` reserved: read only where the private creator says so (the same
+        element number means something else under another creator)."""
+        prefix = f"{group:04X}00"
+        for key in [k for k in self._data if k.startswith(prefix)]:
+            element, owner = int(key[4:], 16), self._data[key]
+            if not (0x10 <= element <= 0xFF and isinstance(owner, dict)):
+                continue
+            names = owner.get("Value")
+            if isinstance(names, list) and names and names[0] == creator:
+                value = self._data.get(f"{group:04X}{element << 8 | offset:04X}")
+                values = value.get("Value") if isinstance(value, dict) else None
+                if isinstance(values, list) and values and isinstance(values[0], str):
+                    text = clean(values[0])
+                    return text if text and not too_long("LO", text) else None
+                return None
+        return None
 
     def items(self, keyword: str) -> list[DicomJson]:
         """The items of a sequence, sharing this dataset's warnings."""
@@ -448,7 +528,7 @@ class DicomJson:
             return []
         prefix = f"{self._prefix}{_key(keyword)}."
         return [
-            DicomJson(item, self._warnings, prefix, self._deadline)
+            DicomJson(item, self._warnings, prefix, self._mismatches, self._deadline)
             for item in self.values(keyword)
             if isinstance(item, dict)
         ]

@@ -1,7 +1,9 @@
 """Pure: DICOM DA/TM/DT/offset values -> FHIR date / dateTime, keeping the data's precision.
 
 FHIR requires a timezone whenever a time is given. DICOM often has none; then
-only the date is emitted rather than inventing a zone. Every parser returns
+only the date is emitted rather than inventing a zone, unless the site configured
+its time zone (``SCP2FHIR_SITE_TIMEZONE``): a zone passed as a ``tzinfo`` gives each
+local date and time the offset in force then (summer time included). Every parser returns
 ``None`` for a value that is not a real date, time or offset, so callers can
 leave the element out.
 """
@@ -10,6 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+
+#: A zone to read local times in: a FHIR offset (``+01:00``) or a site time zone.
+Zone = str | dt.tzinfo
 
 # DA: YYYYMMDD; the ACR-NEMA form YYYY.MM.DD is still found in old files.
 _DA = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
@@ -61,14 +66,33 @@ def fhir_offset(offset: str | None) -> str | None:
     return f"{sign}{hh}:{mm}"
 
 
-def combine(date: str | None, time: str | None, zone: str | None) -> str | None:
-    """FHIR date, time and zone (as returned above) -> FHIR dateTime: the date alone
-    when time or zone is missing."""
+def combine(date: str | None, time: str | None, zone: Zone | None) -> str | None:
+    """FHIR date, time and zone (an offset as returned above, or a time zone) -> FHIR
+    dateTime: the date alone when time or zone is missing, or when the time zone makes
+    the local time ambiguous or non-existent (the hours around a summer-time change)."""
     if date is None:
         return None
     if time is None or zone is None:
         return date
+    if isinstance(zone, dt.tzinfo):
+        offset = offset_at(date, time, zone)
+        if offset is None:
+            return date
+        zone = offset
     return f"{date}T{time}{zone}"
+
+
+def offset_at(date: str, time: str, zone: dt.tzinfo) -> str | None:
+    """The UTC offset (``+02:00``) ``zone`` has at a local FHIR date and time; ``None``
+    when that local time happens twice or never there (PEP 495: the two folds differ)."""
+    local = dt.datetime.fromisoformat(f"{date}T{time[:8]}")
+    first, second = zone.utcoffset(local.replace(fold=0)), zone.utcoffset(local.replace(fold=1))
+    if first is None or first != second:
+        return None
+    minutes = int(first.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    hours, minutes = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}:{minutes:02d}"
 
 
 def fhir_datetime(da: str | None, tm: str | None, offset: str | None) -> str | None:
@@ -77,12 +101,13 @@ def fhir_datetime(da: str | None, tm: str | None, offset: str | None) -> str | N
     return combine(fhir_date(da), fhir_time(tm), fhir_offset(offset))
 
 
-def fhir_dt(value: str | None, zone: str | None = None) -> str | None:
+def fhir_dt(value: str | None, zone: Zone | None = None) -> str | None:
     """A DICOM DT value -> FHIR dateTime at the precision it has.
 
     The value's own offset wins over ``zone`` (a FHIR offset such as ``+01:00``, from
-    Timezone Offset From UTC). Without any zone, only the date part is kept; a year or
-    year-month stays as it is. ``None`` when the value is not a real date-time.
+    Timezone Offset From UTC, or the site's time zone). Without any zone, only the date
+    part is kept; a year or year-month stays as it is. ``None`` when the value is not a
+    real date-time.
     """
     if not value:
         return None

@@ -41,7 +41,7 @@ from workers.fold import ENTERED_IN_ERROR, StudyAggregate
 from workers.lifecycle import completion
 from workers.lifecycle.origin import with_origin
 from workers.lifecycle.rejection import REJECTION_TITLES
-from workers.mapping import Resource, imaging_study, study_bundle
+from workers.mapping import Resource, imaging_study, standalone_resources, study_bundle
 from workers.output import write_resource
 from workers.profiles import Gaps
 from workers.summary import InstanceSummary, log_warnings, summarize
@@ -126,7 +126,9 @@ def fold_entries(ctx: WorkerContext, entries: list[InboxEntry]) -> int:
     for entry in entries:
         try:
             summary = summarize(
-                json.loads(entry.header), with_technique=ctx.options.needs_technique
+                json.loads(entry.header),
+                with_technique=ctx.options.needs_technique,
+                site_zone=ctx.options.site_zone,
             )
         except Exception as exc:  # a header no summary can be made of goes to dead-letter
             logger.error(
@@ -321,6 +323,10 @@ def emit(
     resource = with_origin(
         imaging_study(aggregate, settings.fhir_version, options=ctx.options, gaps=gaps)
     )
+    # Dose Observations and ImagingSelections (R5) as files of their own beside it,
+    # written first: once the ImagingStudy's file is there, so are they.
+    for derived in standalone_resources(aggregate, settings.fhir_version, ctx.options):
+        write_resource(settings.output_dir, with_origin(derived))
     path = write_resource(settings.output_dir, resource)
     if ctx.options.bundle:
         write_resource(

@@ -10,8 +10,10 @@ them (:func:`log_warnings`).
 Instance records are stored once per instance, so they stay small: only what
 varies per instance or is reduced over instances by the mapping (the acquisition
 date-time, kept only when the instance has no Series Date, which is when the
-mapping needs the series' earliest acquisition; the image laterality) and the
-rare per-instance title.
+mapping needs the series' earliest acquisition; the image laterality), the
+rare per-instance title and, for the few instances that are selections (KOS, SEG,
+RTSTRUCT) or dose reports, their bounded references (:mod:`workers.selection`) or
+doses (:mod:`workers.dose`).
 """
 
 from __future__ import annotations
@@ -19,19 +21,20 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any
 
-from workers.dicomjson import Code, DicomJson, describe_tags
-from workers.dicomtime import combine
+from workers.dicomjson import Code, DicomJson, describe_tags, is_oid
+from workers.dicomtime import Zone, combine
+from workers.dose import dose_report
 from workers.lifecycle.rejection import RejectionNote, rejection_note
+from workers.selection import KEY_OBJECT_SOP_CLASS, selection
 from workers.technique import technique
 
 logger = logging.getLogger(__name__)
 
 Attributes = dict[str, Any]
 
-#: Key Object Selection Document Storage: its title falls back to the series description.
-KEY_OBJECT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 
 _LATERALITIES = frozenset({"R", "L", "B", "U"})
 _SEXES = frozenset({"M", "F", "O"})
@@ -52,34 +55,66 @@ class InstanceSummary:
     instance: Attributes
     #: Tags of values that were present but unusable and so left out (never values).
     warnings: tuple[str, ...] = ()
+    #: (tag, VR) of values read although encoded with another VR than the dictionary's.
+    mismatches: tuple[tuple[str, str], ...] = ()
     #: Set when the instance is an IOCM rejection note (:mod:`workers.lifecycle.rejection`).
     rejection: RejectionNote | None = None
 
 
-def summarize(header: dict[str, Any], *, with_technique: bool = False) -> InstanceSummary:
+def summarize(
+    header: dict[str, Any],
+    *,
+    with_technique: bool = False,
+    site_zone: tzinfo | None = None,
+) -> InstanceSummary:
     """Split ``header`` into its study, series and instance attributes. With
     ``with_technique`` (an implementation-guide profile is active), each instance record
-    also carries its acquisition technique (:mod:`workers.technique`)."""
+    also carries its acquisition technique (:mod:`workers.technique`), and each series
+    record the private image label the Osiris guide reads. ``site_zone`` (the opt-in
+    ``SCP2FHIR_SITE_TIMEZONE``) dates local times of a header that has no Timezone Offset
+    From UTC; without it such times keep only their date."""
     dj = DicomJson(header)
     study_uid = dj.raw_uid("StudyInstanceUID")
     series_uid = dj.raw_uid("SeriesInstanceUID")
     sop_uid = dj.raw_uid("SOPInstanceUID")
     if not (study_uid and series_uid and sop_uid):
         raise NotAnInstance("StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID are required")
-    zone = dj.offset("TimezoneOffsetFromUTC")
+    zone: Zone | None = dj.offset("TimezoneOffsetFromUTC") or site_zone
     study = _study(dj, zone)
     series = _series(dj, zone)
     instance = _instance(dj, zone, series_uid, needs_acquisition="started" not in series)
+    _put(instance, "selection", selection(dj, instance.get("sop_class_uid"), study_uid))
+    _put(instance, "dose", dose_report(dj, instance.get("sop_class_uid"), zone))
     if with_technique:
         _put(instance, "technique", technique(dj))
+        # ELSCINT1 "Image Label" (00E1,xx40), the Osiris guide's first source of a series'
+        # description (the SCP keeps this one private element: scp.header_rules).
+        _put(series, "image_label", dj.private_text(0x00E1, "ELSCINT1", 0x40))
     rejection = rejection_note(dj, study_uid)
     return InstanceSummary(
-        study_uid, series_uid, sop_uid, study, series, instance, tuple(dj.warnings), rejection
+        study_uid,
+        series_uid,
+        sop_uid,
+        study,
+        series,
+        instance,
+        tuple(dj.warnings),
+        tuple(dj.mismatches),
+        rejection,
     )
 
 
 def log_warnings(summary: InstanceSummary, log: logging.Logger = logger) -> None:
-    """One warning line naming the left-out elements by tag and keyword (never values)."""
+    """Warning lines naming by tag and keyword the elements left out and those read
+    despite a VR other than the dictionary's (never values)."""
+    if summary.mismatches:
+        log.warning(
+            "study=%s series=%s sop=%s read with another VR than the dictionary's: %s",
+            summary.study_uid,
+            summary.series_uid,
+            summary.sop_uid,
+            ", ".join(f"{describe_tags([tag])} as {vr}" for tag, vr in summary.mismatches),
+        )
     if summary.warnings:
         log.warning(
             "study=%s series=%s sop=%s left out invalid elements: %s",
@@ -93,7 +128,7 @@ def log_warnings(summary: InstanceSummary, log: logging.Logger = logger) -> None
 # --- study ---------------------------------------------------------------------------------
 
 
-def _study(dj: DicomJson, zone: str | None) -> Attributes:
+def _study(dj: DicomJson, zone: Zone | None) -> Attributes:
     out: Attributes = {}
     _put(out, "patient_id", dj.text("PatientID"))
     _put(
@@ -169,7 +204,7 @@ def _coding_schemes(dj: DicomJson) -> dict[str, str]:
         uid = item.uid("CodingSchemeUID")
         if designator and url and " " not in url:
             schemes[designator] = url
-        elif designator and uid:
+        elif designator and uid and is_oid(uid):
             schemes[designator] = f"urn:oid:{uid}"
     return schemes
 
@@ -177,7 +212,7 @@ def _coding_schemes(dj: DicomJson) -> dict[str, str]:
 # --- series --------------------------------------------------------------------------------
 
 
-def _series(dj: DicomJson, zone: str | None) -> Attributes:
+def _series(dj: DicomJson, zone: Zone | None) -> Attributes:
     out: Attributes = {}
     _put(out, "modality", dj.code_string("Modality", required=True))
     _put(out, "series_description", dj.text("SeriesDescription"))
@@ -230,7 +265,7 @@ def _specimens(dj: DicomJson) -> list[dict[str, Any]]:
 
 
 def _instance(
-    dj: DicomJson, zone: str | None, series_uid: str, needs_acquisition: bool
+    dj: DicomJson, zone: Zone | None, series_uid: str, needs_acquisition: bool
 ) -> Attributes:
     out: Attributes = {"series_uid": series_uid}
     sop_class = dj.uid("SOPClassUID", required=True)

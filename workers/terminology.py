@@ -3,6 +3,7 @@
 * DICOM modality codes (PS3.16 CID 29/33) with their meanings,
 * Body Part Examined -> SNOMED CT (PS3.16 Annex L, Table L-1),
 * Laterality -> SNOMED CT (PS3.16 CID 244),
+* SNOMED-RT style codes (SRT, SNM3, 99SDM) -> SNOMED CT concept ids (PS3.16 Annex O),
 * DICOM coding scheme designators -> FHIR code system URIs,
 * SOP Class UID -> name (pydicom's UID dictionary, from PS3.6).
 """
@@ -17,19 +18,26 @@ from typing import Any
 
 from pydicom.uid import UID
 
-from workers.dicomjson import Code
+from workers.dicomjson import Code, is_oid
 
 Coding = dict[str, Any]
 
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED_SYSTEM = "http://snomed.info/sct"
 RFC3986_SYSTEM = "urn:ietf:rfc:3986"
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+LOINC_SYSTEM = "http://loinc.org"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 #: series.performer.function codes (v3 ParticipationType), as FHIR's DICOM mappings use them.
 PERFORMER = {"code": "PRF", "display": "performer"}
 SECONDARY_PERFORMER = {"code": "SPRF", "display": "secondary performer"}
 DEVICE = {"code": "DEV", "display": "device"}
+
+#: Coding schemes of SNOMED-RT style code values: SNOMED-RT (SRT), SNOMED 3 (SNM3) and the
+#: SNOMED DICOM Microglossary (99SDM), all to be read as SRT (PS3.16 Section 8.1).
+LEGACY_SNOMED = frozenset({"SRT", "SNM3", "99SDM"})
 
 _CS = re.compile(r"^[A-Z0-9_ ]{1,16}$")
 _FHIR_CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
@@ -58,6 +66,17 @@ def _body_parts() -> dict[str, tuple[str, str]]:
 @cache
 def _lateralities() -> dict[str, tuple[str, str]]:
     return {row["dicom"]: (row["code"], row["meaning"]) for row in _table("laterality.csv")}
+
+
+@cache
+def _snomed_rt() -> dict[str, str]:
+    return {row["snomed_id"]: row["concept_id"] for row in _table("snomed_rt_to_ct.csv")}
+
+
+def snomed_ct_id(snomed_id: str) -> str | None:
+    """The SNOMED CT concept id of a SNOMED-RT style code value (``T-A0100`` -> ``12738006``,
+    Brain), per PS3.16 Table O-1; ``None`` when the table does not list it."""
+    return _snomed_rt().get(snomed_id.strip().upper())
 
 
 @cache
@@ -114,14 +133,21 @@ def code_system(designator: str, local: dict[str, str] | None = None) -> str | N
 
 def coding(code: Code, local: dict[str, str] | None = None) -> Coding | None:
     """A DICOM coded entry as a FHIR Coding (``None`` if the code value cannot be a FHIR
-    code)."""
+    code). A SNOMED-RT style code becomes its SNOMED CT concept; one the standard's table
+    does not list gives ``None``: it is never emitted as if it were a current code."""
     if not isinstance(code, dict):
         return None
     value = code.get("code")
     if not isinstance(value, str) or not _FHIR_CODE.match(value):
         return None
-    out: Coding = {}
     scheme = code.get("scheme")
+    if scheme in LEGACY_SNOMED:
+        concept_id = snomed_ct_id(value)
+        if concept_id is None:
+            return None
+        value, scheme = concept_id, "SCT"
+        code = {k: v for k, v in code.items() if k != "version"}  # SRT's version is not SCT's
+    out: Coding = {}
     system = code_system(scheme, local) if isinstance(scheme, str) else None
     if system:
         out["system"] = system
@@ -134,16 +160,27 @@ def coding(code: Code, local: dict[str, str] | None = None) -> Coding | None:
 
 
 def concept(codes: list[Code], local: dict[str, str] | None = None) -> dict[str, Any] | None:
-    """The first usable coded entry as a CodeableConcept."""
+    """The first usable coded entry as a CodeableConcept; else a SNOMED-RT code that has no
+    SNOMED CT equivalent as its meaning in ``text`` (the concept is known, its code is not
+    a current one)."""
     for code in codes:
         made = coding(code, local)
         if made is not None:
             return {"coding": [made]}
+    for code in codes:
+        if not isinstance(code, dict):
+            continue
+        meaning = code.get("meaning")
+        if code.get("scheme") in LEGACY_SNOMED and isinstance(meaning, str) and meaning:
+            return {"text": meaning}
     return None
 
 
-def sop_class_coding(uid: str) -> Coding:
-    """A SOP Class UID as the coding ImagingStudy uses, with the class name as display."""
+def sop_class_coding(uid: str) -> Coding | None:
+    """A SOP Class UID as the coding ImagingStudy uses, with the class name as display;
+    ``None`` for a UID that is no OID (``urn:oid:`` would be false)."""
+    if not is_oid(uid):
+        return None
     out: Coding = {"system": RFC3986_SYSTEM, "code": f"urn:oid:{uid}"}
     name = UID(uid).name
     if name and name != uid:

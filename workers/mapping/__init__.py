@@ -6,13 +6,21 @@ sorted by number then UID, instances by number then UID, modalities sorted.
 * :func:`imaging_study` -- the ImagingStudy alone (Patient by identifier);
 * :func:`study_bundle` -- one transaction Bundle with Patient, Endpoint, Device(s)
   and the ImagingStudy; :func:`study_resources` -- the same resources as a list;
-* :func:`emitted` -- whichever of the two :class:`MappingOptions` asks for.
+* :func:`emitted` -- whichever of the two :class:`MappingOptions` asks for;
+* :func:`standalone_resources` -- the dose Observations and ImagingSelections as
+  resources of their own, for the files beside a standalone ImagingStudy.
 
 The README's "Mapping" section lists every element and its DICOM source.
 """
 
 from workers.mapping.common import Resource, fhir_id
-from workers.mapping.companions import emitted, patient_resource, study_bundle, study_resources
+from workers.mapping.companions import (
+    emitted,
+    patient_resource,
+    standalone_resources,
+    study_bundle,
+    study_resources,
+)
 from workers.mapping.options import FhirVersion, MappingOptions
 from workers.mapping.study import imaging_study
 
@@ -24,6 +32,7 @@ __all__ = [
     "fhir_id",
     "imaging_study",
     "patient_resource",
+    "standalone_resources",
     "study_bundle",
     "study_resources",
 ]

@@ -7,7 +7,7 @@ import re
 import uuid
 from typing import Any
 
-from workers.dicomjson import valid_uid
+from workers.dicomjson import is_oid, valid_uid
 from workers.names import display
 
 Resource = dict[str, Any]
@@ -17,7 +17,6 @@ DATA_ABSENT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$")
 #: Namespace of the deterministic urn:uuid fullUrls of a study's bundle.
 _NAMESPACE = uuid.UUID("5d1f0b2e-4c39-5a52-9d1e-2f0c5b6f3a10")
@@ -51,10 +50,22 @@ def absent() -> dict[str, Any]:
     return {"extension": [{"url": DATA_ABSENT, "valueCode": "unknown"}]}
 
 
-def study_uid_identifier(study_uid: str) -> dict[str, Any] | None:
-    if not valid_uid(study_uid):
+def uid_value(uid: str) -> str:
+    """A DICOM UID as the value of a ``urn:dicom:uid`` identifier: ``urn:oid:<UID>`` when
+    the UID is an OID; else the bare UID (a ``urn:oid:`` that is no OID would be false,
+    and leaving it out would make the study unsearchable by the UID the archive knows)."""
+    return f"urn:oid:{uid}" if is_oid(uid) else uid
+
+
+def uid_identifier(uid: str, **extra: Any) -> dict[str, Any] | None:
+    """The ``urn:dicom:uid`` Identifier of a valid UID (``None`` for a malformed one)."""
+    if not valid_uid(uid):
         return None
-    return {"use": "official", "system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}
+    return {**extra, "system": DICOM_UID_SYSTEM, "value": uid_value(uid)}
+
+
+def study_uid_identifier(study_uid: str) -> dict[str, Any] | None:
+    return uid_identifier(study_uid, use="official")
 
 
 def issuer_system(issuer: object) -> str | None:
@@ -65,7 +76,7 @@ def issuer_system(issuer: object) -> str | None:
         return None
     universal, kind = issuer.get("universal"), issuer.get("type")
     if isinstance(universal, str):
-        if kind == "ISO" and _OID.match(universal):
+        if kind == "ISO" and is_oid(universal):
             return f"urn:oid:{universal}"
         if kind == "URI" and _URI.match(universal):
             return universal
@@ -76,7 +87,7 @@ def issuer_system(issuer: object) -> str | None:
                 pass
     local = issuer.get("local")
     if isinstance(local, str):
-        if _OID.match(local):
+        if is_oid(local):
             return f"urn:oid:{local}"
         if local.startswith(("urn:", "http://", "https://")) and _URI.match(local):
             return local

@@ -10,7 +10,13 @@ One FHIR transaction per study holds:
 * the WADO-RS Endpoint (when configured) and one Device per piece of equipment,
   both ``PUT`` to ids that depend only on their content, so every study shares them;
 * the ImagingStudy, ``PUT`` to its stable id, referring to the others by their
-  entries' ``urn:uuid`` fullUrls (the server rewrites them).
+  entries' ``urn:uuid`` fullUrls (the server rewrites them);
+* the patient's weight and height at the time of the study as vital-sign Observations
+  (:mod:`workers.mapping.vitals`), ``PUT`` to ids derived from the study;
+* the dose Observations of its dose reports (:mod:`workers.mapping.dose`) and, in R5,
+  the ImagingSelections of its KOS, SEG and RTSTRUCT instances
+  (:mod:`workers.mapping.selections`; R4 has no such resource). Without a Bundle they
+  are files of their own beside the ImagingStudy (:func:`standalone_resources`).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from urllib.parse import quote
 from workers.fold import StudyAggregate
 from workers.mapping.common import Resource, fhir_id, full_url, patient_identifier, text
 from workers.mapping.devices import DeviceKey, device_display, device_key, device_resource
+from workers.mapping.dose import dose_observations
 from workers.mapping.endpoint import endpoint_resource
 from workers.mapping.options import FhirVersion, MappingOptions
+from workers.mapping.selections import imaging_selections
 from workers.mapping.series import modality_code
 from workers.mapping.study import (
     Links,
@@ -32,6 +40,7 @@ from workers.mapping.study import (
     series_attrs,
     study_attrs,
 )
+from workers.mapping.vitals import vital_sign_observations
 from workers.names import human_names
 from workers.profiles import Gaps, profile_named
 
@@ -120,8 +129,46 @@ def _entries(
         links.devices[key] = {"reference": url, "type": "Device", "display": device_display(key)}
 
     study_resource = build_imaging_study(aggregate, version, options, links, gaps)
-    entries.append(_put(full_url("ImagingStudy", aggregate.study_uid), study_resource))
+    study_url = full_url("ImagingStudy", aggregate.study_uid)
+    entries.append(_put(study_url, study_resource))
+    study_reference = {"reference": study_url, "type": "ImagingStudy"}
+    extras = [
+        *vital_sign_observations(aggregate.study_uid, study, links.subject, study_reference),
+        *derived_resources(aggregate, version, links.subject, study_reference),
+    ]
+    for resource in extras:
+        entries.append(_put(full_url(resource["resourceType"], resource["id"]), resource))
     return entries
+
+
+def derived_resources(
+    aggregate: StudyAggregate,
+    version: FhirVersion,
+    subject: dict[str, Any],
+    imaging_study: dict[str, Any],
+) -> list[Resource]:
+    """What the study's dose reports and selections make: dose Observations (R4 and R5)
+    and ImagingSelections (R5 only), referring to ``subject`` and ``imaging_study``."""
+    schemes = study_attrs(aggregate).get("coding_schemes")
+    local = schemes if isinstance(schemes, dict) else None
+    out = dose_observations(aggregate, subject, imaging_study, local)
+    if version == "R5":
+        out += imaging_selections(aggregate, subject, imaging_study, local)
+    return out
+
+
+def standalone_resources(
+    aggregate: StudyAggregate, version: FhirVersion, options: MappingOptions | None = None
+) -> list[Resource]:
+    """:func:`derived_resources` as files beside the ImagingStudy: the patient by
+    identifier, the ImagingStudy by its id (``ImagingStudy/<id>``)."""
+    options = options or MappingOptions()
+    subject = logical_subject(study_attrs(aggregate), options)
+    reference = {
+        "reference": f"ImagingStudy/{fhir_id(aggregate.study_uid)}",
+        "type": "ImagingStudy",
+    }
+    return derived_resources(aggregate, version, subject, reference)
 
 
 def _put(url: str, resource: Resource) -> dict[str, Any]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from workers.profiles import profile_named
 
@@ -34,6 +36,10 @@ class MappingOptions:
     bundle: bool = False
     #: The implementation-guide profile the resources follow (:mod:`workers.profiles`).
     profile: str = "base"
+    #: IANA time zone of the site (``Europe/Berlin``): local DICOM times of headers without
+    #: Timezone Offset From UTC get the offset in force then. ``None`` (the default): such
+    #: times keep only their date, nothing is invented.
+    site_timezone: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("accession_system", "patient_id_system"):
@@ -41,13 +47,31 @@ class MappingOptions:
             if value is not None and not _URI.match(value):
                 raise ValueError(f"{name}={value!r} is not an absolute URI")
         profile_named(self.profile)  # raises ValueError naming the choices
+        if self.site_timezone is not None:
+            site_zone(self.site_timezone)  # raises ValueError for an unknown zone
         if self.wado_rs_base_url is not None:
             object.__setattr__(self, "wado_rs_base_url", wado_rs_address(self.wado_rs_base_url))
+
+    @property
+    def site_zone(self) -> ZoneInfo | None:
+        """The site time zone summaries read local times in (``None``: none)."""
+        return site_zone(self.site_timezone) if self.site_timezone else None
 
     @property
     def needs_technique(self) -> bool:
         """Whether instance summaries must carry their acquisition technique."""
         return profile_named(self.profile).needs_technique
+
+
+@cache
+def site_zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``; ``ValueError`` when the system's tz database lacks it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"SCP2FHIR_SITE_TIMEZONE={name!r} is not an IANA time zone (e.g. Europe/Berlin)"
+        ) from None
 
 
 def wado_rs_address(url: str) -> str:

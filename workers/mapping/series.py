@@ -5,16 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from workers.dicomjson import valid_uid
 from workers.dicomtime import sort_key
 from workers.mapping.common import (
-    DICOM_UID_SYSTEM,
     absent,
     count,
     identifier,
     is_fhir_id,
     practitioner,
     text,
+    uid_identifier,
 )
 from workers.mapping.devices import DeviceKey, device_key
 from workers.mapping.options import FhirVersion
@@ -133,8 +132,9 @@ def _specimen(item: Any) -> dict[str, Any] | None:
         return None
     reference: dict[str, Any] = {"type": "Specimen"}
     uid, specimen_id = item.get("uid"), text(item.get("id"))
-    if isinstance(uid, str) and valid_uid(uid):
-        reference["identifier"] = {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{uid}"}
+    uid_id = uid_identifier(uid) if isinstance(uid, str) else None
+    if uid_id is not None:
+        reference["identifier"] = uid_id
     elif specimen_id:
         reference["identifier"] = identifier(specimen_id, item.get("issuer"), None)
     else:
@@ -171,11 +171,8 @@ def _instance(
         return None
     instance: dict[str, Any] = {"uid": sop_uid}
     sop_class = record.get("sop_class_uid")
-    instance["sopClass"] = (
-        sop_class_coding(sop_class)
-        if isinstance(sop_class, str) and valid_uid(sop_class)
-        else absent()
-    )
+    coded = sop_class_coding(sop_class) if isinstance(sop_class, str) else None
+    instance["sopClass"] = coded or absent()
     number = count(record.get("instance_number"))
     if number is not None:
         instance["number"] = number

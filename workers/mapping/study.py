@@ -122,7 +122,7 @@ def build_imaging_study(
     resource["subject"] = links.subject
     if text(study.get("started")):
         resource["started"] = study["started"]
-    if version == "R5" and text(study.get("accession_number")):
+    if text(study.get("accession_number")):
         resource["basedOn"] = [
             {
                 "type": "ServiceRequest",

@@ -5,7 +5,10 @@
   elements the profile requires are checked: modality, subject, started, endpoint
   (``SCP2FHIR_WADO_RS_URL``), reasonReference (an Osiris Analysis: never in DICOM),
   description;
-* series: the ``imaging-settings`` extension (geometry plus one of ``mr_image``,
+* series: ``description`` as the guide sources it: ELSCINT1's private Image Label
+  (00E1,xx40) first (read only in the block that private creator reserved), then Series
+  Description (0008,103E), then Study Description (0008,1030);
+  the ``imaging-settings`` extension (geometry plus one of ``mr_image``,
   ``ct_image``, ``dx_image``, ``pt_nm_image`` by modality) and ``series-weightheigt``.
   Values come from the DICOM tags named in :data:`SETTINGS` and :data:`BLOCKS`; a value
   is given only where every instance of the series agrees, an integer only where the
@@ -109,7 +112,11 @@ _STUDY_REQUIRED = [
     ("description", "(0008,1030) Study Description absent"),
 ]
 _SERIES_REQUIRED = [
-    ("description", "(0008,103E) Series Description absent"),
+    (
+        "description",
+        "(00E1,1040) ELSCINT1 Image Label, (0008,103E) Series Description and (0008,1030) "
+        "Study Description absent",
+    ),
     ("started", "(0008,0021) Series Date absent and no acquisition date"),
 ]
 
@@ -141,8 +148,19 @@ class OsirisProfile(Profile):
         attrs = aggregate.study.attrs if aggregate.study else {}
         members = aggregate.members_by_series()
         for series in study.get("series") or []:
+            _describe(series, aggregate, attrs)
             facts = SeriesFacts(members.get(series["uid"], []))
             _series(series, facts, attrs, gaps)
+
+
+def _describe(series: Resource, aggregate: StudyAggregate, study: dict[str, Any]) -> None:
+    """``series.description`` from (00E1,1040), (0008,103E), (0008,1030), in that order."""
+    sourced = aggregate.series.get(series["uid"])
+    label = sourced.attrs.get("image_label") if sourced else None
+    if isinstance(label, str) and label:
+        series["description"] = label
+    elif "description" not in series and isinstance(study.get("study_description"), str):
+        series["description"] = study["study_description"]
 
 
 def _one_identifier(study: Resource) -> None:
