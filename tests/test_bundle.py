@@ -87,6 +87,9 @@ def test_bundle_structure() -> None:
         "Device",
         "Device",
         "ImagingStudy",
+        # the CT's Patient's Weight, once the study is dated by the instance whose Study
+        # Date is valid (attribute consensus)
+        "Observation",
     ]
     patient = entries["Patient"][0]
     # Conditional create on the identifier: a second study of the patient finds the first.

@@ -43,7 +43,9 @@ def test_convert_writes_bundles_and_logs_bad_values_by_tag(
     bundle = json.loads(line)
     get_fhir_model_class("Bundle").model_validate(bundle)
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert types == ["Patient", "Endpoint", "Device", "Device", "ImagingStudy"]
+    # The CT's Study Date is bad, the MR's good: the study is dated by the MR (attribute
+    # consensus), so the CT's Patient's Weight becomes a body weight Observation too.
+    assert types == ["Patient", "Endpoint", "Device", "Device", "ImagingStudy", "Observation"]
     messages = [r.getMessage() for r in caplog.records if r.name == "workers.convert"]
     assert any("00080020 StudyDate" in m for m in messages), messages
     assert not any("MRN-0042" in m or "Doe" in m for m in messages)

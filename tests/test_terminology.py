@@ -111,7 +111,6 @@ def test_data_files_are_package_data() -> None:
         "annex_l_body_parts.csv",
         "laterality.csv",
         "dcm_modalities.csv",
-        "snomed_rt_to_ct.csv",
     ):
         assert (ROOT / "workers" / "data" / name).is_file()
 

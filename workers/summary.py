@@ -27,8 +27,8 @@ from typing import Any
 from workers.dicomjson import Code, DicomJson, describe_tags, is_oid
 from workers.dicomtime import Zone, combine
 from workers.dose import dose_report
-from workers.lifecycle.rejection import RejectionNote, rejection_note
-from workers.selection import KEY_OBJECT_SOP_CLASS, selection
+from workers.lifecycle.rejection import KEY_OBJECT_SOP_CLASS, RejectionNote, rejection_note
+from workers.selection import selection
 from workers.technique import technique
 
 logger = logging.getLogger(__name__)

@@ -68,9 +68,14 @@ def _lateralities() -> dict[str, tuple[str, str]]:
     return {row["dicom"]: (row["code"], row["meaning"]) for row in _table("laterality.csv")}
 
 
-@cache
 def _snomed_rt() -> dict[str, str]:
-    return {row["snomed_id"]: row["concept_id"] for row in _table("snomed_rt_to_ct.csv")}
+    # PS3.16 Table O-1 as pydicom (a dependency, pinned below 4) generates it from the
+    # standard for its own SRT/SCT code comparisons: read from the installed package, not
+    # copied into this one. Its module is private, hence the test that reads it whole.
+    from pydicom.sr._snomed_dict import mapping
+
+    table: dict[str, str] = mapping["SRT"]
+    return table
 
 
 def snomed_ct_id(snomed_id: str) -> str | None:
