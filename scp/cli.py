@@ -86,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument(
         "--study", action="append", default=[], help="only this Study Instance UID (repeatable)"
     )
+    # Reconcile and backfill against a PACS (workers/reconcile/command.py).
+    from workers.reconcile.command import add_arguments as pacs_arguments
+
+    reconcile = verbs.add_parser(
+        "reconcile", help="compare with a PACS (C-FIND): missing, incomplete, complete studies"
+    )
+    common(reconcile, "redis")
+    pacs_arguments(reconcile, "reconcile")
+    backfill = verbs.add_parser(
+        "backfill", help="fetch a period of a PACS's archive, day by day, resumable"
+    )
+    common(backfill, "redis")
+    pacs_arguments(backfill, "backfill")
     return parser
 
 
@@ -136,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _web(settings, args.port)
     if args.verb == "retry-failed":
         return _retry_failed(settings, args.study)
+    if args.verb in ("reconcile", "backfill"):
+        from workers.reconcile import command
+
+        return command.run(args.verb, settings, env, args)
     if args.verb == "convert":
         from workers.context import mapping_options
         from workers.convert import convert

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import redis
 
 from scp import keys
+from workers import ledger
 from workers.fold import Sourced, StudyAggregate
 from workers.summary import InstanceSummary
 
@@ -75,10 +76,11 @@ return rejected
 
 # Close a study after its emission, unless something arrived meanwhile. A retention of 0
 # means the output still has to be delivered to the FHIR server: the aggregate is kept
-# (no expiry) and the study is listed as pending; the delivery starts the clock.
+# (no expiry) and the study is listed as pending; the delivery starts the clock. The
+# ledger entry (workers/ledger.py) is written in the same step.
 _CLOSE = """
 local open, inflight, emitted, check, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local pending = KEYS[6]
+local pending, ledger, ledger_dates = KEYS[6], KEYS[7], KEYS[8]
 local study, seen, token, now, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local closed = 0
 local score = redis.call('ZSCORE', open, study)
@@ -86,10 +88,12 @@ if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflig
   redis.call('ZREM', open, study)
   redis.call('ZADD', emitted, now, study)
   redis.call('DEL', check)
+  redis.call('HSET', ledger, study, ARGV[6])
+  redis.call('ZADD', ledger_dates, ARGV[7], study)
   if tonumber(retention) > 0 then
-    for i = 7, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
+    for i = 9, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
   else
-    for i = 7, #KEYS do redis.call('PERSIST', KEYS[i]) end
+    for i = 9, #KEYS do redis.call('PERSIST', KEYS[i]) end
     redis.call('ZADD', pending, now, study)
   end
   closed = 1
@@ -216,8 +220,10 @@ class AggregateStore:
         """Mark the study emitted if no instance arrived since ``seen_ms``; start the
         retention clock on its keys, or, ``until_delivered``, keep them and list the study
         in :data:`scp.keys.DELIVER_PENDING` (the delivery starts the clock once the FHIR
-        server has the output). Releases the lease either way."""
+        server has the output); record what was emitted in the ledger
+        (:mod:`workers.ledger`). Releases the lease either way."""
         uid = aggregate.study_uid
+        entry = ledger.entry_for(aggregate, now_ms)
         study_keys = [keys.study(uid), keys.study_instances(uid)] + [
             keys.series(uid, series_uid) for series_uid in aggregate.series
         ]
@@ -229,9 +235,19 @@ class AggregateStore:
                 keys.study_check(uid),
                 keys.study_lease(uid),
                 keys.DELIVER_PENDING,
+                keys.LEDGER,
+                keys.LEDGER_DATES,
                 *study_keys,
             ],
-            args=[uid, seen_ms, lease_token, now_ms, 0 if until_delivered else retention_ms],
+            args=[
+                uid,
+                seen_ms,
+                lease_token,
+                now_ms,
+                0 if until_delivered else retention_ms,
+                entry.dumps(),
+                entry.study_date,
+            ],
         )
         return bool(closed)
 
