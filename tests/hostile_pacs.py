@@ -70,7 +70,7 @@ class HostilePacs:
 
     # --- C-FIND ------------------------------------------------------------------------
 
-    def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         with self._lock:
             self.finds += 1
         query: Any = event.identifier

@@ -4,7 +4,6 @@ real SCP and a real worker (tests/conftest.py ``pipeline``), the real command li
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,9 +36,7 @@ def pacs(orthanc: OrthancProcess, pipeline: Pipeline) -> OrthancProcess:
     return orthanc
 
 
-def scp2fhir(
-    pipeline: Pipeline, *args: str, timeout: float = 180, **extra: str
-) -> subprocess.CompletedProcess[str]:
+def scp2fhir(pipeline: Pipeline, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     assert pipeline.settings.redis_url
     env = pipeline_env(pipeline.settings.redis_url, pipeline.output_dir, pipeline.port, **extra)
     return subprocess.run(
@@ -48,7 +45,7 @@ def scp2fhir(
         env=env,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=180,
     )
 
 
@@ -329,7 +326,7 @@ def test_pacs_stopped_mid_backfill_is_a_clear_error_and_a_rerun_finishes(
     )
     assert run.poll() is None, "the backfill ended before the PACS could be stopped"
     pacs.stop()
-    out, err = run.communicate(timeout=60)
+    _, err = run.communicate(timeout=60)
     assert run.returncode == 3, err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"scp2fhir: backfill: {pacs.address}: ") and "resumes" in last
@@ -337,7 +334,7 @@ def test_pacs_stopped_mid_backfill_is_a_clear_error_and_a_rerun_finishes(
 
     pacs.start()
     rerun = _backfill(pipeline, pacs, since, until)
-    out, err = rerun.communicate(timeout=300)
+    _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     _assert_every_study_once(pipeline, studies)
     assert received <= _received(data) <= 90 + 2 * 3

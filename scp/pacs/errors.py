@@ -17,8 +17,9 @@
                                carries the sub-operation counts
 
 :class:`PacsUnreachable`, :class:`AssociationRefused`, :class:`PacsTimeout` and
-:class:`ConnectionLost` are *connection* faults (:attr:`PacsError.fatal`): a backfill stops at the first, since the
-next study would meet the same PACS. The others concern one query or one study.
+:class:`ConnectionLost` are *connection* faults (:attr:`PacsError.fatal`): a backfill
+stops at the first, since the next study would meet the same PACS. The others concern
+one query or one study.
 """
 
 from __future__ import annotations
