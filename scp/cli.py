@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from workers.context import mapping_options
 
             mapping_options(settings)  # the mapping's own checks, reported the same way
+        if args.verb in ("worker", "up"):
+            from scp.pacs.settings import PacsSettings
+
+            PacsSettings.from_env(env, settings.ae_title)  # the scheduled reconcile's
     except ConfigError as exc:
         print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -135,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(settings)
         return 0
     if args.verb == "worker":
+        from scp.pacs.settings import PacsSettings
         from workers.runner import run
 
-        run(settings, burst=args.burst)
+        run(settings, burst=args.burst, pacs=PacsSettings.from_env(env, settings.ae_title))
         return 0
     if args.verb == "up":
         from scp.supervisor import up as run_up

@@ -46,6 +46,8 @@ class Snapshot:
     emitted: list[EmittedStudy] = field(default_factory=list)
     queues: list[QueueState] = field(default_factory=list)
     dead_letters: int = 0
+    #: Outcome of the last scheduled reconcile with the PACS (None: none has run).
+    reconcile: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +96,31 @@ def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int
         emitted=[EmittedStudy(uid, int(ms)) for uid, ms in recent],
         queues=queues,
         dead_letters=int(str(data.llen(keys.DEAD_LETTER))),
+        reconcile=_last_reconcile(data),
     )
+
+
+def _last_reconcile(data: redis.Redis) -> dict[str, Any] | None:
+    raw = data.get(keys.RECONCILE_LAST)
+    try:
+        outcome = json.loads(str(raw)) if raw else None
+    except ValueError:
+        return None
+    return outcome if isinstance(outcome, dict) else None
+
+
+def reconcile_line(snap: Snapshot) -> str | None:
+    """The drift found by the last scheduled reconcile, as one line."""
+    outcome = snap.reconcile
+    if outcome is None:
+        return None
+    ago = (snap.now_ms - int(outcome.get("at_ms", snap.now_ms))) / 1000
+    where = f"last reconcile with {outcome.get('pacs')} ({ago:.0f}s ago, {outcome.get('since')}.."
+    where += f"{outcome.get('until')})"
+    if outcome.get("error"):
+        return f"{where}: failed: {outcome['error']}"
+    counts = ", ".join(f"{n} {state}" for state, n in (outcome.get("counts") or {}).items())
+    return f"{where}: {counts}; {outcome.get('missing_instances', 0)} instances missing"
 
 
 def render_text(snap: Snapshot) -> str:
@@ -116,6 +142,9 @@ def render_text(snap: Snapshot) -> str:
     for item in snap.emitted:
         ago = (snap.now_ms - item.emitted_at_ms) / 1000
         lines.append(f"  {item.study_uid:<64} {ago:>8.0f}s ago")
+    drift = reconcile_line(snap)
+    if drift:
+        lines.append(drift)
     lines.append("queues (queued / started / scheduled / failed):")
     for queue in snap.queues:
         lines.append(

@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 from scp import keys, metrics
 from scp.connections import RedisClients
 from scp.settings import Settings
-from scp.status import Snapshot, snapshot
+from scp.status import Snapshot, reconcile_line, snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,38 @@ class RedisCollector(Collector):
             for state in ("queued", "started", "scheduled", "failed"):
                 queue.add_metric([q.name, state], float(getattr(q, state)))
         yield queue
+        yield from _reconcile_gauges(snap.reconcile)
+
+
+def _reconcile_gauges(outcome: dict[str, Any] | None) -> Iterator[GaugeMetricFamily]:
+    """Drift found by the last scheduled reconcile (nothing until one has run)."""
+    if outcome is None:
+        return
+    yield _gauge(
+        "reconcile_last_run_timestamp_seconds",
+        "When the last scheduled reconcile with the PACS ran.",
+        outcome.get("at_ms", 0) / 1000,
+    )
+    yield _gauge(
+        "reconcile_failed",
+        "1 if the last scheduled reconcile failed.",
+        float(bool(outcome.get("error"))),
+    )
+    if outcome.get("error"):
+        return  # the last counts would pass for current
+    studies = GaugeMetricFamily(
+        "scp2fhir_reconcile_studies",
+        "Studies of the reconciled days by state, as of the last scheduled reconcile.",
+        labels=["state"],
+    )
+    for state, count in (outcome.get("counts") or {}).items():
+        studies.add_metric([state], float(count))
+    yield studies
+    yield _gauge(
+        "reconcile_missing_instances",
+        "Instances the PACS has and scp2fhir lacks, as of the last scheduled reconcile.",
+        float(outcome.get("missing_instances", 0)),
+    )
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
@@ -177,6 +209,7 @@ def render_html(snap: Snapshot) -> str:
         )
         or '<tr><td colspan="2">none yet</td></tr>'
     )
+    drift = reconcile_line(snap)
     queues = "".join(
         f"<tr><td>{html.escape(q.name)}</td><td>{q.queued}</td><td>{q.started}</td>"
         f"<td>{q.scheduled}</td><td>{q.failed}</td></tr>"
@@ -188,6 +221,7 @@ def render_html(snap: Snapshot) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
 <h1>scp2fhir</h1>
 <p>Inbox backlog: {snap.inbox_backlog} &middot; dead letters: {snap.dead_letters}</p>
+{f"<p>{html.escape(drift)}</p>" if drift else ""}
 <h2>Open studies ({len(snap.open_studies)})</h2>
 <table><tr><th>Study Instance UID</th><th>series</th><th>instances</th><th>to fold</th>
 <th>quiet in</th></tr>{rows}</table>

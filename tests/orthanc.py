@@ -102,12 +102,12 @@ class OrthancProcess:
 
     # --- REST --------------------------------------------------------------------------
 
-    def point_at(self, scp_port: int, ae_title: str = "SCP2FHIR") -> None:
-        """Make the modality ``scp2fhir`` (move destination, allowed caller) that SCP, now
-        and after a restart."""
-        self.config["DicomModalities"] = {"scp2fhir": [ae_title, "127.0.0.1", scp_port]}
+    def point_at(self, scp_port: int, ae_title: str = "SCP2FHIR", name: str = "scp2fhir") -> None:
+        """Make the modality ``name`` (move destination, allowed caller) that SCP, now and
+        after a restart."""
+        self.config["DicomModalities"][name] = [ae_title, "127.0.0.1", scp_port]
         response = httpx.put(
-            f"{self.url}/modalities/scp2fhir",
+            f"{self.url}/modalities/{name}",
             json={"AET": ae_title, "Host": "127.0.0.1", "Port": scp_port},
             timeout=10,
         )

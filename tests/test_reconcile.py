@@ -360,3 +360,75 @@ def test_fetch_the_pacs_cannot_deliver_is_a_clear_failure(
     destination = extra.get("SCP2FHIR_PACS_MOVE_DESTINATION", "SCP2FHIR")
     assert f"the PACS must know {destination} (SCP2FHIR_PACS_MOVE_DESTINATION)" in error
     assert not data.exists(keys.study_instances(study.study_uid))
+
+
+def test_scheduled_reconcile_records_drift_for_status_and_metrics(
+    pacs: OrthancProcess, pipeline: Pipeline, tmp_path: Path, data: Any
+) -> None:
+    import datetime as dt
+
+    from rq.registry import ScheduledJobRegistry
+
+    from scp.connections import connect
+    from scp.pacs import PacsAddress, PacsSettings
+    from scp.status import render_text, snapshot
+    from scp.web import RedisCollector
+    from tests.support import free_port
+    from workers.context import WorkerContext, install
+    from workers.reconcile import schedule
+
+    assert not data.exists(keys.RECONCILE_SCHEDULED), "off by default, yet scheduled"
+    today = dt.date.today().strftime("%Y%m%d")
+    missing = dated_study(tmp_path / "m", [("CT", 3)], today)
+    both = dated_study(tmp_path / "b", [("MR", 2)], today, "130000")
+    pacs.store(missing.files + both.files)
+    storescu(pipeline.port, both.files)
+    wait_for_study(pipeline, both, 2)
+
+    assert pipeline.settings.redis_url
+    clients = connect(pipeline.settings.redis_url)
+    context = WorkerContext.build(pipeline.settings, clients)
+    install(context)
+    settings = PacsSettings(
+        pacs=PacsAddress.parse(pacs.address), reconcile_days=2, reconcile_every_hours=6
+    )
+    schedule.install(settings)
+    outcome = schedule.scheduled_reconcile()
+    assert outcome["error"] == "" and outcome["missing_instances"] == 3
+    assert outcome["counts"] == {
+        "missing": 1,
+        "incomplete": 0,
+        "complete": 1,
+        "unknown to the PACS": 0,
+    }
+    # The next one is scheduled, once, on the emit queue.
+    assert data.pttl(keys.RECONCILE_SCHEDULED) > 6 * 3600 * 1000
+    registry = ScheduledJobRegistry(queue=context.emit_queue)  # type: ignore[no-untyped-call]
+    jobs = [context.emit_queue.fetch_job(i) for i in registry.get_job_ids()]
+    assert [j.func_name for j in jobs if j and j.func_name == schedule.JOB] == [schedule.JOB]
+    assert not schedule.ensure_scheduled(context)
+
+    text = render_text(snapshot(data, clients.rq, 1.0))
+    assert f"last reconcile with {pacs.address}" in text
+    assert "1 missing, 0 incomplete, 1 complete, 0 unknown to the PACS; 3 instances missing" in text
+    gauges = {
+        (m.name, tuple(s.labels.values())): s.value
+        for m in RedisCollector(clients, 1.0).collect()
+        for s in m.samples
+        if m.name.startswith("scp2fhir_reconcile")
+    }
+    assert gauges[("scp2fhir_reconcile_studies", ("missing",))] == 1
+    assert gauges[("scp2fhir_reconcile_missing_instances", ())] == 3
+    assert gauges[("scp2fhir_reconcile_failed", ())] == 0
+
+    # A PACS that cannot be reached: the failure is what the status shows, not old counts.
+    schedule.install(
+        PacsSettings(pacs=PacsAddress.parse(f"GONE@127.0.0.1:{free_port()}"), timeout=2,
+                     reconcile_every_hours=6)
+    )  # fmt: skip
+    outcome = schedule.scheduled_reconcile()
+    assert "cannot connect" in outcome["error"]
+    assert "failed: GONE@127.0.0.1" in render_text(snapshot(data, clients.rq, 1.0))
+    names = {m.name for m in RedisCollector(clients, 1.0).collect()}
+    assert "scp2fhir_reconcile_studies" not in names
+    clients.close()

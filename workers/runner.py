@@ -8,9 +8,11 @@ from rq import Worker
 
 from scp import keys, metrics
 from scp.connections import connect
+from scp.pacs.settings import PacsSettings
 from scp.settings import Settings
 from workers.context import WorkerContext, install
 from workers.jobs import ensure_group, ensure_sweep_scheduled
+from workers.reconcile import schedule
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +20,7 @@ logger = logging.getLogger(__name__)
 MAINTENANCE_SECONDS = 60
 
 
-def run(settings: Settings, burst: bool = False) -> None:
+def run(settings: Settings, burst: bool = False, pacs: PacsSettings | None = None) -> None:
     clients = connect(settings.require_redis_url())
     ensure_group(clients.data)
     # No flush thread here: RQ forks a work horse per job, and a thread holding the
@@ -27,6 +29,9 @@ def run(settings: Settings, burst: bool = False) -> None:
     context = WorkerContext.build(settings, clients)
     install(context)
     ensure_sweep_scheduled(context)
+    if pacs is not None:  # the scheduled reconcile (off unless configured)
+        schedule.install(pacs)
+        schedule.ensure_scheduled(context, delay_seconds=schedule.FIRST_DELAY_SECONDS)
     # Listed in order of preference: folding first, so a slow FHIR server never delays it.
     queues = [keys.FOLD_QUEUE, keys.EMIT_QUEUE, keys.DELIVER_QUEUE]
     # RQ retries the scheduler lock of a dead worker only at maintenance time (10 min by

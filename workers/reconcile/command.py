@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -84,6 +85,10 @@ def run(verb: str, settings: Settings, env: Mapping[str, str], args: argparse.Na
     except ConfigError as exc:
         print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
         return CONFIG
+    if settings.log_level != "DEBUG":
+        # pynetdicom logs each refused connection or abort as an ERROR; the one line this
+        # command prints says the same, with the PACS's name and what to do.
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     clients = connect(url)
     try:
         if verb == "reconcile":

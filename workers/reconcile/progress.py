@@ -33,6 +33,7 @@ class Progress:
         self._clock = clock
         self._began = clock()
         self._printed = 0.0
+        self._last = ""
         self._lock = threading.Lock()
         self.day_index = 0
         self.day: dt.date | None = None
@@ -87,6 +88,9 @@ class Progress:
         self._printed = now
         with self._lock:
             text = self.line()
+        if text == self._last and not self._tty:
+            return
+        self._last = text
         if self._tty:
             self._stream.write("\r\x1b[K" + text)
         else:
@@ -94,6 +98,8 @@ class Progress:
         self._stream.flush()
 
     def close(self) -> None:
+        if self.day is None:
+            return  # stopped before the first day: nothing to report
         self.show(force=True)
         if self._tty:
             self._stream.write("\n")
