@@ -13,6 +13,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+# Orthanc is the PACS of the reconcile/backfill tests (each test module starts its own on
+# free ports; the package's system service is not used).
+[ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} from Debian's packages"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
