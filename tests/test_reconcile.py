@@ -276,6 +276,11 @@ def test_backfill_killed_half_way_resumes_and_fetches_every_study_once(
     studies = _studies_over_days(tmp_path, days, 10)
     pacs.store([f for s in studies for f in s.files])
     since, until = "2021-03-10", "2021-03-14"
+    # Five came the normal way before: complete, they must not be fetched at all.
+    routed = studies[::10]
+    storescu(pipeline.port, [f for s in routed for f in s.files])
+    for study in routed:
+        wait_for(lambda s=study: data.hlen(keys.study_instances(s.study_uid)) == 3, 30, "folds")
 
     first = _backfill(pipeline, pacs, since, until)
     try:
@@ -299,8 +304,8 @@ def test_backfill_killed_half_way_resumes_and_fetches_every_study_once(
     assert "studies/s" in err and "instances/s" in err and "ETA" in err
     assert out.strip().endswith("0 failed")
     _assert_every_study_once(pipeline, studies)
-    # Never fetched again once complete: beyond the 150 instances, at most the studies
-    # whose moves the kill cut short (2 movers x 3 instances) came twice.
+    # Never fetched again once complete: beyond the 150 instances (15 routed, 135 moved),
+    # at most the studies whose moves the kill cut short (2 movers x 3 instances) came twice.
     wait_for(lambda: _received(data) >= 150, timeout=10, what="the SCP's counters")
     assert 150 <= _received(data) <= 150 + 2 * 3
     assert _studies_done(data, pacs, since, until) == 50
