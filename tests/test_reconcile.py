@@ -16,6 +16,7 @@ from scp import keys
 from tests.conftest import ROOT, Pipeline, pipeline_env
 from tests.orthanc import OrthancProcess, dated_study
 from tests.support import storescu
+from tests.test_cli import cli
 from tests.test_pipeline import assert_matches, wait_for_study
 
 
@@ -39,32 +40,22 @@ def pacs(orthanc: OrthancProcess, pipeline: Pipeline) -> OrthancProcess:
 def scp2fhir(pipeline: Pipeline, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     assert pipeline.settings.redis_url
     env = pipeline_env(pipeline.settings.redis_url, pipeline.output_dir, pipeline.port, **extra)
-    return subprocess.run(
-        [sys.executable, "-m", "scp.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return cli(*args, env=env, timeout=180)
+
+
+def reconcile(
+    pipeline: Pipeline, pacs: OrthancProcess, since: str, until: str, *flags: str, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    return scp2fhir(
+        pipeline, "reconcile", "--pacs", pacs.address, "--since", since, "--until", until,
+        *flags, **extra,
+    )  # fmt: skip
 
 
 def reconcile_json(
     pipeline: Pipeline, pacs: OrthancProcess, day: str, *flags: str, **extra: str
 ) -> tuple[int, dict[str, Any]]:
-    result = scp2fhir(
-        pipeline,
-        "reconcile",
-        "--pacs",
-        pacs.address,
-        "--since",
-        day,
-        "--until",
-        day,
-        "--json",
-        *flags,
-        **extra,
-    )
+    result = reconcile(pipeline, pacs, day, day, "--json", *flags, **extra)
     assert result.stdout, result.stderr
     return result.returncode, json.loads(result.stdout)
 
@@ -148,16 +139,7 @@ def test_complete_after_the_aggregate_expired_and_unknown_to_the_pacs(
         "unknown to the PACS": 1,
     }
 
-    result = scp2fhir(
-        pipeline,
-        "reconcile",
-        "--pacs",
-        pacs.address,
-        "--since",
-        "2021-03-06",
-        "--until",
-        "20210306",
-    )
+    result = reconcile(pipeline, pacs, "2021-03-06", "20210306")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"reconcile {pacs.address}  2021-03-06..2021-03-06"
@@ -240,6 +222,34 @@ def _backfill(
     )
 
 
+def _backfill_until(
+    pipeline: Pipeline,
+    pacs: OrthancProcess,
+    data: Any,
+    since: str,
+    until: str,
+    done: int,
+    **extra: str,
+) -> subprocess.Popen[str]:
+    """A backfill, once ``done`` of its studies are done (and it is still running)."""
+    from tests.support import wait_for
+
+    run = _backfill(pipeline, pacs, since, until, **extra)
+    try:
+        wait_for(
+            lambda: _studies_done(data, pacs, since, until) >= done or run.poll() is not None,
+            timeout=120,
+            what=f"{done} studies backfilled",
+            step=0.01,
+        )
+        assert run.poll() is None, f"the backfill ended before {done} studies were done"
+    except BaseException:
+        run.kill()
+        run.wait(30)
+        raise
+    return run
+
+
 def _studies_done(data: Any, pacs: OrthancProcess, since: str, until: str) -> int:
     import datetime as dt
 
@@ -279,21 +289,12 @@ def test_backfill_killed_half_way_resumes_and_fetches_every_study_once(
     # Five came the normal way before: complete, they must not be fetched at all.
     routed = studies[::10]
     storescu(pipeline.port, [f for s in routed for f in s.files])
-    for study in routed:
-        wait_for(lambda s=study: data.hlen(keys.study_instances(s.study_uid)) == 3, 30, "folds")
+    uids = [s.study_uid for s in routed]
+    wait_for(lambda: all(data.hlen(keys.study_instances(u)) == 3 for u in uids), 30, "folds")
 
-    first = _backfill(pipeline, pacs, since, until)
-    try:
-        wait_for(
-            lambda: _studies_done(data, pacs, since, until) >= 20 or first.poll() is not None,
-            timeout=120,
-            what="20 studies backfilled",
-            step=0.01,
-        )
-        assert first.poll() is None, "the backfill ended before it could be killed"
-        first.kill()  # SIGKILL: no chance to save anything
-    finally:
-        first.wait(30)
+    first = _backfill_until(pipeline, pacs, data, since, until, done=20)
+    first.kill()  # SIGKILL: no chance to save anything
+    first.wait(30)
     done_at_kill = _studies_done(data, pacs, since, until)
     assert 20 <= done_at_kill < 50
 
@@ -315,21 +316,13 @@ def test_backfill_killed_half_way_resumes_and_fetches_every_study_once(
 def test_pacs_stopped_mid_backfill_is_a_clear_error_and_a_rerun_finishes(
     pacs: OrthancProcess, pipeline: Pipeline, tmp_path: Path, data: Any
 ) -> None:
-    from tests.support import wait_for
 
     days = ["20210320", "20210321", "20210322"]
     studies = _studies_over_days(tmp_path, days, 10)
     pacs.store([f for s in studies for f in s.files])
     since, until = "2021-03-20", "2021-03-22"
 
-    run = _backfill(pipeline, pacs, since, until, SCP2FHIR_PACS_TIMEOUT="5")
-    wait_for(
-        lambda: _studies_done(data, pacs, since, until) >= 8 or run.poll() is not None,
-        timeout=120,
-        what="8 studies backfilled",
-        step=0.01,
-    )
-    assert run.poll() is None, "the backfill ended before the PACS could be stopped"
+    run = _backfill_until(pipeline, pacs, data, since, until, done=8, SCP2FHIR_PACS_TIMEOUT="5")
     pacs.stop()
     _, err = run.communicate(timeout=60)
     assert run.returncode == 3, err

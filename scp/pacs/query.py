@@ -70,12 +70,13 @@ def studies_on(session: Session, day: dt.date) -> list[PacsStudy]:
 def _collect(
     session: Session, day: dt.date, window: tuple[int, int] | None, found: dict[str, PacsStudy]
 ) -> None:
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = ""
-    identifier.StudyDate = day.strftime("%Y%m%d")
-    identifier.StudyTime = "" if window is None else _time_range(*window)
-    identifier.NumberOfStudyRelatedInstances = ""
+    identifier = _identifier(
+        "STUDY",
+        StudyInstanceUID="",
+        StudyDate=day.strftime("%Y%m%d"),
+        StudyTime="" if window is None else _time_range(*window),
+        NumberOfStudyRelatedInstances="",
+    )
     answer = _find(session, identifier)
     if answer.capped:
         low, high = window or (0, _END_OF_DAY)
@@ -91,39 +92,37 @@ def _collect(
         _collect(session, day, (middle, high), found)
         return
     for index, record in enumerate(answer.records):
-        uid = _uid(session, record, "StudyInstanceUID", index)
-        found[uid] = PacsStudy(
-            study_uid=uid,
-            study_date=_text(record, "StudyDate")[:8],
-            instances=_count(session, record, "NumberOfStudyRelatedInstances", index),
-        )
+        study = _study(session, record, index)
+        found[study.study_uid] = study
 
 
 def study_by_uid(session: Session, study_uid: str) -> PacsStudy | None:
     """The study with that Study Instance UID, whatever its date, or None."""
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = study_uid
-    identifier.StudyDate = ""
-    identifier.NumberOfStudyRelatedInstances = ""
+    identifier = _identifier(
+        "STUDY", StudyInstanceUID=study_uid, StudyDate="", NumberOfStudyRelatedInstances=""
+    )
     answer = _find(session, identifier)
-    for index, record in enumerate(answer.records):
-        if _uid(session, record, "StudyInstanceUID", index) == study_uid:
-            return PacsStudy(
-                study_uid,
-                _text(record, "StudyDate")[:8],
-                _count(session, record, "NumberOfStudyRelatedInstances", index),
-            )
-    return None
+    studies = [_study(session, record, index) for index, record in enumerate(answer.records)]
+    return next((study for study in studies if study.study_uid == study_uid), None)
+
+
+def _study(session: Session, record: Dataset, index: int) -> PacsStudy:
+    """One STUDY-level record, checked."""
+    return PacsStudy(
+        study_uid=_uid(session, record, "StudyInstanceUID", index),
+        study_date=_text(record, "StudyDate")[:8],
+        instances=_count(session, record, "NumberOfStudyRelatedInstances", index),
+    )
 
 
 def series_of(session: Session, study_uid: str) -> list[PacsSeries]:
     """The series of one study with their instance counts."""
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "SERIES"
-    identifier.StudyInstanceUID = study_uid
-    identifier.SeriesInstanceUID = ""
-    identifier.NumberOfSeriesRelatedInstances = ""
+    identifier = _identifier(
+        "SERIES",
+        StudyInstanceUID=study_uid,
+        SeriesInstanceUID="",
+        NumberOfSeriesRelatedInstances="",
+    )
     answer = _find(session, identifier)
     if answer.capped:
         raise QueryFailed(
@@ -138,6 +137,15 @@ def series_of(session: Session, study_uid: str) -> list[PacsSeries]:
             uid, _count(session, record, "NumberOfSeriesRelatedInstances", index)
         )
     return sorted(found.values(), key=lambda s: s.series_uid)
+
+
+def _identifier(level: str, **elements: str) -> Dataset:
+    """A query identifier: matching keys with values, return keys empty (DICOM keywords)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    for keyword, value in elements.items():
+        setattr(identifier, keyword, value)
+    return identifier
 
 
 def _find(session: Session, identifier: Dataset) -> _Answer:
