@@ -312,6 +312,31 @@ def test_backfill_killed_half_way_resumes_and_fetches_every_study_once(
     assert _studies_done(data, pacs, since, until) == 50
 
 
+def test_backfill_interrupted_by_ctrl_c_says_so_and_resumes(
+    pacs: OrthancProcess, pipeline: Pipeline, tmp_path: Path, data: Any
+) -> None:
+    import signal
+
+    studies = _studies_over_days(tmp_path, ["20210316", "20210317"], 8)
+    pacs.store([f for s in studies for f in s.files])
+    since, until = "2021-03-16", "2021-03-17"
+
+    run = _backfill_until(pipeline, pacs, data, since, until, done=4)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "scp2fhir: backfill: interrupted; the same command resumes"
+    )
+    assert not data.keys(keys.backfill_lock("*")), "the lock outlived the run"
+
+    rerun = _backfill(pipeline, pacs, since, until)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert "resuming backfill" in err
+    _assert_every_study_once(pipeline, studies)
+
+
 @pytest.mark.slow
 def test_pacs_stopped_mid_backfill_is_a_clear_error_and_a_rerun_finishes(
     pacs: OrthancProcess, pipeline: Pipeline, tmp_path: Path, data: Any

@@ -72,8 +72,8 @@ class Fetcher:
                     if exc.fatal:
                         fatal.append(exc)
                         self._stop.set()
-                if self._stop.is_set() and outcome.error is not None and fatal:
-                    return  # a casualty of the fault raised below, not a result of its own
+                if self._stop.is_set() and outcome.error is not None:
+                    return  # a casualty of the fault raised below or of Ctrl-C, not a result
                 with report:
                     on_result(outcome)
 
