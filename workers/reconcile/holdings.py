@@ -1,16 +1,19 @@
 """What scp2fhir holds of a study, read from Redis: its aggregate (while kept), the
-instances acknowledged but not yet folded, and the ledger entry of its last emission."""
+instances acknowledged but not yet folded, and the ledger entry of its last emission.
+
+The aggregate is read through :meth:`workers.aggregates.AggregateStore.load`, the same
+reading the emission makes, so "held" means exactly the instances an ImagingStudy built
+now would show; only studies that have an aggregate are loaded."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import redis
 
 from scp import keys
 from workers import ledger
+from workers.aggregates import AggregateStore
 from workers.ledger import LedgerEntry
 
 
@@ -25,6 +28,8 @@ class Holding:
     open: bool
     #: What its last emission held, if it was ever emitted.
     emitted: LedgerEntry | None
+    #: Series Instance UID -> instances in the aggregate.
+    aggregate_series: dict[str, int] = field(default_factory=dict)
 
     @property
     def held(self) -> int:
@@ -34,6 +39,12 @@ class Holding:
             return self.aggregate
         return self.emitted.instances if self.emitted is not None else 0
 
+    def series_counts(self) -> dict[str, int]:
+        """Series Instance UID -> instances scp2fhir has of it (aggregate, else ledger)."""
+        if self.aggregate:
+            return dict(self.aggregate_series)
+        return dict(self.emitted.series) if self.emitted is not None else {}
+
 
 def read(connection: redis.Redis, study_uids: list[str]) -> dict[str, Holding]:
     """Holdings of ``study_uids`` (a study scp2fhir knows nothing of holds zeros)."""
@@ -41,35 +52,25 @@ def read(connection: redis.Redis, study_uids: list[str]) -> dict[str, Holding]:
         return {}
     pipe = connection.pipeline(transaction=False)
     for uid in study_uids:
-        pipe.hlen(keys.study_instances(uid))
+        pipe.exists(keys.study_instances(uid))
         pipe.zscore(keys.OPEN_STUDIES, uid)
     pipe.hmget(keys.INFLIGHT, study_uids)
     *replies, inflight = pipe.execute()
     entries = ledger.read(connection, study_uids)
+    store = AggregateStore(connection)
     holdings = {}
     for index, uid in enumerate(study_uids):
-        size, open_score = replies[2 * index], replies[2 * index + 1]
+        exists, open_score = replies[2 * index], replies[2 * index + 1]
+        series: dict[str, int] = {}
+        if exists:
+            members = store.load(uid).members_by_series()
+            series = {series_uid: len(items) for series_uid, items in members.items()}
         holdings[uid] = Holding(
             study_uid=uid,
-            aggregate=int(size),
+            aggregate=sum(series.values()),
             waiting=int(inflight[index] or 0),
             open=open_score is not None,
             emitted=entries.get(uid),
+            aggregate_series=series,
         )
     return holdings
-
-
-def series_counts(connection: redis.Redis, holding: Holding) -> dict[str, int]:
-    """Series Instance UID -> instances scp2fhir has of it (aggregate, else ledger)."""
-    if not holding.aggregate:
-        return dict(holding.emitted.series) if holding.emitted is not None else {}
-    counts: dict[str, int] = {}
-    cursor = 0
-    while True:
-        reply: Any = connection.hscan(keys.study_instances(holding.study_uid), cursor, count=1000)
-        cursor, records = reply
-        for record in records.values():
-            series_uid = json.loads(record)["series_uid"]
-            counts[series_uid] = counts.get(series_uid, 0) + 1
-        if cursor == 0:
-            return counts

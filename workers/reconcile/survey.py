@@ -54,9 +54,7 @@ def judge(session: Session, connection: redis.Redis, studies: list[PacsStudy]) -
                     "compare with",
                     0,
                 )
-            found = verdict.by_series(
-                study, holding, pacs_series, holdings.series_counts(connection, holding)
-            )
+            found = verdict.by_series(study, holding, pacs_series, holding.series_counts())
         verdicts.append(found)
     return verdicts
 
