@@ -101,6 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(forget, "redis", "emit")
     forget.add_argument("--study", required=True, help="Study Instance UID")
+    # Reconcile and backfill against a PACS (workers/reconcile/command.py).
+    from workers.reconcile.command import add_arguments as pacs_arguments
+
+    reconcile = verbs.add_parser(
+        "reconcile", help="compare with a PACS (C-FIND): missing, incomplete, complete studies"
+    )
+    common(reconcile, "redis")
+    pacs_arguments(reconcile, "reconcile")
+    backfill = verbs.add_parser(
+        "backfill", help="fetch a period of a PACS's archive, day by day, resumable"
+    )
+    common(backfill, "redis")
+    pacs_arguments(backfill, "backfill")
     return parser
 
 
@@ -133,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from workers.context import mapping_options
 
             mapping_options(settings)  # the mapping's own checks, reported the same way
+        if args.verb in ("worker", "up"):
+            from scp.pacs.settings import PacsSettings
+
+            PacsSettings.from_env(env, settings.ae_title)  # the scheduled reconcile's
     except ConfigError as exc:
         print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -146,9 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(settings)
         return 0
     if args.verb == "worker":
+        from scp.pacs.settings import PacsSettings
         from workers.runner import run
 
-        run(settings, burst=args.burst)
+        run(settings, burst=args.burst, pacs=PacsSettings.from_env(env, settings.ae_title))
         return 0
     if args.verb == "up":
         from scp.supervisor import up as run_up
@@ -162,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _retry_failed(settings, args.study)
     if args.verb in ("retract", "forget"):
         return _lifecycle(settings, args.verb, args.study, getattr(args, "reason", None))
+    if args.verb in ("reconcile", "backfill"):
+        from workers.reconcile import command
+
+        return command.run(args.verb, settings, env, args)
     if args.verb == "convert":
         from workers.context import mapping_options
         from workers.convert import convert

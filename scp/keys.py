@@ -36,6 +36,10 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
                                                     last_arrival (ms), series, instances,
                                                     after_quiet_ms; expires with the retention
     scp2fhir:dead-letter                   LIST     inbox entries no worker could fold (JSON)
+    scp2fhir:ledger                        HASH     S -> what its last emission held: instances
+                                                    in all and per series (JSON); kept for good
+                                                    (workers/ledger.py)
+    scp2fhir:ledger:dates                  ZSET     S -> its Study Date as YYYYMMDD (0: none)
     scp2fhir:sweep-scheduled               STRING   set while the periodic sweep is scheduled
     scp2fhir:metrics:counters              HASH     name (no labels) or JSON '["<name>",{"<label>":
                                                     "<value>"}]' -> count
@@ -65,6 +69,18 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
                                                     before it expires, shared by the workers'
                                                     job processes; protect Redis accordingly
 
+  Reconcile and backfill against a PACS (``R`` = hash of the PACS address and date range):
+
+    scp2fhir:backfill:R                    HASH     pacs, since, until, counters, state of a
+                                                    backfill run (kept 30 days after it ends)
+    scp2fhir:backfill:R:days               SET      days (YYYYMMDD) the run has finished
+    scp2fhir:backfill:R:day:D              SET      S of day D the run found complete or moved
+                                                    in full (dropped once D is finished)
+    scp2fhir:backfill:R:lock               STRING   held by the running backfill (renewed)
+    scp2fhir:reconcile:last                STRING   outcome of the last scheduled reconcile
+                                                    (JSON: counts per state, error, time)
+    scp2fhir:reconcile-scheduled           STRING   set while the next one is scheduled
+
 RQ keeps its own keys under ``rq:``; scp2fhir's jobs run on the queues below.
 
 Study- and series-level attributes are decided from the instances' variants when the
@@ -86,6 +102,10 @@ EMITTED = f"{PREFIX}:emitted"
 DEAD_LETTER = f"{PREFIX}:dead-letter"
 SWEEP_SCHEDULED = f"{PREFIX}:sweep-scheduled"
 METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
+LEDGER = f"{PREFIX}:ledger"
+LEDGER_DATES = f"{PREFIX}:ledger:dates"
+RECONCILE_LAST = f"{PREFIX}:reconcile:last"
+RECONCILE_SCHEDULED = f"{PREFIX}:reconcile-scheduled"
 DELIVER_PENDING = f"{PREFIX}:deliver-pending"
 DELIVER_FAILED = f"{PREFIX}:deliver-failed"
 DISAGREEMENTS = f"{PREFIX}:disagreements"
@@ -204,3 +224,19 @@ def fhir_no_gzip(server_hash: str) -> str:
 
 def fhir_token(client_hash: str) -> str:
     return f"{PREFIX}:fhir:token:{client_hash}"
+
+
+def backfill(run: str) -> str:
+    return f"{PREFIX}:backfill:{run}"
+
+
+def backfill_days(run: str) -> str:
+    return f"{PREFIX}:backfill:{run}:days"
+
+
+def backfill_day(run: str, day: str) -> str:
+    return f"{PREFIX}:backfill:{run}:day:{day}"
+
+
+def backfill_lock(run: str) -> str:
+    return f"{PREFIX}:backfill:{run}:lock"

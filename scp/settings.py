@@ -284,6 +284,47 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "A C-STORE into a study retracted with `scp2fhir retract`: `stay` (it is folded, the "
         "study stays entered-in-error) or `revive` (the retraction is lifted).",
     ),
+    # Reconcile and backfill against a PACS: parsed by scp.pacs.settings.PacsSettings.
+    "SCP2FHIR_PACS": (
+        "(unset)",
+        "The PACS `reconcile`, `backfill` and the scheduled reconcile talk to, as "
+        "`AET@host:port`; `--pacs` overrides it.",
+    ),
+    "SCP2FHIR_PACS_CALLING_AE": (
+        "(AE title)",
+        "Calling AE title of the C-FIND and C-MOVE requests (default: SCP2FHIR_AE_TITLE); "
+        "the PACS must allow it to query and move.",
+    ),
+    "SCP2FHIR_PACS_MOVE_DESTINATION": (
+        "(AE title)",
+        "AE title the PACS is asked to move studies to: the scp2fhir SCP as the PACS knows "
+        "it (default: SCP2FHIR_AE_TITLE).",
+    ),
+    "SCP2FHIR_PACS_TIMEOUT": (
+        "30",
+        "Seconds to connect to the PACS, to associate, and to wait for each C-FIND response.",
+    ),
+    "SCP2FHIR_PACS_MOVE_TIMEOUT": (
+        "600",
+        "Seconds to wait for the next C-MOVE response (some PACS answer only when the whole "
+        "study has been sent).",
+    ),
+    "SCP2FHIR_PACS_MAX_RESULTS": (
+        "1000",
+        "C-FIND results read per query; a day with more (or whose answer the PACS caps) is "
+        "asked again in smaller Study Time windows, down to a minute.",
+    ),
+    "SCP2FHIR_PACS_MOVES": ("2", "C-MOVEs at once (backfill, reconcile --fetch)."),
+    "SCP2FHIR_RECONCILE_DAYS": (
+        "7",
+        "Days (up to today) reconciled when `--since` is not given, and by the scheduled "
+        "reconcile.",
+    ),
+    "SCP2FHIR_RECONCILE_EVERY_HOURS": (
+        "0",
+        "The workers reconcile the last SCP2FHIR_RECONCILE_DAYS days with SCP2FHIR_PACS "
+        "every so many hours (0: never); drift on the status page and in /metrics.",
+    ),
 }
 
 FhirWriteMode = Literal["conditional", "client-id"]

@@ -80,6 +80,8 @@ class Snapshot:
     inbox_dead_letters: int = 0
     #: Studies whose FHIR delivery was given up.
     delivery_dead_letters: int = 0
+    #: Outcome of the last scheduled reconcile with the PACS (None: none has run).
+    reconcile: dict[str, Any] | None = None
 
     @property
     def past_quiet(self) -> list[OpenStudy]:
@@ -140,6 +142,7 @@ def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int
         queues=queues,
         inbox_dead_letters=int(str(data.llen(keys.DEAD_LETTER))),
         delivery_dead_letters=int(str(data.hlen(keys.DELIVER_FAILED))),
+        reconcile=_last_reconcile(data),
     )
 
 
@@ -259,6 +262,29 @@ def _mean(hists: dict[str, str], name: str, scale: float) -> float | None:
     return total / count / 1e6 * scale
 
 
+def _last_reconcile(data: redis.Redis) -> dict[str, Any] | None:
+    raw = data.get(keys.RECONCILE_LAST)
+    try:
+        outcome = json.loads(str(raw)) if raw else None
+    except ValueError:
+        return None
+    return outcome if isinstance(outcome, dict) else None
+
+
+def reconcile_line(snap: Snapshot) -> str | None:
+    """The drift found by the last scheduled reconcile, as one line."""
+    outcome = snap.reconcile
+    if outcome is None:
+        return None
+    ago = (snap.now_ms - int(outcome.get("at_ms", snap.now_ms))) / 1000
+    where = f"last reconcile with {outcome.get('pacs')} ({ago:.0f}s ago, {outcome.get('since')}.."
+    where += f"{outcome.get('until')})"
+    if outcome.get("error"):
+        return f"{where}: failed: {outcome['error']}"
+    counts = ", ".join(f"{n} {state}" for state, n in (outcome.get("counts") or {}).items())
+    return f"{where}: {counts}; {outcome.get('missing_instances', 0)} instances missing"
+
+
 # --- text --------------------------------------------------------------------------------
 
 
@@ -299,6 +325,9 @@ def render_text(snap: Snapshot) -> str:
             lines.append(
                 f"    instances disagree on {found['keyword']} ({found['level']}): {counts}"
             )
+    drift = reconcile_line(snap)
+    if drift:
+        lines.append(drift)
     lines.append("queues (queued / started / scheduled / failed):")
     for queue in snap.queues:
         lines.append(

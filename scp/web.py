@@ -42,7 +42,15 @@ from scp import charts, keys, metrics
 from scp.access import REJECTION_REASONS
 from scp.connections import RedisClients
 from scp.settings import Settings
-from scp.status import DELIVERY_STATES, EmittedStudy, Minute, Snapshot, history, snapshot
+from scp.status import (
+    DELIVERY_STATES,
+    EmittedStudy,
+    Minute,
+    Snapshot,
+    history,
+    reconcile_line,
+    snapshot,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +165,7 @@ class RedisCollector(Collector):
                 float(int(str(data.zcard(keys.DELIVER_PENDING)))),
             ),
             queue,
+            *_reconcile_gauges(snap.reconcile),
         ]
 
 
@@ -165,6 +174,37 @@ def _float(value: str | None) -> float:
         return float(value) if value else 0.0
     except ValueError:
         return 0.0
+
+
+def _reconcile_gauges(outcome: dict[str, Any] | None) -> Iterator[GaugeMetricFamily]:
+    """Drift found by the last scheduled reconcile (nothing until one has run)."""
+    if outcome is None:
+        return
+    yield _gauge(
+        "reconcile_last_run_timestamp_seconds",
+        "When the last scheduled reconcile with the PACS ran.",
+        outcome.get("at_ms", 0) / 1000,
+    )
+    yield _gauge(
+        "reconcile_failed",
+        "1 if the last scheduled reconcile failed.",
+        float(bool(outcome.get("error"))),
+    )
+    if outcome.get("error"):
+        return  # the last counts would pass for current
+    studies = GaugeMetricFamily(
+        "scp2fhir_reconcile_studies",
+        "Studies of the reconciled days by state, as of the last scheduled reconcile.",
+        labels=["state"],
+    )
+    for state, count in (outcome.get("counts") or {}).items():
+        studies.add_metric([state], float(count))
+    yield studies
+    yield _gauge(
+        "reconcile_missing_instances",
+        "Instances the PACS has and scp2fhir lacks, as of the last scheduled reconcile.",
+        float(outcome.get("missing_instances", 0)),
+    )
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
@@ -305,6 +345,7 @@ def render_html(snap: Snapshot, minutes: list[Minute] | None = None, refresh: in
         )
         or '<tr><td colspan="7">none yet</td></tr>'
     )
+    drift = reconcile_line(snap)
     queues = "".join(
         f"<tr><td>{html.escape(q.name)}</td><td>{q.queued}</td><td>{q.started}</td>"
         f"<td>{q.scheduled}</td><td>{q.failed}</td></tr>"
@@ -362,6 +403,7 @@ figcaption{{font-size:90%;margin-bottom:4px}}</style></head><body>
 &middot; <span class="{dead}">delivery dead letters: {snap.delivery_dead_letters}</span>
 (FHIR deliveries given up; <code>scp2fhir retry-failed</code>)</p>
 <h2>Last hour</h2><div class="charts">{figures}</div>
+{f"<p>{html.escape(drift)}</p>" if drift else ""}
 <h2>Open studies ({len(snap.open_studies)})</h2>
 <table><tr><th>Study Instance UID</th><th>series</th><th>instances</th><th>to fold</th>
 <th>quiet in</th></tr>{rows}</table>

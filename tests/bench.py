@@ -146,11 +146,14 @@ class System:
         return self.cwd / "out" / "ImagingStudy" / f"{study_uid}.json"
 
     def redis_url(self) -> str:
-        # The private Redis's port is in its command line.
+        # The private Redis's port is in its command line, which redis-server rewrites to
+        # "redis-server 127.0.0.1:PORT" once it runs.
         for pid in _descendants(self.proc.pid):
             cmd = _cmdline(pid)
             if cmd and "redis-server" in cmd[0]:
-                return f"redis://127.0.0.1:{cmd[cmd.index('--port') + 1]}/0"
+                if "--port" in cmd:
+                    return f"redis://127.0.0.1:{cmd[cmd.index('--port') + 1]}/0"
+                return f"redis://{cmd[0].split()[-1]}/0"
         raise RuntimeError("private redis-server not found")
 
     def _sample_rss(self) -> None:

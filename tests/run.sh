@@ -19,7 +19,8 @@ command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 # recommends (only the tools are needed: no exporter daemon comes along).
 bare=()
 command -v promtool >/dev/null 2>&1 || bare+=(prometheus)
-# Orthanc routes studies to scp2fhir as the README tells (tests/test_ops.py).
+# Orthanc routes studies to scp2fhir as the README tells (tests/test_ops.py) and is the
+# PACS of the reconcile/backfill tests (each starts its own on free ports).
 [ -x /usr/sbin/Orthanc ] || bare+=(orthanc)
 if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ${bare[*]} from Debian's packages"

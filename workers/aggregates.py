@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from scp import keys
+from workers import ledger
 from workers.fold import Received, Rejection, Retraction, StudyAggregate, digest, resolve
 from workers.summary import InstanceSummary
 
@@ -132,12 +133,15 @@ return rejected
 
 # Close a study after its emission, unless something arrived meanwhile. A retention of 0
 # means the output still has to be delivered to the FHIR server: the aggregate is kept
-# (no expiry) and the study is listed as pending; the delivery starts the clock.
+# (no expiry) and the study is listed as pending; the delivery starts the clock. The
+# ledger entry (workers/ledger.py) is written in the same step.
 _CLOSE = """
 local open, inflight, emitted, check, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local pending, signals, k_study = KEYS[6], KEYS[7], KEYS[8]
+local pending, signals, ledger, ledger_dates = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local k_study = KEYS[10]
 local study, seen, token, now, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local consume_signals = ARGV[6] == '1'
+local ledger_entry, study_date = ARGV[7], ARGV[8]
 local closed = 0
 local score = redis.call('ZSCORE', open, study)
 if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflight, study) then
@@ -148,10 +152,13 @@ if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflig
   redis.call('HINCRBY', k_study, 'generation', 1)
   -- The completion signal that triggered this emission is used up.
   if consume_signals then redis.call('DEL', signals) end
+  -- What was emitted, kept for good for reconcile (workers/ledger.py).
+  redis.call('HSET', ledger, study, ledger_entry)
+  redis.call('ZADD', ledger_dates, study_date, study)
   if tonumber(retention) > 0 then
-    for i = 8, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
+    for i = 10, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
   else
-    for i = 8, #KEYS do redis.call('PERSIST', KEYS[i]) end
+    for i = 10, #KEYS do redis.call('PERSIST', KEYS[i]) end
     redis.call('ZADD', pending, now, study)
   end
   closed = 1
@@ -302,9 +309,11 @@ class AggregateStore:
         retention clock on its keys, or, ``until_delivered``, keep them and list the study
         in :data:`scp.keys.DELIVER_PENDING` (the delivery starts the clock once the FHIR
         server has the output). Later records are the next generation; the completion
-        signals that triggered the emission are used up (``consume_signals``). Releases
-        the lease either way."""
+        signals that triggered the emission are used up (``consume_signals``); what was
+        emitted is recorded in the ledger (:mod:`workers.ledger`). Releases the lease
+        either way."""
         uid = aggregate.study_uid
+        entry = ledger.entry_for(aggregate, now_ms)
         closed = self._close(
             keys=[
                 keys.OPEN_STUDIES,
@@ -314,6 +323,8 @@ class AggregateStore:
                 keys.study_lease(uid),
                 keys.DELIVER_PENDING,
                 keys.study_signals(uid),
+                keys.LEDGER,
+                keys.LEDGER_DATES,
                 *keys.study_aggregate_keys(uid),
             ],
             args=[
@@ -323,6 +334,8 @@ class AggregateStore:
                 now_ms,
                 0 if until_delivered else retention_ms,
                 "1" if consume_signals else "",
+                entry.dumps(),
+                entry.study_date,
             ],
         )
         return bool(closed)

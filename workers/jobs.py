@@ -44,6 +44,7 @@ from workers.lifecycle.rejection import REJECTION_TITLES
 from workers.mapping import Resource, imaging_study, standalone_resources, study_bundle
 from workers.output import write_resource
 from workers.profiles import Gaps
+from workers.reconcile import schedule as reconcile_schedule
 from workers.summary import InstanceSummary, log_warnings, summarize
 
 logger = logging.getLogger(__name__)
@@ -499,6 +500,7 @@ def sweep() -> dict[str, Any]:
     unchecked = [uid for uid in open_studies if not data.exists(keys.study_check(uid))]
     schedule_checks(ctx, unchecked)
     redelivered = delivery.sweep_deliveries(ctx)
+    reconcile_schedule.ensure_scheduled(ctx)  # re-schedules a lost one; off by default
     ensure_sweep_scheduled(ctx)
     return {
         "reclaimed": reclaimed,

@@ -27,9 +27,11 @@ from rq import Worker
 from scp import keys, logs, metrics
 from scp.connections import connect
 from scp.logs import library_level
+from scp.pacs.settings import PacsSettings
 from scp.settings import Settings
 from workers.context import WorkerContext, install
 from workers.jobs import ensure_group, ensure_sweep_scheduled
+from workers.reconcile import schedule
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,12 @@ class _Worker(Worker):
             os.kill(self.companion.pid, signum)
 
 
-def run(settings: Settings, burst: bool = False) -> None:
+def run(settings: Settings, burst: bool = False, pacs: PacsSettings | None = None) -> None:
     context = _context(settings)
     ensure_sweep_scheduled(context)
+    if pacs is not None:  # the scheduled reconcile (off unless configured), on the emit queue
+        schedule.install(pacs)
+        schedule.ensure_scheduled(context, delay_seconds=schedule.FIRST_DELAY_SECONDS)
     if settings.fhir_base_url is None:
         # Listed in order of preference: folding first.
         queues = [keys.FOLD_QUEUE, keys.EMIT_QUEUE, keys.DELIVER_QUEUE]
