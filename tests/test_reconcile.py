@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from scp import keys
+from scp import keys, metrics
 from tests.conftest import ROOT, Pipeline, pipeline_env
 from tests.orthanc import OrthancProcess, dated_study
 from tests.support import storescu
@@ -262,7 +262,8 @@ def _studies_done(data: Any, pacs: OrthancProcess, since: str, until: str) -> in
 
 
 def _received(data: Any) -> int:
-    return int(data.hget(keys.METRICS_COUNTERS, "instances_received_total|status=0x0000") or 0)
+    field = metrics.encode_field("instances_received_total", {"status": "0x0000"})
+    return int(data.hget(keys.METRICS_COUNTERS, field) or 0)
 
 
 def _assert_every_study_once(pipeline: Pipeline, studies: list[Any]) -> None:
