@@ -9,7 +9,8 @@ A process that dies loses at most that last second of counts.
 Redis layout (see also :mod:`scp.keys`)::
 
     scp2fhir:metrics:counters          HASH  "<name>|<label>=<value>" -> count
-    scp2fhir:metrics:hist:<name>       HASH  "le=<bound>" -> count, "sum", "count"
+    scp2fhir:metrics:hist:<name>       HASH  "[<label>=<value>|...]le=<bound>" -> count,
+                                             and "count", "sum_us" (same label prefix)
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ COUNTERS: dict[str, str] = {
     "instances_received_total": "C-STORE requests answered, by DIMSE status.",
     "instances_folded_total": "Instances folded into study aggregates.",
     "emissions_total": "ImagingStudy resources written.",
-    "delivery_attempts_total": "Requests sent to the FHIR server, by outcome.",
-    "delivery_failures_total": "Deliveries given up (dead-lettered).",
+    "delivery_attempts_total": "Delivery attempts, by destination and outcome.",
+    "delivery_failures_total": "Deliveries given up (dead-lettered), by destination.",
 }
 
 
@@ -66,17 +67,18 @@ class Recorder:
         with self._lock:
             self._counts[field] += amount
 
-    def observe(self, name: str, seconds: float) -> None:
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
         bounds = BUCKETS[name]
+        prefix = "".join(f"{k}={v}|" for k, v in sorted(labels.items()))
         with self._lock:
             hist = self._hist.setdefault(name, Counter())
             for bound in bounds:
                 if seconds <= bound:
-                    hist[f"le={bound:g}"] += 1
-            hist["le=+Inf"] += 1
-            hist["count"] += 1
+                    hist[f"{prefix}le={bound:g}"] += 1
+            hist[f"{prefix}le=+Inf"] += 1
+            hist[f"{prefix}count"] += 1
             # Sums are kept in microseconds so Redis can add them as integers.
-            hist["sum_us"] += int(seconds * 1_000_000)
+            hist[f"{prefix}sum_us"] += int(seconds * 1_000_000)
 
     def start(self) -> Recorder:
         if self._redis is not None and self._thread is None:

@@ -4,6 +4,7 @@ status page. Identifiers only (UIDs, counts, times), never patient data."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +40,15 @@ class QueueState:
 
 
 @dataclass(frozen=True)
+class DestinationState:
+    """One delivery destination: studies waiting for it, and its dead letters."""
+
+    name: str
+    pending: int
+    dead_lettered: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     now_ms: int
     inbox_backlog: int
@@ -46,12 +56,19 @@ class Snapshot:
     emitted: list[EmittedStudy] = field(default_factory=list)
     queues: list[QueueState] = field(default_factory=list)
     dead_letters: int = 0
+    destinations: list[DestinationState] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int = 10) -> Snapshot:
+def snapshot(
+    data: redis.Redis,
+    rq: redis.Redis,
+    quiet_seconds: float,
+    last: int = 10,
+    destinations: Sequence[str] = (),
+) -> Snapshot:
     seconds, micros = data.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     open_studies = []
@@ -94,6 +111,14 @@ def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int
         emitted=[EmittedStudy(uid, int(ms)) for uid, ms in recent],
         queues=queues,
         dead_letters=int(str(data.llen(keys.DEAD_LETTER))),
+        destinations=[
+            DestinationState(
+                name,
+                int(str(data.zcard(keys.deliver_pending(name)))),
+                int(str(data.hlen(keys.deliver_failed(name)))),
+            )
+            for name in destinations
+        ],
     )
 
 
@@ -116,6 +141,12 @@ def render_text(snap: Snapshot) -> str:
     for item in snap.emitted:
         ago = (snap.now_ms - item.emitted_at_ms) / 1000
         lines.append(f"  {item.study_uid:<64} {ago:>8.0f}s ago")
+    if snap.destinations:
+        lines.append("destinations (studies pending / dead-lettered):")
+        for destination in snap.destinations:
+            lines.append(
+                f"  {destination.name:<20} {destination.pending:>6} {destination.dead_lettered:>6}"
+            )
     lines.append("queues (queued / started / scheduled / failed):")
     for queue in snap.queues:
         lines.append(

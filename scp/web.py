@@ -19,7 +19,7 @@ import html
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -44,9 +44,12 @@ logger = logging.getLogger(__name__)
 class RedisCollector(Collector):
     """Turns the counters and histograms in Redis into Prometheus metric families."""
 
-    def __init__(self, clients: RedisClients, quiet_seconds: float) -> None:
+    def __init__(
+        self, clients: RedisClients, quiet_seconds: float, destinations: Sequence[str] = ()
+    ) -> None:
         self.clients = clients
         self.quiet_seconds = quiet_seconds
+        self.destinations = tuple(destinations)
 
     def collect(self) -> Iterator[Any]:
         data = self.clients.data
@@ -67,12 +70,29 @@ class RedisCollector(Collector):
             raw: dict[str, str] = data.hgetall(keys.metrics_histogram(name))  # type: ignore[assignment]
             if not raw:
                 continue
-            buckets = [(f"{b:g}", float(raw.get(f"le={b:g}", 0))) for b in bounds]
-            buckets.append(("+Inf", float(raw.get("le=+Inf", 0))))
-            histogram = HistogramMetricFamily(f"scp2fhir_{name}", name.replace("_", " "))
-            histogram.add_metric([], buckets, sum_value=float(raw.get("sum_us", 0)) / 1e6)
+            # Fields are "[label=value|...]le=<bound>" (and count, sum_us): one series each.
+            series: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+            for field, value in raw.items():
+                *pairs, last = field.split("|")
+                label_set = tuple((k, v) for k, _, v in (pair.partition("=") for pair in pairs))
+                series.setdefault(label_set, {})[last] = value
+            names = sorted({k for label_set in series for k, _ in label_set})
+            histogram = HistogramMetricFamily(
+                f"scp2fhir_{name}", name.replace("_", " "), labels=names
+            )
+            for label_set, fields in sorted(series.items()):
+                buckets = [(f"{b:g}", float(fields.get(f"le={b:g}", 0))) for b in bounds]
+                buckets.append(("+Inf", float(fields.get("le=+Inf", 0))))
+                given = dict(label_set)
+                histogram.add_metric(
+                    [given.get(k, "") for k in names],
+                    buckets,
+                    sum_value=float(fields.get("sum_us", 0)) / 1e6,
+                )
             yield histogram
-        snap = snapshot(data, self.clients.rq, self.quiet_seconds, last=0)
+        snap = snapshot(
+            data, self.clients.rq, self.quiet_seconds, last=0, destinations=self.destinations
+        )
         yield _gauge(
             "open_studies", "Studies receiving instances (not yet quiet).", len(snap.open_studies)
         )
@@ -85,15 +105,32 @@ class RedisCollector(Collector):
             for state in ("queued", "started", "scheduled", "failed"):
                 queue.add_metric([q.name, state], float(getattr(q, state)))
         yield queue
+        pending = GaugeMetricFamily(
+            "scp2fhir_delivery_pending",
+            "Studies whose newest output a destination does not have yet.",
+            labels=["destination"],
+        )
+        dead = GaugeMetricFamily(
+            "scp2fhir_delivery_dead_letters",
+            "Studies a destination dead-lettered (retry-failed re-queues them).",
+            labels=["destination"],
+        )
+        for destination in snap.destinations:
+            pending.add_metric([destination.name], float(destination.pending))
+            dead.add_metric([destination.name], float(destination.dead_lettered))
+        yield pending
+        yield dead
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"scp2fhir_{name}", text, value=value)
 
 
-def make_server(settings: Settings, clients: RedisClients, port: int) -> ThreadingHTTPServer:
+def make_server(
+    settings: Settings, clients: RedisClients, port: int, destinations: Sequence[str] = ()
+) -> ThreadingHTTPServer:
     registry = CollectorRegistry()
-    registry.register(RedisCollector(clients, settings.quiet_seconds))
+    registry.register(RedisCollector(clients, settings.quiet_seconds, destinations))
     credentials = None
     if settings.dashboard_username and settings.dashboard_password:
         credentials = (settings.dashboard_username, settings.dashboard_password)
@@ -117,10 +154,14 @@ def make_server(settings: Settings, clients: RedisClients, port: int) -> Threadi
                         200 if ready else 503, b"ok\n" if ready else b"redis down\n", "text/plain"
                     )
                 elif path == "/status.json":
-                    snap = snapshot(clients.data, clients.rq, settings.quiet_seconds)
+                    snap = snapshot(
+                        clients.data, clients.rq, settings.quiet_seconds, destinations=destinations
+                    )
                     self._send(200, json.dumps(snap.as_json()).encode(), "application/json")
                 elif path == "/":
-                    snap = snapshot(clients.data, clients.rq, settings.quiet_seconds)
+                    snap = snapshot(
+                        clients.data, clients.rq, settings.quiet_seconds, destinations=destinations
+                    )
                     self._send(200, render_html(snap).encode(), "text/html; charset=utf-8")
                 else:
                     self._send(404, b"not found\n", "text/plain")
@@ -197,9 +238,13 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><bo
 
 
 def serve(
-    settings: Settings, clients: RedisClients, port: int, stop: threading.Event | None = None
+    settings: Settings,
+    clients: RedisClients,
+    port: int,
+    stop: threading.Event | None = None,
+    destinations: Sequence[str] = (),
 ) -> None:
-    server = make_server(settings, clients, port)
+    server = make_server(settings, clients, port, destinations)
     thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
     thread.start()
     logger.info(

@@ -39,12 +39,15 @@ import jwt
 import pytest
 import redis
 
-from scp import keys
+from scp import config, keys
+from scp.connections import connect
 from scp.header import extract_header, read_dataset
 from scp.inbox import Inbox
 from tests.conftest import ROOT, TEST_QUIET_SECONDS, start_worker, stop_process
 from tests.fhirserver.harness import FhirServer
 from tests.support import GeneratedStudy, make_study, wait_for
+from workers.context import WorkerContext
+from workers.delivery.settings import delivery_settings
 from workers.summary import summarize
 
 # The tests poll the FHIR server often; httpx would log every poll at INFO.
@@ -469,6 +472,14 @@ class Worker:
         stop_process(self.process)
 
 
+def worker_context(env: dict[str, str]) -> WorkerContext:
+    """The context ``scp2fhir worker`` builds from ``env`` (settings and destinations)."""
+    loaded = config.load(env)
+    settings = config.settings(loaded)
+    delivery = delivery_settings(loaded, settings)
+    return WorkerContext.build(settings, connect(settings.require_redis_url()), delivery)
+
+
 def studies_by_identifier(base_url: str, study_uid: str) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{base_url}/ImagingStudy",
@@ -525,4 +536,5 @@ __all__ = [
     "studies_by_identifier",
     "study_headers",
     "wait_delivered",
+    "worker_context",
 ]

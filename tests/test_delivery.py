@@ -17,8 +17,7 @@ import httpx
 import redis
 from rq.registry import FailedJobRegistry
 
-from scp import keys
-from scp.settings import Settings
+from scp import config, keys
 from tests import conftest_delivery
 from tests.conftest import ROOT, TEST_QUIET_SECONDS, ScpThread, pipeline_env, start_worker
 from tests.conftest import stop_process as stop
@@ -52,7 +51,7 @@ def test_storescu_study_is_one_imaging_study_whose_version_grows_with_a_late_ins
 ) -> None:
     port = free_port()
     env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_FHIR_BASE_URL=fhir.base_url)
-    scp = ScpThread(Settings.from_env(env)).start(port)
+    scp = ScpThread(config.settings(config.load(env))).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         study = make_study(tmp_path / "study", [("CT", 6), ("MR", 4)])
@@ -147,15 +146,17 @@ def test_400_is_dead_lettered_visible_and_requeued_by_retry_failed(
     finally:
         worker.stop()
     assert studies_by_identifier(fhir.base_url, study.study_uid) == []
-    assert "speaks FHIR 4.0.1 but SCP2FHIR_FHIR_VERSION=R5" in log
-    assert f"study={study.study_uid} delivery dead-lettered" in log
+    assert "speaks FHIR 4.0.1 but fhir_version=R5" in log
+    assert f"study={study.study_uid} destination=default delivery dead-lettered" in log
     assert "Rejected: PUT ImagingStudy: HTTP 400: error" in log
     # Issue codes and paths only: no patient data from the headers or the outcome.
     for phi in ("CompressedSamples", "TEST-PID-1"):
         assert phi not in log
     assert data.hget(keys.DELIVER_FAILED, study.study_uid) == failed.get_job_ids()[0]
     assert pending(redis_url) == [study.study_uid]
-    assert data.pttl(keys.study(study.study_uid)) == -1, "kept until delivered"
+    # Its only destination dead-lettered it: the retention clock has started, so
+    # `retry-failed` can rebuild the output for that long (and no longer).
+    assert 0 < data.pttl(keys.study(study.study_uid)) <= 3600 * 1000
 
     # The operator fixes the cause (the version), restarts the worker and re-queues.
     fixed = Worker({**env, "SCP2FHIR_FHIR_VERSION": "R4"}, tmp_path / "w2.log")
@@ -169,7 +170,7 @@ def test_400_is_dead_lettered_visible_and_requeued_by_retry_failed(
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == [study.study_uid]
+        assert result.stdout.split() == ["default", study.study_uid]
         assert "re-queued 1 deliveries" in result.stderr
         resource = wait_delivered(fhir.base_url, study.study_uid, 3, timeout=20)
         assert resource["meta"]["versionId"] == "1"
@@ -210,7 +211,7 @@ def test_without_conditional_update_it_searches_then_creates_or_updates(
         searches = [p.path for p in proxy.seen if p.method == "GET" and "_count=2" in p.path]
         assert len(searches) == 1
         log = worker.text()
-        assert "has no conditional update: SCP2FHIR_FHIR_WRITE_MODE=conditional falls back" in log
+        assert "has no conditional update: write_mode=conditional falls back" in log
     finally:
         worker.stop()
 

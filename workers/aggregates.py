@@ -73,24 +73,25 @@ end
 return rejected
 """
 
-# Close a study after its emission, unless something arrived meanwhile. A retention of 0
-# means the output still has to be delivered to the FHIR server: the aggregate is kept
-# (no expiry) and the study is listed as pending; the delivery starts the clock.
+# Close a study after its emission, unless something arrived meanwhile. With destinations
+# to deliver to (ARGV[6] pending sets after the first five KEYS), the aggregate (and the
+# destinations' delivery records) are kept (no expiry) and the study is listed as pending
+# in each; the last delivery starts the clock. Without, the retention starts now.
 _CLOSE = """
 local open, inflight, emitted, check, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local pending = KEYS[6]
 local study, seen, token, now, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local pending = tonumber(ARGV[6])
 local closed = 0
 local score = redis.call('ZSCORE', open, study)
 if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflight, study) then
   redis.call('ZREM', open, study)
   redis.call('ZADD', emitted, now, study)
   redis.call('DEL', check)
-  if tonumber(retention) > 0 then
-    for i = 7, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
+  if pending == 0 then
+    for i = 6, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
   else
-    for i = 7, #KEYS do redis.call('PERSIST', KEYS[i]) end
-    redis.call('ZADD', pending, now, study)
+    for i = 6 + pending, #KEYS do redis.call('PERSIST', KEYS[i]) end
+    for i = 6, 5 + pending do redis.call('ZADD', KEYS[i], now, study) end
   end
   closed = 1
 end
@@ -211,16 +212,19 @@ class AggregateStore:
         lease_token: str,
         now_ms: int,
         retention_ms: int,
-        until_delivered: bool = False,
+        deliver_to: Sequence[str] = (),
+        keep: Sequence[str] = (),
     ) -> bool:
         """Mark the study emitted if no instance arrived since ``seen_ms``; start the
-        retention clock on its keys, or, ``until_delivered``, keep them and list the study
-        in :data:`scp.keys.DELIVER_PENDING` (the delivery starts the clock once the FHIR
-        server has the output). Releases the lease either way."""
+        retention clock on its keys, or, with ``deliver_to`` (destinations' pending sets,
+        :func:`scp.keys.deliver_pending`), keep them and ``keep`` (the destinations'
+        delivery records) and list the study in each set (the deliveries start the clock
+        once every destination has the output). Releases the lease either way."""
         uid = aggregate.study_uid
         study_keys = [keys.study(uid), keys.study_instances(uid)] + [
             keys.series(uid, series_uid) for series_uid in aggregate.series
         ]
+        kept = [*study_keys, *keep] if deliver_to else study_keys
         closed = self._close(
             keys=[
                 keys.OPEN_STUDIES,
@@ -228,10 +232,10 @@ class AggregateStore:
                 keys.EMITTED,
                 keys.study_check(uid),
                 keys.study_lease(uid),
-                keys.DELIVER_PENDING,
-                *study_keys,
+                *deliver_to,
+                *kept,
             ],
-            args=[uid, seen_ms, lease_token, now_ms, 0 if until_delivered else retention_ms],
+            args=[uid, seen_ms, lease_token, now_ms, retention_ms, len(deliver_to)],
         )
         return bool(closed)
 

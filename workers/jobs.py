@@ -9,9 +9,9 @@
 * ``sweep`` (emit queue, every :data:`SWEEP_SECONDS`) repairs what crashes leave:
   entries a dead worker had claimed, a drain request whose job was lost, open
   studies whose check was lost, emitted studies whose delivery job was lost.
-* ``deliver_study`` (deliver queue; only with a FHIR server configured) sends the
-  study's current output to the FHIR server (:mod:`workers.delivery`); emission only
-  queues it, so a slow or absent server never holds up the quiet checks.
+* ``deliver_study`` (a destination's deliver queue) sends the study's current output to
+  one destination (:mod:`workers.delivery`); emission only queues it, so a slow or
+  absent server never holds up the quiet checks, nor another destination.
 
 All times come from the Redis clock, so workers on several hosts agree.
 """
@@ -33,8 +33,8 @@ from scp.inbox import DRAIN_REQUEST_TTL_MS, request_drain_job
 from workers import delivery
 from workers.aggregates import InboxEntry
 from workers.context import WorkerContext, current
-from workers.fold import StudyAggregate
-from workers.mapping import Resource, imaging_study, study_bundle
+from workers.delivery.output import admits
+from workers.mapping import imaging_study, study_bundle
 from workers.output import write_resource
 from workers.profiles import Gaps
 from workers.summary import InstanceSummary, log_warnings, summarize
@@ -118,9 +118,7 @@ def fold_entries(ctx: WorkerContext, entries: list[InboxEntry]) -> int:
     rejected: list[tuple[InboxEntry, str]] = []
     for entry in entries:
         try:
-            summary = summarize(
-                json.loads(entry.header), with_technique=ctx.options.needs_technique
-            )
+            summary = summarize(json.loads(entry.header), with_technique=ctx.needs_technique)
         except Exception as exc:  # a header no summary can be made of goes to dead-letter
             logger.error(
                 "entry=%s study=%s dead-lettered: %s",
@@ -226,20 +224,22 @@ def emit(ctx: WorkerContext, study_uid: str, seen_ms: int, lease_token: str) -> 
             settings.output_dir, study_bundle(aggregate, settings.fhir_version, ctx.options)
         )
     now = redis_now_ms(ctx.clients.data)
-    # With a FHIR server the aggregate is kept until the delivery succeeds (the delivery
-    # starts the retention clock), so a redelivery can always rebuild the output.
+    # With destinations the aggregate is kept until each has the output (the last
+    # delivery starts the retention clock), so a redelivery can always rebuild it.
+    destinations = [d for d in ctx.delivery.destinations if admits(d, aggregate)]
     closed = ctx.store.close(
         aggregate,
         seen_ms,
         lease_token,
         now,
         settings.retention_seconds * 1000,
-        until_delivered=settings.fhir_base_url is not None,
+        deliver_to=[keys.deliver_pending(d.name) for d in destinations],
+        keep=[keys.study_delivery(study_uid, d.name) for d in ctx.delivery.destinations],
     )
-    if closed and settings.fhir_base_url is not None:
+    for destination in destinations if closed else ():
         # After the close: a study still open when its delivery runs is skipped. If this
         # worker dies right here, the sweep queues the delivery (deliver-pending).
-        delivery.enqueue_delivery(ctx, study_uid)
+        delivery.enqueue_delivery(ctx, destination, study_uid)
     if closed:
         recorder = metrics.recorder()
         recorder.count("emissions_total")
@@ -331,19 +331,9 @@ def sweep() -> dict[str, Any]:
 # --- delivery --------------------------------------------------------------------------
 
 
-def delivery_output(ctx: WorkerContext, aggregate: StudyAggregate, standalone: bool) -> Resource:
-    """What a delivery sends: the study's transaction Bundle when the mapping options ask
-    for one (and the server takes transactions), else the ImagingStudy, built exactly as
-    :func:`emit` builds them."""
-    version = ctx.settings.fhir_version
-    if ctx.options.bundle and not standalone:
-        return study_bundle(aggregate, version, ctx.options)
-    return imaging_study(aggregate, version, options=ctx.options)
-
-
-def deliver_study(study_uid: str, attempt: int = 1) -> str:
-    """Send the study's current output to the FHIR server (deliver queue)."""
-    ctx = current()
-    return delivery.deliver(
-        ctx, study_uid, attempt, lambda aggregate, alone: delivery_output(ctx, aggregate, alone)
-    )
+def deliver_study(
+    study_uid: str, attempt: int = 1, destination: str = keys.DEFAULT_DESTINATION
+) -> str:
+    """Send the study's current output to one destination (its deliver queue); jobs
+    queued before destinations existed name none: the default one."""
+    return delivery.deliver(current(), study_uid, attempt, destination)
