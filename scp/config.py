@@ -131,9 +131,14 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str] | None = None) -> 
     flags = dict(flags or {})
     known = known_variables()
     _check_environment(environ, known)
-    path_text = flags.pop(CONFIG_VARIABLE, None) or environ.get(CONFIG_VARIABLE, "").strip()
+    flagged = flags.pop(CONFIG_VARIABLE, None)
+    path_text = flagged or environ.get(CONFIG_VARIABLE, "").strip()
     values: dict[str, str] = {}
     origins: dict[str, Origin] = {}
+    if path_text:
+        origins[CONFIG_VARIABLE] = (
+            Origin("flag", "--config") if flagged else Origin("environment", CONFIG_VARIABLE)
+        )
     destinations: tuple[dict[str, Any], ...] = ()
     path: Path | None = None
     if path_text:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from scp.config import Configuration, Origin, is_secret, masked
+from scp.config import CONFIG_VARIABLE, Configuration, Origin, is_secret, masked
 from scp.secret import Secret
 from scp.settings import VARIABLES, Settings
 from workers.delivery.settings import DeliverySettings, Destination
@@ -39,6 +39,8 @@ def check(
     for name, (default, _) in VARIABLES.items():
         origin = config.origin(name)
         value = config.values.get(name)
+        if name == CONFIG_VARIABLE and config.file is not None:
+            value = str(config.file)
         shown = default if value is None else ("***" if is_secret(name) else masked(value))
         write(f"  {name:34} {shown:32} {origin}")
     write()
@@ -47,8 +49,9 @@ def check(
     for destination in delivery.destinations:
         write(f"destination {destination.name} ({destination.kind} {destination.where}):")
         for key, value in describe(destination):
-            origin = destination.origins.get(key, Origin("default"))
-            write(f"  {key:34} {value:32} {origin}")
+            # A secret read from a file came from its ``_file`` key.
+            origin = destination.origins.get(key) or destination.origins.get(key + "_file")
+            write(f"  {key:34} {value:32} {origin or Origin('default')}")
     if offline:
         return 0
     write()

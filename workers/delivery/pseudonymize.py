@@ -95,6 +95,9 @@ class Rule:
     kept_keywords: tuple[str, ...] = ()
 
 
+#: Coded values are kept: code, scheme and meaning name a procedure, not a patient.
+_CODES = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning")
+
 _TECHNIQUE = (
     "ImageType",
     "ContrastBolusAgent",
@@ -121,23 +124,29 @@ RULES: tuple[Rule, ...] = (
     Rule("study", "accession_number", "Accession Number", "accession"),
     Rule("study", "accession_issuer", "Issuer of Accession Number Sequence", "remove"),
     Rule("study", "study_id", "Study ID", "remove"),
-    Rule("study", "started", "Study Date and Time", "date"),
+    Rule("study", "started", "Study Date and Time", "date", ("TimezoneOffsetFromUTC",)),
     Rule("study", "study_description", "Study Description", "description"),
     Rule("study", "referrer", "Referring Physician's Name", "remove"),
     Rule("study", "interpreters", "Name of Physician(s) Reading Study", "remove"),
-    Rule("study", "procedures", "Procedure Code Sequence (codes)", "keep"),
-    Rule("study", "reasons", "Reason for Requested/Performed Procedure (codes)", "keep"),
+    Rule("study", "procedures", "Procedure Code Sequence (codes)", "keep", _CODES),
+    Rule("study", "reasons", "Reason for Requested/Performed Procedure (codes)", "keep", _CODES),
     Rule("study", "reason_texts", "Reason for the Requested Procedure, for Study (text)", "remove"),
     Rule("study", "institution", "Institution Name", "remove"),
     Rule("study", "department", "Institutional Department Name", "remove"),
     Rule("study", "comments", "Study Comments", "remove"),
-    Rule("study", "coding_schemes", "Coding Scheme Identification Sequence", "keep"),
+    Rule(
+        "study",
+        "coding_schemes",
+        "Coding Scheme Identification Sequence",
+        "keep",
+        ("CodingSchemeDesignator", "CodingSchemeUID"),
+    ),
     Rule("series", "modality", "Modality", "keep"),
     Rule("series", "series_number", "Series Number", "keep"),
     Rule("series", "series_description", "Series Description", "description"),
     Rule("series", "started", "Series Date and Time", "date"),
     Rule("series", "body_part", "Body Part Examined", "keep"),
-    Rule("series", "anatomic_region", "Anatomic Region Sequence (code)", "keep"),
+    Rule("series", "anatomic_region", "Anatomic Region Sequence (code)", "keep", _CODES),
     Rule("series", "laterality", "Laterality", "keep"),
     Rule("series", "manufacturer", "Manufacturer", "keep", ("Manufacturer",)),
     Rule(
