@@ -50,8 +50,8 @@ def check(
         write(f"destination {destination.name} ({destination.kind} {destination.where}):")
         for key, value in describe(destination):
             # A secret read from a file came from its ``_file`` key.
-            origin = destination.origins.get(key) or destination.origins.get(key + "_file")
-            write(f"  {key:34} {value:32} {origin or Origin('default')}")
+            found = destination.origins.get(key) or destination.origins.get(key + "_file")
+            write(f"  {key:34} {value:32} {found or Origin('default')}")
     if offline:
         return 0
     write()

@@ -6,10 +6,8 @@ FHIR R4 server; faults come from a real HTTP proxy in between (tests/conftest_de
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from tests.conftest import ROOT, TEST_QUIET_SECONDS, ScpThread, pipeline_env, st
 from tests.conftest import stop_process as stop
 from tests.conftest_delivery import (
     FaultProxy,
+    SilentServer,
     Worker,
     delivery_env,
     pending,
@@ -241,48 +240,6 @@ def test_a_study_bundle_is_one_transaction(
         assert len(patients) == 1
     finally:
         worker.stop()
-
-
-class SilentServer:
-    """A TCP server that accepts connections, reads what comes and never answers: a
-    FHIR server hung on a lock, or a firewall that swallows the answers."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="silent")
-        self._thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/fhir"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections.append(connection)
-
-    def waiting(self) -> int:
-        """Connections the client still holds open, waiting for an answer."""
-        alive = 0
-        for connection in self.connections:
-            connection.setblocking(False)
-            try:
-                alive += connection.recv(65536, socket.MSG_PEEK) != b""
-            except BlockingIOError:
-                alive += 1  # open, nothing new sent: the client is waiting
-            except OSError:
-                pass
-        return alive
-
-    def close(self) -> None:
-        self.listener.close()
-        for connection in self.connections:
-            connection.close()
 
 
 def test_emission_does_not_wait_for_the_server(redis_url: str, tmp_path: Path) -> None:

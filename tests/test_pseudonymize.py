@@ -52,7 +52,7 @@ def identifying_headers(instances: int = 3) -> list[dict[str, Any]]:
     values (samples.enriched_* plus :data:`IDENTITY`), as the SCP pushes them."""
     headers = []
     for index, ds in enumerate((samples.enriched_ct(), samples.enriched_mr_knee())):
-        base = samples.header_of(ds)
+        base: dict[str, Any] = samples.header_of(ds)
         for n in range(instances):
             header = copy.deepcopy(base)
             header.update(copy.deepcopy(IDENTITY))
