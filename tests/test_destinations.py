@@ -255,7 +255,7 @@ def test_the_pseudonymized_copy_on_the_server_holds_no_identifying_value(
     for name in ("a", "b"):
         (tmp_path / f"{name}.key").write_text(f"key-of-research-{name}-0123456789\n")
     pseudonymized = (
-        '[destinations.pseudonymize]\n'
+        "[destinations.pseudonymize]\n"
         'key_file = "{key}"\nbirth_date = "year"\ndates = "shift"\n'
         'patient_id_system = "https://dic.example.org/sid/patient"\n'
         'accession_system = "https://dic.example.org/sid/accession"\n'
