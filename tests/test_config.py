@@ -4,6 +4,7 @@ one line naming the variable or the file key; the destinations' typed settings."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -337,3 +338,46 @@ def test_config_check_offline_prints_values_origins_and_masks_secrets(tmp_path: 
     assert f"*** (file {tmp_path / 'key'})" in out
     assert f"file {path}: destinations[1].pseudonymize.key_file" in out
     assert f"file {path}: destinations[0].auth.token_file" in out
+
+
+def test_the_readmes_example_file_is_a_valid_configuration(tmp_path: Path) -> None:
+    """The Destinations section's file, with its secret files made here."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Destinations") :]
+    text = section[section.index("```toml") + 7 : section.index("```\n", section.index("```toml"))]
+    files = set(re.findall(r'"/etc/scp2fhir/([^"]+)"', text))
+    assert files == {
+        "ehr-client-secret",
+        "hospital-ca.pem",
+        "diz-client.pem",
+        "diz-pseudonym.key",
+        "repository-token",
+    }
+    key = rsa.generate_private_key(65537, 2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    for name in files:
+        (tmp_path / name).write_bytes(pem if name == "diz-client.pem" else b"s3cret-0123456789ab\n")
+    path = write(tmp_path, text.replace("/etc/scp2fhir/", f"{tmp_path}/"))
+    settings, delivery = parse({"SCP2FHIR_CONFIG": str(path)})
+    assert delivery.names == ("ehr", "research", "repository")
+    ehr, research, repository = delivery.destinations
+    assert (ehr.fhir_version, ehr.profile, ehr.auth.method) == (
+        "R4",
+        "qicore",
+        "client-credentials",
+    )
+    assert (research.profile, research.bundle, research.auth.method) == (
+        "mii",
+        True,
+        "smart-backend",
+    )
+    assert research.pseudonymize is not None and research.leave_out.modalities == {"PR", "KO"}
+    assert (repository.fhir_version, repository.auth.method) == ("R5", "bearer")
+    assert settings.quiet_seconds == 60 and settings.redis_url == "redis://redis:6379/0"

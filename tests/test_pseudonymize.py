@@ -349,3 +349,11 @@ def test_a_hook_makes_the_pseudonyms_the_rules_stay(installed_hook: str, tmp_pat
     assert copy_.study.attrs["patient_id"] == "DIZ-P-8"
     assert copy_.study_uid.startswith("2.25.")
     assert "patient_name" not in copy_.study.attrs, "what is removed stays removed"
+
+
+def test_the_readme_shows_the_table() -> None:
+    from workers.delivery.pseudonymize import table_rows
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for row in table_rows():
+        assert row in readme, row

@@ -178,8 +178,26 @@ RULES: tuple[Rule, ...] = (
     Rule("instance", "calling_ae", "calling AE title it was received from", "remove"),
 )
 
-#: Study, Series and SOP Instance UIDs (the aggregate's keys) are always mapped.
-UID_RULE = "Study, Series and SOP Instance UIDs: mapped with the UID recipe"
+#: What each action does, as the README's table says it.
+ACTIONS: dict[Action, str] = {
+    "keep": "kept",
+    "remove": "removed",
+    "patient-id": "keyed pseudonym (32 hex digits)",
+    "accession": "keyed pseudonym (16 hex digits)",
+    "uid": "mapped to `2.25.<integer>`",
+    "date": 'kept; with `dates = "shift"` moved back by the patient\'s shift',
+    "birth-date": 'removed; with `birth_date = "year"` the year only',
+    "description": 'removed; with `descriptions = "keep"` kept',
+}
+
+
+def table_rows() -> list[str]:
+    """The README's pseudonymization table, one Markdown row per rule."""
+    rows = ["| Study, Series and SOP Instance UIDs | all | mapped to `2.25.<integer>` |"]
+    for rule in RULES:
+        rows.append(f"| {rule.source} | {rule.level} | {ACTIONS[rule.action]} |")
+    rows.append("| anything else a header holds | all | removed |")
+    return rows
 
 _BY_LEVEL: dict[Level, dict[str, Rule]] = {"study": {}, "series": {}, "instance": {}}
 for _rule in RULES:
