@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from scp import config
 from scp.settings import VARIABLES, ConfigError, Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from workers.delivery.settings import DeliverySettings, delivery_settings
 
 
@@ -30,15 +29,9 @@ def parse(env: dict[str, str]) -> tuple[Settings, DeliverySettings]:
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``scp2fhir`` with ``env`` as its only SCP2FHIR_* variables."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCP2FHIR_")}
-    return subprocess.run(
-        [sys.executable, "-m", "scp.cli", *args],
-        cwd=ROOT,
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env={**clean, "PYTHONPATH": str(ROOT), **env})
 
 
 # --- precedence -------------------------------------------------------------------------

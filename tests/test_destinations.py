@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from fhir.resources.imagingstudy import ImagingStudy as ImagingStudyR5
 
 from scp import keys
 from tests import conftest_delivery
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from tests.conftest_delivery import (
     FAST_QUIET_SECONDS,
     FaultProxy,
@@ -102,9 +101,13 @@ def server_destination(
 def ready(worker: Worker, *names: str) -> None:
     """Wait until the worker's delivery process of each destination serves its queue (so
     the times measured are deliveries', not interpreters starting)."""
-    for name in names:
-        queue = keys.deliver_queue(name)
-        wait_for(lambda q=queue: f"queues={q} " in worker.text(), 60, f"{name}'s worker")
+    serving = [f"queues={keys.deliver_queue(name)} " for name in names]
+
+    def all_serving() -> bool:
+        log = worker.text()
+        return all(line in log for line in serving)
+
+    wait_for(all_serving, 60, "the destinations' delivery workers")
 
 
 def from_ae(headers: list[dict[str, Any]], ae_title: str) -> list[dict[str, Any]]:
@@ -208,14 +211,7 @@ def test_three_destinations_one_down_the_others_on_time_then_it_catches_up(
             assert 0 < ttl <= 3600 * 1000, "every destination has it: the retention runs"
         assert len(imaging_studies(research_server.base_url)) == 1, "only-MR study left out"
 
-        status = subprocess.run(
-            [sys.executable, "-m", "scp.cli", "status", "--json"],
-            env=bridge_env(redis_url, tmp_path, configuration),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        status = cli(bridge_env(redis_url, tmp_path, configuration), "status", "--json")
         assert status.returncode == 0, status.stderr
         rows = {d["name"]: d for d in json.loads(status.stdout)["destinations"]}
         assert set(rows) == {"ehr", "research", "repository"}
@@ -316,14 +312,7 @@ def test_the_pseudonymized_copy_on_the_server_holds_no_identifying_value(
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scp.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=env)
 
 
 def test_retry_failed_for_one_destination(
