@@ -34,8 +34,10 @@ _FLAG_VARIABLES = {
     "workers": "SCP2FHIR_WORKERS",
     "config": configuration.CONFIG_VARIABLE,
 }
-for _dest, _variable in _FLAG_VARIABLES.items():
-    configuration.register_flag(_variable, "--" + _dest.replace("_", "-"))
+#: variable -> the flag that sets it (where `config check` says a value came from)
+_FLAG_NAMES = {
+    variable: "--" + dest.replace("_", "-") for dest, variable in _FLAG_VARIABLES.items()
+}
 
 #: Verbs that deliver or report on deliveries: they parse the destinations.
 _DELIVERY_VERBS = ("worker", "up", "status", "web", "retry-failed", "config")
@@ -141,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     delivery: DeliverySettings | None = None
     try:
-        config = configuration.load(os.environ, _flags(args))
+        config = configuration.load(os.environ, _flags(args), _FLAG_NAMES)
         settings = configuration.settings(config)
         if args.verb in ("scp", "worker", "status", "web", "retry-failed"):
             settings.require_redis_url()

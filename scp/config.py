@@ -124,24 +124,31 @@ class Configuration:
 _VARIABLE = re.compile(r"SCP2FHIR_[A-Z0-9_]*[A-Z0-9]")
 
 
-def load(environ: Mapping[str, str], flags: Mapping[str, str] | None = None) -> Configuration:
+def load(
+    environ: Mapping[str, str],
+    flags: Mapping[str, str] | None = None,
+    flag_names: Mapping[str, str] | None = None,
+) -> Configuration:
     """Read the file (``flags[CONFIG_VARIABLE]`` or ``environ[CONFIG_VARIABLE]``) and the
     environment, check both for unknown names, and merge them with the flags (variable ->
-    value, set by the command line). Raises :class:`ConfigError` (one line)."""
+    value, set by the command line; ``flag_names``: variable -> the flag, for messages).
+    Raises :class:`ConfigError` (one line)."""
     flags = dict(flags or {})
+    flag_names = flag_names or {}
     known = known_variables()
     _check_environment(environ, known)
     flagged = flags.pop(CONFIG_VARIABLE, None)
     path_text = flagged or environ.get(CONFIG_VARIABLE, "").strip()
     values: dict[str, str] = {}
     origins: dict[str, Origin] = {}
-    if path_text:
-        origins[CONFIG_VARIABLE] = (
-            Origin("flag", "--config") if flagged else Origin("environment", CONFIG_VARIABLE)
-        )
     destinations: tuple[dict[str, Any], ...] = ()
     path: Path | None = None
     if path_text:
+        origins[CONFIG_VARIABLE] = (
+            Origin("flag", flag_names.get(CONFIG_VARIABLE, "--config"))
+            if flagged
+            else Origin("environment", CONFIG_VARIABLE)
+        )
         path = Path(path_text).expanduser()
         document = read_file(path)
         by_key = {key: name for name, key in known.items()}
@@ -162,7 +169,7 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str] | None = None) -> 
             origins[name] = Origin("environment", name)
     for name, value in flags.items():
         values[name] = value
-        origins[name] = Origin("flag", _FLAG_NAMES.get(name, name))
+        origins[name] = Origin("flag", flag_names.get(name, name))
     return Configuration(path, values, origins, destinations)
 
 
@@ -180,14 +187,6 @@ def explained(
         return parse(*args, **kwargs)
     except ConfigError as exc:
         raise config.explain(exc) from None
-
-
-#: Variables a flag sets -> the flag, for ``config check`` (filled by scp.cli).
-_FLAG_NAMES: dict[str, str] = {}
-
-
-def register_flag(variable: str, flag: str) -> None:
-    _FLAG_NAMES[variable] = flag
 
 
 def read_file(path: Path) -> dict[str, Any]:

@@ -199,6 +199,7 @@ def table_rows() -> list[str]:
     rows.append("| anything else a header holds | all | removed |")
     return rows
 
+
 _BY_LEVEL: dict[Level, dict[str, Rule]] = {"study": {}, "series": {}, "instance": {}}
 for _rule in RULES:
     _BY_LEVEL[_rule.level][_rule.attribute] = _rule
