@@ -173,6 +173,14 @@ def load(
     return Configuration(path, values, origins, destinations)
 
 
+def top_level(config: Configuration) -> EnvironmentReader:
+    """A reader of the top-level settings by file key (``quiet_seconds``), each read from
+    its variable or the file and named as it was given: what each concern's typed
+    settings read once the flat :class:`Settings` is split (``r.integer("port", 11112, 1,
+    65535)`` for ``_int(env, "SCP2FHIR_PORT", 11112, 1, 65535)``)."""
+    return EnvironmentReader(config, {key: name for name, key in known_variables().items()})
+
+
 def settings(config: Configuration) -> Settings:
     """The flat settings of ``config`` (errors name file keys for file values)."""
     return explained(config, Settings.from_env, config.values)

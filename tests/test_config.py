@@ -374,3 +374,23 @@ def test_the_readmes_example_file_is_a_valid_configuration(tmp_path: Path) -> No
     assert research.pseudonymize is not None and research.leave_out.modalities == {"PR", "KO"}
     assert (repository.fhir_version, repository.auth.method) == ("R5", "bearer")
     assert settings.quiet_seconds == 60 and settings.redis_url == "redis://redis:6379/0"
+
+
+def test_the_top_level_reader_names_the_variable_or_the_file_key(tmp_path: Path) -> None:
+    """What phase B's per-concern settings read: one key, from either source."""
+    path = write(tmp_path, "port = 99999\n")
+    reader = config.top_level(
+        config.load({"SCP2FHIR_CONFIG": str(path), "SCP2FHIR_QUIET_SECONDS": "-1"})
+    )
+    with pytest.raises(ConfigError) as from_file:
+        reader.integer("port", 11112, 1, 65535)
+    assert str(from_file.value) == f"{path}: port=99999 is out of range 1..65535"
+    with pytest.raises(ConfigError) as from_environment:
+        reader.number("quiet_seconds", 60, high=7 * 86400)
+    assert str(from_environment.value) == (
+        "SCP2FHIR_QUIET_SECONDS=-1 must be above 0 and at most 604800"
+    )
+    assert reader.text("ae_title") is None and reader.origins == {
+        "port": config.Origin("file", "port", path),
+        "quiet_seconds": config.Origin("environment", "SCP2FHIR_QUIET_SECONDS"),
+    }
