@@ -1,8 +1,9 @@
 """The ``scp2fhir`` command: one verb per process kind.
 
-Configuration comes from ``SCP2FHIR_*`` environment variables; a flag overrides
-its variable. Invalid configuration stops the command with one line on stderr
-and exit status 2.
+Configuration comes from a TOML file (``--config`` or ``SCP2FHIR_CONFIG``) and
+``SCP2FHIR_*`` environment variables (:mod:`scp.config`): a flag wins over its variable,
+a variable over the file. Invalid configuration stops the command with one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from scp import config as configuration
 from scp.settings import VARIABLES, ConfigError, Settings
+
+if TYPE_CHECKING:
+    from workers.delivery.settings import DeliverySettings
 
 #: flag dest -> environment variable it overrides
 _FLAG_VARIABLES = {
@@ -27,7 +33,15 @@ _FLAG_VARIABLES = {
     "fhir_version": "SCP2FHIR_FHIR_VERSION",
     "profile": "SCP2FHIR_PROFILE",
     "workers": "SCP2FHIR_WORKERS",
+    "config": configuration.CONFIG_VARIABLE,
 }
+#: variable -> the flag that sets it (where `config check` says a value came from)
+_FLAG_NAMES = {
+    variable: "--" + dest.replace("_", "-") for dest, variable in _FLAG_VARIABLES.items()
+}
+
+#: Verbs that deliver or report on deliveries: they parse the destinations.
+_DELIVERY_VERBS = ("worker", "up", "status", "web", "retry-failed", "config", "retract", "forget")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     def common(p: argparse.ArgumentParser, *flags: str) -> None:
+        p.add_argument(
+            "--config", help="TOML configuration file (overrides SCP2FHIR_CONFIG)", type=str
+        )
         if "redis" in flags:
             p.add_argument("--redis-url", help="overrides SCP2FHIR_REDIS_URL")
         if "scp" in flags:
@@ -83,11 +100,28 @@ def _parser() -> argparse.ArgumentParser:
         "DICOM headers could not give, and why",
     )
     retry = verbs.add_parser(
-        "retry-failed", help="re-queue dead-lettered FHIR deliveries (after fixing the cause)"
+        "retry-failed", help="re-queue dead-lettered deliveries (after fixing the cause)"
     )
     common(retry, "redis")
     retry.add_argument(
         "--study", action="append", default=[], help="only this Study Instance UID (repeatable)"
+    )
+    retry.add_argument(
+        "--destination",
+        action="append",
+        default=[],
+        help="only this destination's dead letters (repeatable; default: every destination)",
+    )
+    config = verbs.add_parser("config", help="the effective configuration")
+    config_verbs = config.add_subparsers(dest="config_verb", required=True)
+    check = config_verbs.add_parser(
+        "check",
+        help="print the effective configuration (secrets masked, where each value came "
+        "from) and check Redis and each destination; exit 0 if all is well, else 1",
+    )
+    common(check, "redis")
+    check.add_argument(
+        "--offline", action="store_true", help="check the configuration only, reach nothing"
     )
     retract = verbs.add_parser(
         "retract",
@@ -126,30 +160,43 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _environment(args: argparse.Namespace) -> dict[str, str]:
-    env = dict(os.environ)
+def _flags(args: argparse.Namespace) -> dict[str, str]:
+    """Variables the command line sets (the web port flag is the verb's own)."""
+    flags = {}
     for dest, variable in _FLAG_VARIABLES.items():
         value = getattr(args, dest, None)
-        if value is not None:
-            env[variable] = str(value)
-    return env
+        if value is not None and not (args.verb == "web" and dest == "port"):
+            flags[variable] = str(value)
+    return flags
+
+
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    """What ``scp2fhir up`` hands its children: this environment with the flags set as
+    their variables (the file is named by SCP2FHIR_CONFIG, so they read it too)."""
+    return {**os.environ, **_flags(args)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    env = _environment(args)
+    delivery: DeliverySettings | None = None
     try:
-        settings = Settings.from_env(env)
-        if args.verb in ("scp", "worker", "status", "web", "retract", "forget"):
+        config = configuration.load(os.environ, _flags(args), _FLAG_NAMES)
+        settings = configuration.settings(config)
+        if args.verb in ("scp", "worker", "status", "web", "retry-failed", "retract", "forget"):
             settings.require_redis_url()
-        if args.verb in ("worker", "up", "convert", "retract"):
+        if args.verb in ("worker", "up", "convert", "config", "retract"):
             from workers.context import mapping_options
 
-            mapping_options(settings)  # the mapping's own checks, reported the same way
-        if args.verb in ("worker", "up"):
+            configuration.explained(config, mapping_options, settings)
+        if args.verb in ("worker", "up", "config"):
             from scp.pacs.settings import PacsSettings
 
-            PacsSettings.from_env(env, settings.ae_title)  # the scheduled reconcile's
+            # the scheduled reconcile's
+            configuration.explained(config, PacsSettings.from_env, config.values, settings.ae_title)
+        if args.verb in _DELIVERY_VERBS:
+            from workers.delivery.settings import delivery_settings
+
+            delivery = delivery_settings(config, settings)
     except ConfigError as exc:
         print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -166,33 +213,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scp.pacs.settings import PacsSettings
         from workers.runner import run
 
-        run(settings, burst=args.burst, pacs=PacsSettings.from_env(env, settings.ae_title))
+        pacs = configuration.explained(
+            config, PacsSettings.from_env, config.values, settings.ae_title
+        )
+        run(settings, delivery, burst=args.burst, pacs=pacs)
         return 0
     if args.verb == "up":
         from scp.supervisor import up as run_up
 
-        return run_up(settings, env)
+        return run_up(settings, _environment(args))
+    assert delivery is not None or args.verb == "convert"
     if args.verb == "status":
-        return _status(settings, args.json, args.last)
+        assert delivery is not None
+        return _status(settings, delivery, args.json, args.last)
     if args.verb == "web":
-        return _web(settings, args.port)
+        assert delivery is not None
+        return _web(settings, delivery, args.port)
     if args.verb == "retry-failed":
-        return _retry_failed(settings, args.study)
+        assert delivery is not None
+        return _retry_failed(settings, delivery, args.study, args.destination)
+    if args.verb == "config":
+        from scp.config_check import check
+
+        assert delivery is not None
+        return check(config, settings, delivery, sys.stdout, offline=args.offline)
     if args.verb in ("retract", "forget"):
-        return _lifecycle(settings, args.verb, args.study, getattr(args, "reason", None))
+        assert delivery is not None
+        return _lifecycle(settings, delivery, args.verb, args.study, getattr(args, "reason", None))
     if args.verb in ("reconcile", "backfill"):
         from workers.reconcile import command
 
-        return command.run(args.verb, settings, env, args)
+        return command.run(args.verb, settings, dict(config.values), args)
     if args.verb == "convert":
         from workers.context import mapping_options
         from workers.convert import convert
 
-        try:
-            options = mapping_options(settings)
-        except ConfigError as exc:
-            print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
-            return 2
+        options = mapping_options(settings)
         studies, unreadable = convert(
             args.paths, settings.fhir_version, sys.stdout, options, explain=args.explain
         )
@@ -203,19 +259,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _status(settings: Settings, as_json: bool, last: int) -> int:
+def _status(settings: Settings, delivery: DeliverySettings, as_json: bool, last: int) -> int:
     import json
 
     from scp.connections import connect
     from scp.status import render_text, snapshot
 
     clients = connect(settings.require_redis_url())
-    snap = snapshot(clients.data, clients.rq, settings.quiet_seconds, last=last)
+    snap = snapshot(
+        clients.data, clients.rq, settings.quiet_seconds, last=last, destinations=delivery.names
+    )
     print(json.dumps(snap.as_json(), indent=2) if as_json else render_text(snap))
     return 0
 
 
-def _web(settings: Settings, port: int | None) -> int:
+def _web(settings: Settings, delivery: DeliverySettings, port: int | None) -> int:
     import signal
     import threading
 
@@ -225,28 +283,46 @@ def _web(settings: Settings, port: int | None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    serve(settings, connect(settings.require_redis_url()), port or settings.web_port, stop)
+    clients = connect(settings.require_redis_url())
+    serve(settings, clients, port or settings.web_port, stop, destinations=delivery.names)
     return 0
 
 
-def _retry_failed(settings: Settings, studies: list[str]) -> int:
+def _retry_failed(
+    settings: Settings, delivery: DeliverySettings, studies: list[str], names: list[str]
+) -> int:
     """Queue a fresh delivery for each dead-lettered study (``scp2fhir retry-failed``)."""
-    try:
-        url = settings.require_redis_url()
-    except ConfigError as exc:
-        print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
-        return 2
+    for name in names:
+        if delivery.named(name) is None:
+            known = ", ".join(delivery.names) or "none configured"
+            print(
+                f"scp2fhir: configuration error: --destination {name}: no such destination "
+                f"({known})",
+                file=sys.stderr,
+            )
+            return 2
     from scp.connections import connect
     from workers.delivery import retry_failed
 
-    queued = retry_failed(connect(url), settings, studies)
-    for uid in queued:
-        print(uid)
-    print(f"re-queued {len(queued)} deliveries", file=sys.stderr)
+    clients = connect(settings.require_redis_url())
+    counts = []
+    for destination in delivery.destinations:
+        if names and destination.name not in names:
+            continue
+        queued = retry_failed(clients, destination, studies)
+        for uid in queued:
+            print(f"{destination.name} {uid}")
+        counts.append(f"{destination.name}: {len(queued)}")
+    total = sum(int(c.rsplit(" ", 1)[1]) for c in counts)
+    print(
+        f"re-queued {total} deliveries ({', '.join(counts) or 'no destination'})", file=sys.stderr
+    )
     return 0
 
 
-def _lifecycle(settings: Settings, verb: str, study_uid: str, reason: str | None) -> int:
+def _lifecycle(
+    settings: Settings, delivery: DeliverySettings, verb: str, study_uid: str, reason: str | None
+) -> int:
     """``scp2fhir retract`` / ``scp2fhir forget``: what was done, one line each."""
     from scp.connections import connect
     from workers.context import WorkerContext
@@ -255,7 +331,8 @@ def _lifecycle(settings: Settings, verb: str, study_uid: str, reason: str | None
     clients = connect(settings.require_redis_url())
     try:
         if verb == "retract":
-            outcome = retract(WorkerContext.build(settings, clients), study_uid, reason)
+            context = WorkerContext.build(settings, clients, delivery)
+            outcome = retract(context, study_uid, reason)
         else:
             outcome = forget(clients, settings, study_uid)
     except LifecycleError as exc:

@@ -73,6 +73,9 @@ def _store(event: events.Event, inbox: Inbox) -> Dataset | int:
             )
             return statuses.status(code, comment)
 
+        # Who sent it, as storescp records it in a file's meta information: destinations
+        # may leave out what one calling AE title sends (workers.delivery.settings).
+        header.json[SOURCE_AE_TITLE] = {"vr": "AE", "Value": [event.assoc.requestor.ae_title]}
         receipt = inbox.push(uids["StudyInstanceUID"], header.json)
     except redis.RedisError as exc:
         logger.error(
@@ -111,6 +114,9 @@ def _read_header(event: events.Event) -> Header:
         lambda: event.encoded_dataset(include_meta=True),
     )
 
+
+#: Source Application Entity Title (0002,0016): the calling AE title the instance came from.
+SOURCE_AE_TITLE = "00020016"
 
 #: The UIDs that identify an instance, by keyword and DICOM JSON key.
 _IDENTITY = {

@@ -43,24 +43,29 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
     scp2fhir:sweep-scheduled               STRING   set while the periodic sweep is scheduled
     scp2fhir:metrics:counters              HASH     name (no labels) or JSON '["<name>",{"<label>":
                                                     "<value>"}]' -> count
-    scp2fhir:metrics:hist:<name>           HASH     "le=<bound>" -> count, "count", "sum_us"
+    scp2fhir:metrics:hist:<name>           HASH     "[<label>=<value>|...]le=<bound>" -> count,
+                                                    "count", "sum_us" (same label prefix)
     scp2fhir:metrics:minute:M              HASH     the counters' fields -> counts added in minute M
                                                     (Unix time // 60); expires after 2 hours
     scp2fhir:metrics:minute:M:hist         HASH     "<name>:count", "<name>:sum_us" of minute M
 
-  FHIR delivery (only with SCP2FHIR_FHIR_BASE_URL; ``H`` = hash of the server/token URL):
+  Delivery, per destination ``D`` (``H`` = hash of the server/token URL). The keys carry
+  ``:D`` (the queue ``-D``), except for the destination named ``default`` (the one the
+  environment configures), which keeps the names of single-destination versions, so an
+  upgrade keeps its pending deliveries and the versions it wrote:
 
-    scp2fhir:deliver-pending               ZSET     S -> emission time (ms) of output not yet
-                                                    delivered; its aggregate is kept meanwhile
-    scp2fhir:deliver-failed                HASH     S -> RQ job id of its dead-lettered delivery
-                                                    (the job is in the deliver queue's
+    scp2fhir:deliver-pending:D             ZSET     S -> emission time (ms) of output not yet
+                                                    delivered to D; the aggregate is kept
+                                                    while any destination has S pending
+    scp2fhir:deliver-failed:D              HASH     S -> RQ job id of its dead-lettered delivery
+                                                    (the job is in D's queue's
                                                     FailedJobRegistry)
-    scp2fhir:study:S:delivery              HASH     what the bridge last wrote: id (server's),
-                                                    version (versionId, for If-Match), sha256
-                                                    of the content, at (ms)
-    scp2fhir:study:S:deliver-queued        STRING   set while a delivery job for S is queued
-                                                    or scheduled (SET NX: one at a time)
-    scp2fhir:study:S:deliver-lock          STRING   held by the worker delivering S
+    scp2fhir:study:S:delivery:D            HASH     what the bridge last wrote to D: id
+                                                    (server's), version (versionId, for
+                                                    If-Match), sha256 of the content, at (ms)
+    scp2fhir:study:S:deliver-queued:D      STRING   set while a delivery job of S to D is
+                                                    queued or scheduled (SET NX: one at a time)
+    scp2fhir:study:S:deliver-lock:D        STRING   held by the worker delivering S to D
     scp2fhir:fhir:capabilities:H           STRING   what the server's CapabilityStatement
                                                     allows (JSON), cached for 10 minutes
     scp2fhir:fhir:no-gzip:H                STRING   set for an hour after the server refused a
@@ -106,17 +111,36 @@ LEDGER = f"{PREFIX}:ledger"
 LEDGER_DATES = f"{PREFIX}:ledger:dates"
 RECONCILE_LAST = f"{PREFIX}:reconcile:last"
 RECONCILE_SCHEDULED = f"{PREFIX}:reconcile-scheduled"
-DELIVER_PENDING = f"{PREFIX}:deliver-pending"
-DELIVER_FAILED = f"{PREFIX}:deliver-failed"
+#: The destination configured by the environment (``SCP2FHIR_FHIR_BASE_URL``).
+DEFAULT_DESTINATION = "default"
+DELIVER_PENDING = f"{PREFIX}:deliver-pending"  # the default destination's
+DELIVER_FAILED = f"{PREFIX}:deliver-failed"  # the default destination's
 DISAGREEMENTS = f"{PREFIX}:disagreements"
 
 #: RQ queue for fold (drain) jobs; listed first so workers prefer folding.
 FOLD_QUEUE = "scp2fhir-fold"
 #: RQ queue for quiet checks, emissions and housekeeping.
 EMIT_QUEUE = "scp2fhir-emit"
-#: RQ queue for deliveries to the FHIR server, so a slow or absent server never holds
-#: up folding and quiet checks; its FailedJobRegistry is the delivery dead-letter list.
+#: RQ queue for deliveries to the default destination (each destination has its own,
+#: :func:`deliver_queue`), so a slow or absent server never holds up folding, quiet checks
+#: or another destination; its FailedJobRegistry is the destination's dead-letter list.
 DELIVER_QUEUE = "scp2fhir-deliver"
+
+
+def _of(base: str, destination: str, separator: str = ":") -> str:
+    return base if destination == DEFAULT_DESTINATION else f"{base}{separator}{destination}"
+
+
+def deliver_queue(destination: str) -> str:
+    return _of(DELIVER_QUEUE, destination, "-")
+
+
+def deliver_pending(destination: str) -> str:
+    return _of(DELIVER_PENDING, destination)
+
+
+def deliver_failed(destination: str) -> str:
+    return _of(DELIVER_FAILED, destination)
 
 
 def metrics_histogram(name: str) -> str:
@@ -202,16 +226,16 @@ def study_lease(study_uid: str) -> str:
     return f"{PREFIX}:study:{study_uid}:lease"
 
 
-def study_delivery(study_uid: str) -> str:
-    return f"{PREFIX}:study:{study_uid}:delivery"
+def study_delivery(study_uid: str, destination: str = DEFAULT_DESTINATION) -> str:
+    return _of(f"{PREFIX}:study:{study_uid}:delivery", destination)
 
 
-def study_deliver_queued(study_uid: str) -> str:
-    return f"{PREFIX}:study:{study_uid}:deliver-queued"
+def study_deliver_queued(study_uid: str, destination: str = DEFAULT_DESTINATION) -> str:
+    return _of(f"{PREFIX}:study:{study_uid}:deliver-queued", destination)
 
 
-def study_deliver_lock(study_uid: str) -> str:
-    return f"{PREFIX}:study:{study_uid}:deliver-lock"
+def study_deliver_lock(study_uid: str, destination: str = DEFAULT_DESTINATION) -> str:
+    return _of(f"{PREFIX}:study:{study_uid}:deliver-lock", destination)
 
 
 def fhir_capabilities(server_hash: str) -> str:

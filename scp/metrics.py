@@ -13,7 +13,10 @@ the clock of the process that counted).
 Redis layout (see also :mod:`scp.keys`)::
 
     scp2fhir:metrics:counters          HASH  field -> count (field: :func:`encode_field`)
-    scp2fhir:metrics:hist:<name>       HASH  "le=<bound>" -> count, "sum_us", "count"
+    scp2fhir:metrics:hist:<name>       HASH  "[<label>=<value>|...]le=<bound>" -> count,
+                                             and "count", "sum_us" (same label prefix;
+                                             histogram labels are names scp2fhir checked,
+                                             such as a destination's)
     scp2fhir:metrics:minute:M          HASH  field -> count added in minute M
     scp2fhir:metrics:minute:M:hist     HASH  "<name>:count", "<name>:sum_us" of minute M
 
@@ -87,8 +90,14 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Studies emitted on a completion signal, before the quiet period.",
         (),
     ),
-    "delivery_attempts_total": ("Requests sent to the FHIR server, by outcome.", ("outcome",)),
-    "delivery_failures_total": ("Deliveries given up (dead-lettered).", ()),
+    "delivery_attempts_total": (
+        "Requests sent to FHIR servers, by destination and outcome.",
+        ("destination", "outcome"),
+    ),
+    "delivery_failures_total": (
+        "Deliveries given up (dead-lettered), by destination.",
+        ("destination",),
+    ),
 }
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -149,17 +158,18 @@ class Recorder:
         with self._lock:
             self._counts[field] += amount
 
-    def observe(self, name: str, seconds: float) -> None:
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
         bounds = BUCKETS[name]
+        prefix = "".join(f"{k}={v}|" for k, v in sorted(labels.items()))
         with self._lock:
             hist = self._hist.setdefault(name, Counter())
             for bound in bounds:
                 if seconds <= bound:
-                    hist[f"le={bound:g}"] += 1
-            hist["le=+Inf"] += 1
-            hist["count"] += 1
+                    hist[f"{prefix}le={bound:g}"] += 1
+            hist[f"{prefix}le=+Inf"] += 1
+            hist[f"{prefix}count"] += 1
             # Sums are kept in microseconds so Redis can add them as integers.
-            hist["sum_us"] += int(seconds * 1_000_000)
+            hist[f"{prefix}sum_us"] += int(seconds * 1_000_000)
 
     def start(self) -> Recorder:
         if self._redis is not None and self._thread is None:
@@ -192,8 +202,10 @@ class Recorder:
             for name, hist in hists.items():
                 for field, amount in hist.items():
                     pipe.hincrby(keys.metrics_histogram(name), field, amount)
-                pipe.hincrby(per_minute_hist, f"{name}:count", hist["count"])
-                pipe.hincrby(per_minute_hist, f"{name}:sum_us", hist["sum_us"])
+                # The minute's sums over every label set (the status page's charts).
+                for total in ("count", "sum_us"):
+                    amount = sum(v for f, v in hist.items() if f.rsplit("|", 1)[-1] == total)
+                    pipe.hincrby(per_minute_hist, f"{name}:{total}", amount)
             if counts:
                 pipe.expire(per_minute, MINUTE_TTL_SECONDS)
             if hists:

@@ -1,11 +1,14 @@
-"""Process configuration, parsed once from the environment in ``main()``.
+"""Process configuration, parsed once in ``main()``.
 
-Every process (SCP, worker, supervisor, converter) builds exactly one
-:class:`Settings` from ``os.environ`` (plus command-line overrides) and passes
-it down. Nothing reads the environment at import time.
+Every process (SCP, worker, supervisor, converter) builds exactly one :class:`Settings`
+from the merged configuration (:mod:`scp.config`: the configuration file, the
+environment and command-line flags) and passes it down. Nothing reads the environment
+at import time. The delivery destinations have typed settings of their own
+(:mod:`workers.delivery.settings`), parsed from the same configuration.
 
-Each variable, its default and its meaning is listed in :data:`VARIABLES`, which
-is also what the README's configuration table is checked against.
+Each variable, its default and its meaning is listed in :data:`VARIABLES`, which is the
+registry of known variables (:mod:`scp.config`) and what the README's configuration
+table is checked against.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Literal
 from urllib.parse import urlsplit
 
 from scp.access import parse_networks
+from scp.secret import Secret as Secret  # re-exported: it lived here before scp.secret
 
 FhirVersion = Literal["R4", "R5"]
 
@@ -27,47 +31,14 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line for the operator."""
 
 
-class Secret:
-    """A credential (bearer token, client secret). Its ``repr``/``str`` never show the
-    value, so neither ``repr(Settings)`` nor a log line that formats one leaks it.
-
-    A secret read from a file is read again on each :meth:`reveal`, so a rotated file
-    (a Kubernetes secret mount, say) is picked up without a restart; if the file has
-    become unreadable or empty, the value read at start is used.
-    """
-
-    __slots__ = ("_value", "path")
-
-    def __init__(self, value: str, path: Path | None = None) -> None:
-        self._value = value
-        self.path = path
-
-    def reveal(self) -> str:
-        if self.path is not None:
-            try:
-                fresh = self.path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError):
-                return self._value
-            if fresh:
-                return fresh
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret(***)" if self.path is None else f"Secret(file={str(self.path)!r})"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return self.path == other.path and self._value == other._value
-
-    def __hash__(self) -> int:
-        return hash(self.path)
-
-
 #: name -> (default shown to operators, description)
 VARIABLES: dict[str, tuple[str, str]] = {
+    # --- the configuration mechanism (scp/config.py)
+    "SCP2FHIR_CONFIG": (
+        "(unset)",
+        "TOML configuration file (also `--config`): any variable below by its name without "
+        "SCP2FHIR_ in lower case, plus [[destinations]]. The environment wins over the file.",
+    ),
     "SCP2FHIR_REDIS_URL": (
         "(unset)",
         "Redis to use. Unset: `scp2fhir up` starts a private Redis; other verbs need it.",
@@ -189,6 +160,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "produce a complete update.",
     ),
     "SCP2FHIR_LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR."),
+    # --- delivery: the environment's one destination, read by workers/delivery/settings.py
+    # (with [[destinations]] in the configuration file these are errors)
     "SCP2FHIR_FHIR_WRITE_MODE": (
         "conditional",
         "How a study finds its resource: `conditional` (conditional update on the Study "
@@ -327,23 +300,6 @@ VARIABLES: dict[str, tuple[str, str]] = {
     ),
 }
 
-FhirWriteMode = Literal["conditional", "client-id"]
-FhirAuth = Literal["none", "bearer", "client-credentials", "smart-backend"]
-
-#: Variables that only the given SCP2FHIR_FHIR_AUTH uses: set with another, they are an
-#: operator's mistake (a credential meant for something else), not silently ignored.
-_FHIR_AUTH_VARIABLES: dict[str, tuple[str, ...]] = {
-    "SCP2FHIR_FHIR_TOKEN": ("bearer",),
-    "SCP2FHIR_FHIR_TOKEN_FILE": ("bearer",),
-    "SCP2FHIR_FHIR_TOKEN_URL": ("client-credentials", "smart-backend"),
-    "SCP2FHIR_FHIR_CLIENT_ID": ("client-credentials", "smart-backend"),
-    "SCP2FHIR_FHIR_CLIENT_SECRET": ("client-credentials",),
-    "SCP2FHIR_FHIR_CLIENT_SECRET_FILE": ("client-credentials",),
-    "SCP2FHIR_FHIR_PRIVATE_KEY_FILE": ("smart-backend",),
-    "SCP2FHIR_FHIR_KEY_ID": ("smart-backend",),
-    "SCP2FHIR_FHIR_SCOPE": ("client-credentials", "smart-backend"),
-}
-
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, no control
 
 
@@ -357,7 +313,6 @@ class Settings:
     port: int = 11112
     quiet_seconds: float = 60.0
     output_dir: Path = Path("out")
-    fhir_base_url: str | None = None
     fhir_version: FhirVersion = "R4"
     spool: str = "file"
     accession_system: str | None = None
@@ -391,24 +346,6 @@ class Settings:
     redis_fsync: str = "everysec"
     retention_seconds: int = 604800
     log_level: str = "INFO"
-    fhir_write_mode: FhirWriteMode = "conditional"
-    fhir_auth: FhirAuth = "none"
-    fhir_token: Secret | None = None
-    fhir_token_url: str | None = None
-    fhir_client_id: str | None = None
-    fhir_client_secret: Secret | None = None
-    fhir_private_key_file: Path | None = None
-    fhir_key_id: str | None = None
-    fhir_scope: str | None = None
-    fhir_ca_bundle: Path | None = None
-    fhir_client_cert: Path | None = None
-    fhir_client_key: Path | None = None
-    fhir_timeout_seconds: float = 30.0
-    fhir_max_attempts: int = 20
-    fhir_retry_base_seconds: float = 2.0
-    fhir_retry_max_seconds: float = 600.0
-    fhir_conflict_retries: int = 3
-    fhir_gzip_min_bytes: int = 65536
     # study lifecycle
     rejected_on_resend: str = "stay"
     retracted_on_store: str = "stay"
@@ -431,12 +368,6 @@ class Settings:
                 f"SCP2FHIR_AE_TITLE={ae_title!r} is not a DICOM AE title "
                 "(1-16 printable characters, no backslash)"
             )
-        fhir_base_url = get("SCP2FHIR_FHIR_BASE_URL")
-        if fhir_base_url is not None:
-            parts = urlsplit(fhir_base_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigError(f"SCP2FHIR_FHIR_BASE_URL={fhir_base_url!r} is not an http(s) URL")
-            fhir_base_url = fhir_base_url.rstrip("/")
         version = (get("SCP2FHIR_FHIR_VERSION") or defaults.fhir_version).upper()
         if version not in ("R4", "R5"):
             raise ConfigError(f"SCP2FHIR_FHIR_VERSION={version!r} must be R4 or R5")
@@ -484,7 +415,6 @@ class Settings:
             port=_int(env, "SCP2FHIR_PORT", defaults.port, 1, 65535),
             quiet_seconds=_float(env, "SCP2FHIR_QUIET_SECONDS", defaults.quiet_seconds),
             output_dir=Path(get("SCP2FHIR_OUTPUT_DIR") or defaults.output_dir),
-            fhir_base_url=fhir_base_url,
             fhir_version="R5" if version == "R5" else "R4",
             spool=spool,
             accession_system=get("SCP2FHIR_ACCESSION_SYSTEM"),
@@ -532,7 +462,6 @@ class Settings:
             retracted_on_store=_choice(
                 env, "SCP2FHIR_RETRACTED_ON_STORE", defaults.retracted_on_store, ("stay", "revive")
             ),
-            **_fhir_delivery(env, fhir_base_url),
         )
 
     def require_redis_url(self) -> str:
@@ -576,177 +505,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class _FhirDelivery(TypedDict):
-    fhir_write_mode: FhirWriteMode
-    fhir_auth: FhirAuth
-    fhir_token: Secret | None
-    fhir_token_url: str | None
-    fhir_client_id: str | None
-    fhir_client_secret: Secret | None
-    fhir_private_key_file: Path | None
-    fhir_key_id: str | None
-    fhir_scope: str | None
-    fhir_ca_bundle: Path | None
-    fhir_client_cert: Path | None
-    fhir_client_key: Path | None
-    fhir_timeout_seconds: float
-    fhir_max_attempts: int
-    fhir_retry_base_seconds: float
-    fhir_retry_max_seconds: float
-    fhir_conflict_retries: int
-    fhir_gzip_min_bytes: int
-
-
-def _fhir_delivery(env: Mapping[str, str], base_url: str | None) -> _FhirDelivery:
-    """The FHIR delivery fields (``SCP2FHIR_FHIR_*``), checked together: an incomplete
-    or contradictory combination is one :class:`ConfigError`."""
-
-    def get(name: str) -> str | None:
-        value = env.get(name)
-        return value.strip() if value is not None and value.strip() != "" else None
-
-    mode = (get("SCP2FHIR_FHIR_WRITE_MODE") or "conditional").lower()
-    if mode not in ("conditional", "client-id"):
-        raise ConfigError(f"SCP2FHIR_FHIR_WRITE_MODE={mode!r} must be conditional or client-id")
-    auth = (get("SCP2FHIR_FHIR_AUTH") or "none").lower()
-    if auth not in ("none", "bearer", "client-credentials", "smart-backend"):
-        raise ConfigError(
-            f"SCP2FHIR_FHIR_AUTH={auth!r} must be none, bearer, client-credentials or smart-backend"
-        )
-    if auth != "none" and base_url is None:
-        raise ConfigError(f"SCP2FHIR_FHIR_AUTH={auth} needs SCP2FHIR_FHIR_BASE_URL")
-    for name, modes in _FHIR_AUTH_VARIABLES.items():
-        if get(name) is not None and auth not in modes:
-            raise ConfigError(
-                f"{name} is set but SCP2FHIR_FHIR_AUTH={auth} does not use it "
-                f"(it belongs to {' or '.join(modes)})"
-            )
-
-    def need(name: str) -> str:
-        value = get(name)
-        if value is None:
-            raise ConfigError(f"SCP2FHIR_FHIR_AUTH={auth} needs {name}")
-        return value
-
-    def secret(name: str) -> Secret | None:
-        """``NAME`` or ``NAME_FILE`` (not both), as a :class:`Secret`."""
-        value, path = get(name), _fhir_path(env, name + "_FILE")
-        if value is not None and path is not None:
-            raise ConfigError(f"set {name} or {name}_FILE, not both")
-        if path is None:
-            return Secret(value) if value is not None else None
-        try:
-            content = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-            raise ConfigError(f"{name}_FILE={str(path)!r} cannot be read: {reason}") from None
-        if not content:
-            raise ConfigError(f"{name}_FILE={str(path)!r} is empty")
-        return Secret(content, path)
-
-    token = secret("SCP2FHIR_FHIR_TOKEN")
-    client_secret = secret("SCP2FHIR_FHIR_CLIENT_SECRET")
-    token_url = get("SCP2FHIR_FHIR_TOKEN_URL")
-    private_key = _fhir_path(env, "SCP2FHIR_FHIR_PRIVATE_KEY_FILE")
-    if auth == "bearer" and token is None:
-        raise ConfigError("SCP2FHIR_FHIR_AUTH=bearer needs SCP2FHIR_FHIR_TOKEN or _TOKEN_FILE")
-    if auth in ("client-credentials", "smart-backend"):
-        token_url = need("SCP2FHIR_FHIR_TOKEN_URL")
-        parts = urlsplit(token_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"SCP2FHIR_FHIR_TOKEN_URL={token_url!r} is not an http(s) URL")
-        need("SCP2FHIR_FHIR_CLIENT_ID")
-    if auth == "client-credentials" and client_secret is None:
-        raise ConfigError(
-            "SCP2FHIR_FHIR_AUTH=client-credentials needs SCP2FHIR_FHIR_CLIENT_SECRET or _FILE"
-        )
-    ca_bundle = _fhir_path(env, "SCP2FHIR_FHIR_CA_BUNDLE")
-    client_cert = _fhir_path(env, "SCP2FHIR_FHIR_CLIENT_CERT")
-    client_key = _fhir_path(env, "SCP2FHIR_FHIR_CLIENT_KEY")
-    for name, path in (
-        ("SCP2FHIR_FHIR_PRIVATE_KEY_FILE", private_key),
-        ("SCP2FHIR_FHIR_CA_BUNDLE", ca_bundle),
-        ("SCP2FHIR_FHIR_CLIENT_CERT", client_cert),
-        ("SCP2FHIR_FHIR_CLIENT_KEY", client_key),
-    ):
-        if path is not None and not path.exists():
-            raise ConfigError(f"{name}={str(path)!r} does not exist")
-    if auth == "smart-backend":
-        need("SCP2FHIR_FHIR_KEY_ID")
-        need("SCP2FHIR_FHIR_SCOPE")
-        # Checked now, so a wrong key stops the worker at start, not at the first delivery.
-        signing_algorithm(Path(need("SCP2FHIR_FHIR_PRIVATE_KEY_FILE")))
-    if client_key is not None and client_cert is None:
-        raise ConfigError("SCP2FHIR_FHIR_CLIENT_KEY needs SCP2FHIR_FHIR_CLIENT_CERT")
-    if client_cert is not None:
-        import ssl
-
-        try:
-            ssl.create_default_context().load_cert_chain(client_cert, client_key)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                "SCP2FHIR_FHIR_CLIENT_CERT/_KEY cannot be loaded as a PEM certificate and "
-                f"unencrypted key ({type(exc).__name__})"
-            ) from None
-    retry_base = _float(env, "SCP2FHIR_FHIR_RETRY_BASE_SECONDS", 2.0)
-    retry_max = _float(env, "SCP2FHIR_FHIR_RETRY_MAX_SECONDS", 600.0)
-    if retry_max < retry_base:
-        raise ConfigError(
-            f"SCP2FHIR_FHIR_RETRY_MAX_SECONDS={retry_max} is below "
-            f"SCP2FHIR_FHIR_RETRY_BASE_SECONDS={retry_base}"
-        )
-    timeout = _float(env, "SCP2FHIR_FHIR_TIMEOUT_SECONDS", 30.0)
-    if timeout > 600:
-        raise ConfigError(f"SCP2FHIR_FHIR_TIMEOUT_SECONDS={timeout} must be at most 600")
-    return _FhirDelivery(
-        fhir_write_mode="client-id" if mode == "client-id" else "conditional",
-        fhir_auth=auth,  # type: ignore[typeddict-item]  # checked against the Literal above
-        fhir_token=token,
-        fhir_token_url=token_url,
-        fhir_client_id=get("SCP2FHIR_FHIR_CLIENT_ID"),
-        fhir_client_secret=client_secret,
-        fhir_private_key_file=private_key,
-        fhir_key_id=get("SCP2FHIR_FHIR_KEY_ID"),
-        fhir_scope=get("SCP2FHIR_FHIR_SCOPE"),
-        fhir_ca_bundle=ca_bundle,
-        fhir_client_cert=client_cert,
-        fhir_client_key=client_key,
-        fhir_timeout_seconds=timeout,
-        fhir_max_attempts=_int(env, "SCP2FHIR_FHIR_MAX_ATTEMPTS", 20, 1, 1000),
-        fhir_retry_base_seconds=retry_base,
-        fhir_retry_max_seconds=retry_max,
-        fhir_conflict_retries=_int(env, "SCP2FHIR_FHIR_CONFLICT_RETRIES", 3, 0, 20),
-        fhir_gzip_min_bytes=_int(env, "SCP2FHIR_FHIR_GZIP_MIN_BYTES", 65536, 0, 10**9),
-    )
-
-
-def signing_algorithm(private_key_file: Path) -> str:
-    """RS384 for an RSA key, ES384 for an EC P-384 key: the two algorithms SMART Backend
-    Services requires servers to support. Anything else is a :class:`ConfigError`."""
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    name = "SCP2FHIR_FHIR_PRIVATE_KEY_FILE"
-    try:
-        key = load_pem_private_key(private_key_file.read_bytes(), password=None)
-    except TypeError:
-        raise ConfigError(f"{name} is encrypted; give an unencrypted PEM key") from None
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"{name} is not a PEM private key ({type(exc).__name__})") from None
-    if isinstance(key, rsa.RSAPrivateKey):
-        if key.key_size < 2048:
-            raise ConfigError(f"{name} is a {key.key_size}-bit RSA key; use 2048 bits or more")
-        return "RS384"
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1":
-        return "ES384"
-    raise ConfigError(f"{name} must be an RSA key (RS384) or an EC P-384 key (ES384)")
-
-
-def _fhir_path(env: Mapping[str, str], name: str) -> Path | None:
-    raw = env.get(name, "").strip()
-    return Path(raw).expanduser() if raw else None
 
 
 def _check_redis_url(url: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ DELIVERY_STATES = {
     "pending": "written to the folder; the FHIR delivery is queued or retrying",
     "dead-lettered": "the FHIR delivery was given up (`scp2fhir retry-failed`)",
     "folder": "written to the folder; no FHIR server is configured",
+    "left out": "the destination's filter takes no instance of the study",
 }
 
 
@@ -41,6 +43,26 @@ class OpenStudy:
     instances: int
     waiting_to_fold: int
     seconds_until_quiet: float
+
+
+@dataclass(frozen=True)
+class DestinationOutcome:
+    """Where one delivery destination stands with one emitted study."""
+
+    name: str
+    #: one of :data:`DELIVERY_STATES`
+    state: str
+    version: str | None = None
+    at_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class DestinationState:
+    """One delivery destination: studies waiting for it, and its dead letters."""
+
+    name: str
+    pending: int
+    dead_lettered: int
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,8 @@ class EmittedStudy:
     #: attributes the study's instances disagreed on when it was last emitted: level,
     #: attribute, DICOM keyword and instances per distinct value (never the values)
     disagreements: list[dict[str, Any]] = field(default_factory=list)
+    #: each destination's state (``delivery`` is the worst of them)
+    destinations: list[DestinationOutcome] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -78,10 +102,11 @@ class Snapshot:
     queues: list[QueueState] = field(default_factory=list)
     #: Received instances no worker could fold.
     inbox_dead_letters: int = 0
-    #: Studies whose FHIR delivery was given up.
+    #: Studies a destination's delivery gave up, over every destination.
     delivery_dead_letters: int = 0
     #: Outcome of the last scheduled reconcile with the PACS (None: none has run).
     reconcile: dict[str, Any] | None = None
+    destinations: list[DestinationState] = field(default_factory=list)
 
     @property
     def past_quiet(self) -> list[OpenStudy]:
@@ -97,7 +122,14 @@ def redis_now_ms(data: redis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int = 10) -> Snapshot:
+def snapshot(
+    data: redis.Redis,
+    rq: redis.Redis,
+    quiet_seconds: float,
+    last: int = 10,
+    destinations: Sequence[str] = (),
+) -> Snapshot:
+    """``destinations``: the names of the configured delivery destinations."""
     now_ms = redis_now_ms(data)
     open_studies = []
     arrivals: list[tuple[str, float]] = data.zrange(  # type: ignore[assignment]
@@ -134,15 +166,24 @@ def snapshot(data: redis.Redis, rq: redis.Redis, quiet_seconds: float, last: int
                 failed=FailedJobRegistry(queue=queue).count,
             )
         )
+    states = [
+        DestinationState(
+            name,
+            int(str(data.zcard(keys.deliver_pending(name)))),
+            int(str(data.hlen(keys.deliver_failed(name)))),
+        )
+        for name in destinations
+    ]
     return Snapshot(
         now_ms=now_ms,
         inbox_backlog=int(str(data.xlen(keys.INBOX))),
         open_studies=open_studies,
-        emitted=_emitted(data, recent),
+        emitted=_emitted(data, recent, destinations),
         queues=queues,
         inbox_dead_letters=int(str(data.llen(keys.DEAD_LETTER))),
-        delivery_dead_letters=int(str(data.hlen(keys.DELIVER_FAILED))),
+        delivery_dead_letters=sum(d.dead_lettered for d in states),
         reconcile=_last_reconcile(data),
+        destinations=states,
     )
 
 
@@ -151,28 +192,42 @@ def _disagreements(text: str | None) -> list[dict[str, Any]]:
     return found
 
 
-def _emitted(data: redis.Redis, recent: list[tuple[str, float]]) -> list[EmittedStudy]:
-    """The emitted studies with their emission record, delivery state and attribute
-    disagreements (one round trip)."""
+def _emitted(
+    data: redis.Redis, recent: list[tuple[str, float]], destinations: Sequence[str]
+) -> list[EmittedStudy]:
+    """The emitted studies with their emission record, each destination's delivery state
+    and attribute disagreements (one round trip)."""
     pipe = data.pipeline(transaction=False)
     for uid, _ in recent:
         pipe.hgetall(keys.study_emission(uid))
-        pipe.hgetall(keys.study_delivery(uid))
-        pipe.zscore(keys.DELIVER_PENDING, uid)
-        pipe.hexists(keys.DELIVER_FAILED, uid)
         pipe.hget(keys.DISAGREEMENTS, uid)
+        for name in destinations:
+            pipe.hgetall(keys.study_delivery(uid, name))
+            pipe.zscore(keys.deliver_pending(name), uid)
+            pipe.hexists(keys.deliver_failed(name), uid)
     replies: list[Any] = pipe.execute() if recent else []
+    width = 2 + 3 * len(destinations)
     result = []
     for n, (uid, emitted_ms) in enumerate(recent):
-        emission, delivered, pending, failed, disagreements = replies[5 * n : 5 * n + 5]
-        if failed:
-            state = "dead-lettered"
-        elif pending is not None:
-            state = "pending"
-        elif delivered.get("at"):
-            state = "delivered"
-        else:
-            state = "folder"
+        emission, disagreements, *per_destination = replies[width * n : width * (n + 1)]
+        outcomes = []
+        for d, name in enumerate(destinations):
+            delivered, pending, failed = per_destination[3 * d : 3 * d + 3]
+            if failed:
+                state = "dead-lettered"
+            elif pending is not None:
+                state = "pending"
+            elif delivered.get("at"):
+                state = "delivered"
+            else:
+                state = "left out"  # its filter takes no instance of the study
+            outcomes.append(
+                DestinationOutcome(
+                    name, state, delivered.get("version") or None, _int(delivered.get("at"))
+                )
+            )
+        # The study's state is its worst destination's (a single one's, as it is).
+        worst = min(outcomes, key=lambda o: _SEVERITY.index(o.state), default=None)
         result.append(
             EmittedStudy(
                 study_uid=uid,
@@ -180,13 +235,18 @@ def _emitted(data: redis.Redis, recent: list[tuple[str, float]]) -> list[Emitted
                 series=_int(emission.get("series")),
                 instances=_int(emission.get("instances")),
                 after_quiet_ms=_int(emission.get("after_quiet_ms")),
-                delivery=state,
-                delivered_version=delivered.get("version") or None,
-                delivered_at_ms=_int(delivered.get("at")),
+                delivery="folder" if worst is None else worst.state,
+                delivered_version=None if worst is None else worst.version,
+                delivered_at_ms=None if worst is None else worst.at_ms,
                 disagreements=_disagreements(disagreements),
+                destinations=outcomes,
             )
         )
     return result
+
+
+#: Delivery states, worst first: a study shows the worst of its destinations'.
+_SEVERITY = ("dead-lettered", "pending", "delivered", "left out")
 
 
 def _int(value: str | None) -> int | None:
@@ -316,6 +376,11 @@ def render_text(snap: Snapshot) -> str:
         delivery = item.delivery
         if item.delivery == "delivered" and item.delivered_version:
             delivery += f" (version {item.delivered_version})"
+        if len(item.destinations) > 1:
+            delivery = ", ".join(
+                f"{o.name}: {o.state}" + (f" v{o.version}" if o.version else "")
+                for o in item.destinations
+            )
         lines.append(
             f"  {item.study_uid:<64} {_text(item.series):>6} {_text(item.instances):>6} "
             f"{ago:>7.0f}s ago {late:>8}  {delivery}"
@@ -324,6 +389,12 @@ def render_text(snap: Snapshot) -> str:
             counts = "/".join(str(n) for n in found["counts"])
             lines.append(
                 f"    instances disagree on {found['keyword']} ({found['level']}): {counts}"
+            )
+    if snap.destinations:
+        lines.append("destinations (studies pending / dead-lettered):")
+        for destination in snap.destinations:
+            lines.append(
+                f"  {destination.name:<20} {destination.pending:>6} {destination.dead_lettered:>6}"
             )
     drift = reconcile_line(snap)
     if drift:

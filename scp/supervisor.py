@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from scp import config
 from scp.embedded_redis import EmbeddedRedis
 from scp.settings import Settings
 
@@ -86,7 +87,7 @@ def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None 
         private = EmbeddedRedis(settings.data_dir / "redis", settings.redis_fsync)
         private.start()
         child_env["SCP2FHIR_REDIS_URL"] = private.url
-        settings = Settings.from_env(child_env)
+        settings = config.settings(config.load(child_env))
     procs = children(settings)
     try:
         for child in procs:

@@ -22,7 +22,7 @@ import html
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,9 +63,12 @@ class RedisCollector(Collector):
     with ``scp2fhir_redis_up 0``.
     """
 
-    def __init__(self, clients: RedisClients, quiet_seconds: float) -> None:
+    def __init__(
+        self, clients: RedisClients, quiet_seconds: float, destinations: Sequence[str] = ()
+    ) -> None:
         self.clients = clients
         self.quiet_seconds = quiet_seconds
+        self.destinations = tuple(destinations)
 
     def collect(self) -> Iterator[Any]:
         up = 1.0
@@ -121,16 +124,36 @@ class RedisCollector(Collector):
                 k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
                 for k, v in stored.items()
             }
-            buckets = [(f"{b:g}", _float(raw.get(f"le={b:g}"))) for b in bounds]
-            buckets.append(("+Inf", _float(raw.get("le=+Inf"))))
-            histogram = HistogramMetricFamily(f"scp2fhir_{name}", metrics.HISTOGRAMS[name])
-            histogram.add_metric([], buckets, sum_value=_float(raw.get("sum_us")) / 1e6)
+            # Fields are "[label=value|...]le=<bound>" (and count, sum_us): one series per
+            # label set (label values are names scp2fhir checked, e.g. destinations').
+            series: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+            for field, value in raw.items():
+                *pairs, last = field.split("|")
+                label_set = tuple((k, v) for k, _, v in (pair.partition("=") for pair in pairs))
+                series.setdefault(label_set, {})[last] = value
+            names = sorted({k for label_set in series for k, _ in label_set})
+            histogram = HistogramMetricFamily(
+                f"scp2fhir_{name}", metrics.HISTOGRAMS[name], labels=names
+            )
+            if not series:
+                series[()] = {}
+            for label_set, fields in sorted(series.items()):
+                buckets = [(f"{b:g}", _float(fields.get(f"le={b:g}"))) for b in bounds]
+                buckets.append(("+Inf", _float(fields.get("le=+Inf"))))
+                given = dict(label_set)
+                histogram.add_metric(
+                    [given.get(k, "") for k in names],
+                    buckets,
+                    sum_value=_float(fields.get("sum_us")) / 1e6,
+                )
             families.append(histogram)
         return families
 
     def _gauges(self) -> list[GaugeMetricFamily]:
         data = self.clients.data
-        snap = snapshot(data, self.clients.rq, self.quiet_seconds, last=0)
+        snap = snapshot(
+            data, self.clients.rq, self.quiet_seconds, last=0, destinations=self.destinations
+        )
         queue = GaugeMetricFamily(
             "scp2fhir_queue_jobs", "RQ jobs by queue and state.", labels=["queue", "state"]
         )
@@ -154,19 +177,27 @@ class RedisCollector(Collector):
                 "Received instances no worker could fold (scp2fhir:dead-letter).",
                 snap.inbox_dead_letters,
             ),
-            _gauge(
-                "delivery_dead_letters",
-                "Studies whose FHIR delivery was given up (scp2fhir retry-failed).",
-                snap.delivery_dead_letters,
-            ),
-            _gauge(
-                "deliveries_pending",
-                "Emitted studies not yet delivered to the FHIR server.",
-                float(int(str(data.zcard(keys.DELIVER_PENDING)))),
-            ),
+            *_destination_gauges(snap),
             queue,
             *_reconcile_gauges(snap.reconcile),
         ]
+
+
+def _destination_gauges(snap: Snapshot) -> list[GaugeMetricFamily]:
+    pending = GaugeMetricFamily(
+        "scp2fhir_delivery_pending",
+        "Studies whose newest output a destination does not have yet.",
+        labels=["destination"],
+    )
+    dead = GaugeMetricFamily(
+        "scp2fhir_delivery_dead_letters",
+        "Studies a destination dead-lettered (scp2fhir retry-failed re-queues them).",
+        labels=["destination"],
+    )
+    for destination in snap.destinations:
+        pending.add_metric([destination.name], float(destination.pending))
+        dead.add_metric([destination.name], float(destination.dead_lettered))
+    return [pending, dead]
 
 
 def _float(value: str | None) -> float:
@@ -211,9 +242,11 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"scp2fhir_{name}", text, value=value)
 
 
-def make_server(settings: Settings, clients: RedisClients, port: int) -> ThreadingHTTPServer:
+def make_server(
+    settings: Settings, clients: RedisClients, port: int, destinations: Sequence[str] = ()
+) -> ThreadingHTTPServer:
     registry = CollectorRegistry()
-    registry.register(RedisCollector(clients, settings.quiet_seconds))
+    registry.register(RedisCollector(clients, settings.quiet_seconds, destinations))
     credentials = None
     if settings.dashboard_username and settings.dashboard_password:
         credentials = (settings.dashboard_username, settings.dashboard_password)
@@ -237,14 +270,18 @@ def make_server(settings: Settings, clients: RedisClients, port: int) -> Threadi
                         200 if ready else 503, b"ok\n" if ready else b"redis down\n", "text/plain"
                     )
                 elif path == "/status.json":
-                    snap = snapshot(clients.data, clients.rq, settings.quiet_seconds)
+                    snap = snapshot(
+                        clients.data, clients.rq, settings.quiet_seconds, destinations=destinations
+                    )
                     body = {
                         **snap.as_json(),
                         "history": [asdict(m) for m in history(clients.data)],
                     }
                     self._send(200, json.dumps(body).encode(), "application/json")
                 elif path == "/":
-                    snap = snapshot(clients.data, clients.rq, settings.quiet_seconds)
+                    snap = snapshot(
+                        clients.data, clients.rq, settings.quiet_seconds, destinations=destinations
+                    )
                     page = render_html(snap, history(clients.data), _refresh(self.path))
                     self._send(200, page.encode(), "text/html; charset=utf-8")
                 else:
@@ -414,9 +451,13 @@ figcaption{{font-size:90%;margin-bottom:4px}}</style></head><body>
 
 
 def serve(
-    settings: Settings, clients: RedisClients, port: int, stop: threading.Event | None = None
+    settings: Settings,
+    clients: RedisClients,
+    port: int,
+    stop: threading.Event | None = None,
+    destinations: Sequence[str] = (),
 ) -> None:
-    server = make_server(settings, clients, port)
+    server = make_server(settings, clients, port, destinations)
     thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
     thread.start()
     logger.info(

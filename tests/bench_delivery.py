@@ -33,9 +33,7 @@ from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
 
 from scp import keys
-from scp.connections import connect
-from scp.settings import Settings
-from tests.conftest_delivery import Worker, delivery_env, push, study_headers
+from tests.conftest_delivery import Worker, delivery_env, push, study_headers, worker_context
 from tests.fhirserver.harness import FhirServer
 from tests.support import RedisProcess, wait_for
 from workers.context import WorkerContext, install
@@ -109,8 +107,7 @@ def main() -> None:
     try:
         env = delivery_env(redis_server.url, folder / "out", fhir.base_url)
         env["SCP2FHIR_LOG_LEVEL"] = args.log_level
-        settings = Settings.from_env(env)
-        ctx = WorkerContext.build(settings, connect(redis_server.url))
+        ctx = worker_context(env)
         ensure_group(ctx.clients.data)
         install(ctx)
         data = ctx.clients.data

@@ -153,6 +153,20 @@ def echo(port: int, ae_title: str = "SCP2FHIR") -> bool:
     return ok
 
 
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``scp2fhir ARGS`` run to its end in ``env``, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "scp.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("ab")
     return subprocess.Popen(

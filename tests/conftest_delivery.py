@@ -7,6 +7,7 @@
   (after the server has done the work), refuses connections (server down), accepts
   gzip request bodies (the test server itself does not), edits the CapabilityStatement,
   and checks bearer tokens against a :class:`TokenServer`. It records what it saw.
+* :class:`SilentServer`: accepts connections and never answers (a hung server).
 * :class:`TokenServer`: a tiny OAuth2 token endpoint: client credentials with HTTP
   Basic, or SMART Backend Services (a JWT client assertion whose signature it verifies
   with the client's public key, plus audience, issuer, subject, lifetime and jti reuse).
@@ -39,12 +40,15 @@ import jwt
 import pytest
 import redis
 
-from scp import keys
+from scp import config, keys
+from scp.connections import connect
 from scp.header import extract_header, read_dataset
 from scp.inbox import Inbox
 from tests.conftest import CHILD_PYTHONPATH, TEST_QUIET_SECONDS, start_worker, stop_process
 from tests.fhirserver.harness import FhirServer
 from tests.support import GeneratedStudy, make_study, wait_for
+from workers.context import WorkerContext
+from workers.delivery.settings import delivery_settings
 from workers.summary import summarize
 
 # The tests poll the FHIR server often; httpx would log every poll at INFO.
@@ -279,6 +283,48 @@ def proxy(fhir: FhirServer) -> Iterator[FaultProxy]:
     started.stop()
 
 
+class SilentServer:
+    """A TCP server that accepts connections, reads what comes and never answers: a
+    FHIR server hung on a lock, or a firewall that swallows the answers."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="silent")
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def waiting(self) -> int:
+        """Connections the client still holds open, waiting for an answer."""
+        alive = 0
+        for connection in self.connections:
+            connection.setblocking(False)
+            try:
+                alive += connection.recv(65536, socket.MSG_PEEK) != b""
+            except BlockingIOError:
+                alive += 1  # open, nothing new sent: the client is waiting
+            except OSError:
+                pass
+        return alive
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
 # --- the token endpoint ----------------------------------------------------------------
 
 
@@ -407,9 +453,11 @@ class TokenServer:
 # --- studies and workers ---------------------------------------------------------------
 
 
-def study_headers(folder: Path, spec: list[tuple[str, int]]) -> tuple[GeneratedStudy, list[Any]]:
+def study_headers(
+    folder: Path, spec: list[tuple[str, int]], study_uid: str | None = None
+) -> tuple[GeneratedStudy, list[Any]]:
     """A generated study and the DICOM JSON headers the SCP would push for it."""
-    study = make_study(folder, spec)
+    study = make_study(folder, spec, study_uid=study_uid)
     return study, [extract_header(read_dataset(path)).json for path in study.files]
 
 
@@ -469,6 +517,14 @@ class Worker:
         stop_process(self.process)
 
 
+def worker_context(env: dict[str, str]) -> WorkerContext:
+    """The context ``scp2fhir worker`` builds from ``env`` (settings and destinations)."""
+    loaded = config.load(env)
+    settings = config.settings(loaded)
+    delivery = delivery_settings(loaded, settings)
+    return WorkerContext.build(settings, connect(settings.require_redis_url()), delivery)
+
+
 def studies_by_identifier(base_url: str, study_uid: str) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{base_url}/ImagingStudy",
@@ -514,6 +570,7 @@ __all__ = [
     "FAST_QUIET_SECONDS",
     "TEST_QUIET_SECONDS",
     "FaultProxy",
+    "SilentServer",
     "TokenServer",
     "Worker",
     "delivery_env",
@@ -525,4 +582,5 @@ __all__ = [
     "studies_by_identifier",
     "study_headers",
     "wait_delivered",
+    "worker_context",
 ]

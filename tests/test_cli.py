@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from fhir.resources.imagingstudy import ImagingStudy as ImagingStudyR5
 
+from scp import config
 from scp.settings import ConfigError, Settings
 from tests.conftest import CHILD_PYTHONPATH, ROOT, TEST_QUIET_SECONDS
 from tests.support import free_port, make_study, read_json, sample_file, storescu, wait_for
+from workers.delivery.settings import DeliverySettings, delivery_settings
 
 
 def cli(
@@ -44,11 +46,18 @@ def cli(
 )
 def test_invalid_configuration_fails_with_one_line(variable: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        Settings.from_env({variable: value})
+        parse({variable: value})
     result = cli("up", env={**os.environ, variable: value})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def parse(env: dict[str, str]) -> tuple[Settings, DeliverySettings]:
+    """What ``main()`` parses from ``env``: the settings and the destinations."""
+    loaded = config.load(env)
+    settings = config.settings(loaded)
+    return settings, delivery_settings(loaded, settings)
 
 
 def test_scp_needs_a_redis_url() -> None:
@@ -62,7 +71,7 @@ def test_defaults() -> None:
     settings = Settings.from_env({})
     assert (settings.ae_title, settings.port, settings.quiet_seconds) == ("SCP2FHIR", 11112, 60)
     assert settings.output_dir == Path("out") and settings.fhir_version == "R4"
-    assert settings.redis_url is None and settings.fhir_base_url is None
+    assert settings.redis_url is None
 
 
 def test_convert_writes_one_ndjson_line_per_study(tmp_path: Path) -> None:

@@ -6,10 +6,8 @@ FHIR R4 server; faults come from a real HTTP proxy in between (tests/conftest_de
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +15,13 @@ import httpx
 import redis
 from rq.registry import FailedJobRegistry
 
-from scp import keys
-from scp.settings import Settings
+from scp import config, keys
 from tests import conftest_delivery
 from tests.conftest import ROOT, TEST_QUIET_SECONDS, ScpThread, pipeline_env, start_worker
 from tests.conftest import stop_process as stop
 from tests.conftest_delivery import (
     FaultProxy,
+    SilentServer,
     Worker,
     delivery_env,
     pending,
@@ -52,7 +50,7 @@ def test_storescu_study_is_one_imaging_study_whose_version_grows_with_a_late_ins
 ) -> None:
     port = free_port()
     env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_FHIR_BASE_URL=fhir.base_url)
-    scp = ScpThread(Settings.from_env(env)).start(port)
+    scp = ScpThread(config.settings(config.load(env))).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         study = make_study(tmp_path / "study", [("CT", 6), ("MR", 4)])
@@ -147,15 +145,17 @@ def test_400_is_dead_lettered_visible_and_requeued_by_retry_failed(
     finally:
         worker.stop()
     assert studies_by_identifier(fhir.base_url, study.study_uid) == []
-    assert "speaks FHIR 4.0.1 but SCP2FHIR_FHIR_VERSION=R5" in log
-    assert f"study={study.study_uid} delivery dead-lettered" in log
+    assert "speaks FHIR 4.0.1 but fhir_version=R5" in log
+    assert f"study={study.study_uid} destination=default delivery dead-lettered" in log
     assert "Rejected: PUT ImagingStudy: HTTP 400: error" in log
     # Issue codes and paths only: no patient data from the headers or the outcome.
     for phi in ("CompressedSamples", "TEST-PID-1"):
         assert phi not in log
     assert data.hget(keys.DELIVER_FAILED, study.study_uid) == failed.get_job_ids()[0]
     assert pending(redis_url) == [study.study_uid]
-    assert data.pttl(keys.study(study.study_uid)) == -1, "kept until delivered"
+    # Its only destination dead-lettered it: the retention clock has started, so
+    # `retry-failed` can rebuild the output for that long (and no longer).
+    assert 0 < data.pttl(keys.study(study.study_uid)) <= 3600 * 1000
 
     # The operator fixes the cause (the version), restarts the worker and re-queues.
     fixed = Worker({**env, "SCP2FHIR_FHIR_VERSION": "R4"}, tmp_path / "w2.log")
@@ -169,7 +169,7 @@ def test_400_is_dead_lettered_visible_and_requeued_by_retry_failed(
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == [study.study_uid]
+        assert result.stdout.split() == ["default", study.study_uid]
         assert "re-queued 1 deliveries" in result.stderr
         resource = wait_delivered(fhir.base_url, study.study_uid, 3, timeout=20)
         assert resource["meta"]["versionId"] == "1"
@@ -210,7 +210,7 @@ def test_without_conditional_update_it_searches_then_creates_or_updates(
         searches = [p.path for p in proxy.seen if p.method == "GET" and "_count=2" in p.path]
         assert len(searches) == 1
         log = worker.text()
-        assert "has no conditional update: SCP2FHIR_FHIR_WRITE_MODE=conditional falls back" in log
+        assert "has no conditional update: write_mode=conditional falls back" in log
     finally:
         worker.stop()
 
@@ -240,48 +240,6 @@ def test_a_study_bundle_is_one_transaction(
         assert len(patients) == 1
     finally:
         worker.stop()
-
-
-class SilentServer:
-    """A TCP server that accepts connections, reads what comes and never answers: a
-    FHIR server hung on a lock, or a firewall that swallows the answers."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="silent")
-        self._thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/fhir"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections.append(connection)
-
-    def waiting(self) -> int:
-        """Connections the client still holds open, waiting for an answer."""
-        alive = 0
-        for connection in self.connections:
-            connection.setblocking(False)
-            try:
-                alive += connection.recv(65536, socket.MSG_PEEK) != b""
-            except BlockingIOError:
-                alive += 1  # open, nothing new sent: the client is waiting
-            except OSError:
-                pass
-        return alive
-
-    def close(self) -> None:
-        self.listener.close()
-        for connection in self.connections:
-            connection.close()
 
 
 def test_emission_does_not_wait_for_the_server(redis_url: str, tmp_path: Path) -> None:

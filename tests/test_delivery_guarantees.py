@@ -20,8 +20,6 @@ import httpx
 import redis
 
 from scp import keys
-from scp.connections import connect
-from scp.settings import Settings
 from tests import conftest_delivery
 from tests.certs import make_pki
 from tests.conftest_delivery import (
@@ -34,11 +32,12 @@ from tests.conftest_delivery import (
     studies_by_identifier,
     study_headers,
     wait_delivered,
+    worker_context,
 )
 from tests.faults import spawn
 from tests.fhirserver.harness import FhirServer
 from tests.support import wait_for
-from workers.context import WorkerContext, install
+from workers.context import install
 from workers.jobs import sweep
 
 # The delivery fixtures (pytest finds fixtures among a module's names).
@@ -92,8 +91,7 @@ def test_a_delivery_lost_with_its_worker_is_queued_by_the_sweep(
     worker = Worker(env, tmp_path / "w.log")
     try:
         # The shipped sweep (the job every worker schedules every 30 s), run here at once.
-        settings = Settings.from_env(env)
-        install(WorkerContext.build(settings, connect(redis_url)))
+        install(worker_context(env))
         assert sweep()["redelivered"] == 1
         resource = wait_delivered(fhir.base_url, uid, 3, timeout=30)
         assert resource["meta"]["versionId"] == "1"
@@ -353,7 +351,11 @@ def test_delivery_logs_at_debug_hold_no_patient_data(
         resource = wait_delivered(proxy.base_url, study.study_uid, 2, timeout=30)
         patient = httpx.get(f"{proxy.base_url}/{resource['subject']['reference']}", timeout=10)
         assert patient.json()["identifier"][0]["value"] == PATIENT["id"], "the data went out"
-        wait_for(lambda: f"study={study.study_uid} delivered" in worker.text(), 10, "the log")
+        wait_for(
+            lambda: f"study={study.study_uid} destination=default delivered" in worker.text(),
+            10,
+            "the log",
+        )
     finally:
         worker.stop()
     log = worker.text()

@@ -17,7 +17,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from scp.settings import ConfigError, Secret, Settings
+from scp import config
+from scp.connections import connect
+from scp.secret import Secret
+from scp.settings import ConfigError
 from tests.conftest import ROOT
 from tests.fhirserver.harness import FhirServer
 from workers.delivery.conformance import Capabilities
@@ -29,9 +32,21 @@ from workers.delivery.errors import (
     outcome_summary,
 )
 from workers.delivery.retry import backoff_seconds, error_for, parse_retry_after
+from workers.delivery.settings import DeliverySettings, Destination, delivery_settings
 from workers.delivery.writer import study_identifier_token
 
 BASE = {"SCP2FHIR_FHIR_BASE_URL": "https://fhir.example.org/fhir"}
+
+
+def destinations(env: dict[str, str]) -> DeliverySettings:
+    """The destinations ``env`` configures, as ``main()`` parses them."""
+    loaded = config.load(env)
+    return delivery_settings(loaded, config.settings(loaded))
+
+
+def destination(env: dict[str, str]) -> Destination:
+    (only,) = destinations(env).destinations
+    return only
 
 
 def key_file(tmp_path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
@@ -63,10 +78,16 @@ def smart(tmp_path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -
     [
         (
             {"SCP2FHIR_FHIR_AUTH": "bearer", "SCP2FHIR_FHIR_TOKEN": "t"},
-            "needs SCP2FHIR_FHIR_BASE_URL",
+            "SCP2FHIR_FHIR_AUTH is set but SCP2FHIR_FHIR_BASE_URL is not",
         ),
-        ({**BASE, "SCP2FHIR_FHIR_AUTH": "kerberos"}, "must be none, bearer, client-credentials"),
-        ({**BASE, "SCP2FHIR_FHIR_AUTH": "bearer"}, "needs SCP2FHIR_FHIR_TOKEN or _TOKEN_FILE"),
+        (
+            {**BASE, "SCP2FHIR_FHIR_AUTH": "kerberos"},
+            "must be one of none, bearer, client-credentials",
+        ),
+        (
+            {**BASE, "SCP2FHIR_FHIR_AUTH": "bearer"},
+            "needs SCP2FHIR_FHIR_TOKEN or SCP2FHIR_FHIR_TOKEN_FILE",
+        ),
         (
             {**BASE, "SCP2FHIR_FHIR_TOKEN": "t"},
             "SCP2FHIR_FHIR_TOKEN is set but SCP2FHIR_FHIR_AUTH=none does not use it",
@@ -91,7 +112,7 @@ def smart(tmp_path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -
                 "SCP2FHIR_FHIR_TOKEN_URL": "https://a/token",
                 "SCP2FHIR_FHIR_CLIENT_ID": "c",
             },
-            "needs SCP2FHIR_FHIR_CLIENT_SECRET or _FILE",
+            "needs SCP2FHIR_FHIR_CLIENT_SECRET or SCP2FHIR_FHIR_CLIENT_SECRET_FILE",
         ),
         (
             {**BASE, "SCP2FHIR_FHIR_AUTH": "client-credentials", "SCP2FHIR_FHIR_CLIENT_ID": "c"},
@@ -107,7 +128,7 @@ def smart(tmp_path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -
             },
             "SCP2FHIR_FHIR_TOKEN_URL='ldap://a' is not an http(s) URL",
         ),
-        ({**BASE, "SCP2FHIR_FHIR_WRITE_MODE": "upsert"}, "must be conditional or client-id"),
+        ({**BASE, "SCP2FHIR_FHIR_WRITE_MODE": "upsert"}, "must be one of conditional, client-id"),
         ({**BASE, "SCP2FHIR_FHIR_CLIENT_KEY": "/etc/hostname"}, "needs SCP2FHIR_FHIR_CLIENT_CERT"),
         ({**BASE, "SCP2FHIR_FHIR_CA_BUNDLE": "/nonexistent.pem"}, "does not exist"),
         ({**BASE, "SCP2FHIR_FHIR_CLIENT_CERT": "/etc/hostname"}, "cannot be loaded as a PEM"),
@@ -120,30 +141,30 @@ def smart(tmp_path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -
             "is below SCP2FHIR_FHIR_RETRY_BASE_SECONDS",
         ),
         ({**BASE, "SCP2FHIR_FHIR_MAX_ATTEMPTS": "0"}, "out of range 1..1000"),
-        ({**BASE, "SCP2FHIR_FHIR_TIMEOUT_SECONDS": "601"}, "must be at most 600"),
+        ({**BASE, "SCP2FHIR_FHIR_TIMEOUT_SECONDS": "601"}, "above 0 and at most 600"),
     ],
 )
 def test_invalid_delivery_configuration_is_one_clear_line(
     env: dict[str, str], message: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        Settings.from_env(env)
+        destinations(env)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_smart_backend_keys_are_checked_at_start(tmp_path: Path) -> None:
-    ok_rsa = Settings.from_env(smart(tmp_path, rsa.generate_private_key(65537, 2048)))
-    assert ok_rsa.fhir_auth == "smart-backend"
-    Settings.from_env(smart(tmp_path, ec.generate_private_key(ec.SECP384R1())))
+    ok_rsa = destination(smart(tmp_path, rsa.generate_private_key(65537, 2048)))
+    assert ok_rsa.auth.method == "smart-backend"
+    destination(smart(tmp_path, ec.generate_private_key(ec.SECP384R1())))
     with pytest.raises(ConfigError, match="must be an RSA key \\(RS384\\) or an EC P-384"):
-        Settings.from_env(smart(tmp_path, ec.generate_private_key(ec.SECP256R1())))
-    with pytest.raises(ConfigError, match="1024-bit RSA key"):
-        Settings.from_env(smart(tmp_path, rsa.generate_private_key(65537, 1024)))
+        destination(smart(tmp_path, ec.generate_private_key(ec.SECP256R1())))
+    with pytest.raises(ConfigError, match="SCP2FHIR_FHIR_PRIVATE_KEY_FILE is a 1024-bit RSA key"):
+        destination(smart(tmp_path, rsa.generate_private_key(65537, 1024)))
     env = smart(tmp_path, rsa.generate_private_key(65537, 2048))
     del env["SCP2FHIR_FHIR_SCOPE"]
     with pytest.raises(ConfigError, match="needs SCP2FHIR_FHIR_SCOPE"):
-        Settings.from_env(env)
+        destination(env)
 
 
 def test_the_worker_stops_at_start_with_one_line() -> None:
@@ -163,13 +184,13 @@ def test_the_worker_stops_at_start_with_one_line() -> None:
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "needs SCP2FHIR_FHIR_TOKEN or _TOKEN_FILE" in lines[0]
+    assert len(lines) == 1 and "needs SCP2FHIR_FHIR_TOKEN or SCP2FHIR_FHIR_TOKEN_FILE" in lines[0]
 
 
 def test_secrets_are_masked_and_files_reread(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("first-secret-value\n")
-    settings = Settings.from_env(
+    settings = destination(
         {
             **BASE,
             "SCP2FHIR_FHIR_AUTH": "client-credentials",
@@ -178,14 +199,15 @@ def test_secrets_are_masked_and_files_reread(tmp_path: Path) -> None:
             "SCP2FHIR_FHIR_CLIENT_SECRET_FILE": str(secret_file),
         }
     )
-    assert settings.fhir_client_secret is not None
+    secret = settings.auth.client_secret
+    assert secret is not None
     assert "first-secret-value" not in repr(settings)
     assert "first-secret-value" not in f"{settings}"
-    assert settings.fhir_client_secret.reveal() == "first-secret-value"
+    assert secret.reveal() == "first-secret-value"
     secret_file.write_text("second-secret-value")
-    assert settings.fhir_client_secret.reveal() == "second-secret-value"
+    assert secret.reveal() == "second-secret-value"
     secret_file.unlink()  # unreadable now: the value read at start
-    assert settings.fhir_client_secret.reveal() == "first-secret-value"
+    assert secret.reveal() == "first-secret-value"
     plain = Secret("token-value")
     assert repr(plain) == "Secret(***)" and str(plain) == "Secret(***)"
 
@@ -285,15 +307,14 @@ def test_retry_failed_requeues_only_the_studies_asked_for(redis_url: str) -> Non
     from rq import Queue
 
     from scp import keys
-    from scp.connections import connect
     from workers.delivery import retry_failed
 
     clients = connect(redis_url)
     clients.data.hset(keys.DELIVER_FAILED, mapping={"1.2.3": "job-a", "1.2.4": "job-b"})
-    settings = Settings.from_env({"SCP2FHIR_REDIS_URL": redis_url, **BASE})
-    assert retry_failed(clients, settings, ["1.2.4"]) == ["1.2.4"]
+    default = destination({"SCP2FHIR_REDIS_URL": redis_url, **BASE})
+    assert retry_failed(clients, default, ["1.2.4"]) == ["1.2.4"]
     assert clients.data.hgetall(keys.DELIVER_FAILED) == {"1.2.3": "job-a"}
     (job,) = Queue(keys.DELIVER_QUEUE, connection=clients.rq).jobs
-    assert job.args == ("1.2.4", 1) and job.func_name == "workers.jobs.deliver_study"
-    assert retry_failed(clients, settings) == ["1.2.3"]
+    assert job.args == ("1.2.4", 1, "default") and job.func_name == "workers.jobs.deliver_study"
+    assert retry_failed(clients, default) == ["1.2.3"]
     assert clients.data.hgetall(keys.DELIVER_FAILED) == {}

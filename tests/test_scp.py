@@ -144,3 +144,28 @@ def test_redis_outage_gives_out_of_resources_then_recovers(tmp_path: Path) -> No
     finally:
         server.stop()
         own.stop()
+
+
+def test_each_header_records_the_calling_ae_title_it_came_from(
+    scp: int, data: redis.Redis, tmp_path: Path
+) -> None:
+    """As Source Application Entity Title (0002,0016), which storescp writes to the files
+    it stores: destinations may leave out what one sender sends."""
+    from tests.support import make_study
+    from workers.summary import summarize
+
+    study = make_study(tmp_path / "s", [("CT", 2)])
+    storescu(scp, study.files)  # calling AE title TESTSCU
+    ds = pydicom.dcmread(sample_file("MR_small.dcm"))
+    ae = AE(ae_title="OTHER_AE")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", scp, ae_title="SCP2FHIR")
+    assert assoc.is_established
+    assert assoc.send_c_store(ds).Status == statuses.SUCCESS
+    assoc.release()
+    headers = inbox_headers(data)
+    titles = [h["00020016"] for h in headers]
+    assert titles == [{"vr": "AE", "Value": ["TESTSCU"]}] * 2 + [
+        {"vr": "AE", "Value": ["OTHER_AE"]}
+    ]
+    assert summarize(headers[0]).instance["calling_ae"] == "TESTSCU"

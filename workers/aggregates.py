@@ -131,17 +131,21 @@ end
 return rejected
 """
 
-# Close a study after its emission, unless something arrived meanwhile. A retention of 0
-# means the output still has to be delivered to the FHIR server: the aggregate is kept
-# (no expiry) and the study is listed as pending; the delivery starts the clock. The
-# ledger entry (workers/ledger.py) is written in the same step.
+# Close a study after its emission, unless something arrived meanwhile. With destinations
+# to deliver to (ARGV[9] pending sets after the first eight KEYS), the aggregate (and the
+# destinations' delivery records) are kept (no expiry) and the study is listed as pending
+# in each; the last delivery starts the clock. Without, the retention starts now. The
+# ledger entry (workers/ledger.py) is written in the same step. The first key after the
+# pending sets is the study's hash (its generation).
 _CLOSE = """
 local open, inflight, emitted, check, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local pending, signals, ledger, ledger_dates = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local k_study = KEYS[10]
+local signals, ledger, ledger_dates = KEYS[6], KEYS[7], KEYS[8]
 local study, seen, token, now, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local consume_signals = ARGV[6] == '1'
 local ledger_entry, study_date = ARGV[7], ARGV[8]
+local pending = tonumber(ARGV[9])
+local first_kept = 9 + pending
+local k_study = KEYS[first_kept]
 local closed = 0
 local score = redis.call('ZSCORE', open, study)
 if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflight, study) then
@@ -155,11 +159,11 @@ if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflig
   -- What was emitted, kept for good for reconcile (workers/ledger.py).
   redis.call('HSET', ledger, study, ledger_entry)
   redis.call('ZADD', ledger_dates, study_date, study)
-  if tonumber(retention) > 0 then
-    for i = 10, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
+  if pending == 0 then
+    for i = first_kept, #KEYS do redis.call('PEXPIRE', KEYS[i], retention) end
   else
-    for i = 10, #KEYS do redis.call('PERSIST', KEYS[i]) end
-    redis.call('ZADD', pending, now, study)
+    for i = first_kept, #KEYS do redis.call('PERSIST', KEYS[i]) end
+    for i = 9, 8 + pending do redis.call('ZADD', KEYS[i], now, study) end
   end
   closed = 1
 end
@@ -302,18 +306,22 @@ class AggregateStore:
         lease_token: str,
         now_ms: int,
         retention_ms: int,
-        until_delivered: bool = False,
+        deliver_to: Sequence[str] = (),
+        keep: Sequence[str] = (),
         consume_signals: bool = False,
     ) -> bool:
         """Mark the study emitted if no instance arrived since ``seen_ms``; start the
-        retention clock on its keys, or, ``until_delivered``, keep them and list the study
-        in :data:`scp.keys.DELIVER_PENDING` (the delivery starts the clock once the FHIR
-        server has the output). Later records are the next generation; the completion
-        signals that triggered the emission are used up (``consume_signals``); what was
-        emitted is recorded in the ledger (:mod:`workers.ledger`). Releases the lease
-        either way."""
+        retention clock on its keys, or, with ``deliver_to`` (destinations' pending sets,
+        :func:`scp.keys.deliver_pending`), keep them and ``keep`` (the destinations'
+        delivery records) and list the study in each set (the deliveries start the clock
+        once every destination has the output). Later records are the next generation;
+        the completion signals that triggered the emission are used up
+        (``consume_signals``); what was emitted is recorded in the ledger
+        (:mod:`workers.ledger`). Releases the lease either way."""
         uid = aggregate.study_uid
         entry = ledger.entry_for(aggregate, now_ms)
+        study_keys = keys.study_aggregate_keys(uid)
+        kept = [*study_keys, *keep] if deliver_to else study_keys
         closed = self._close(
             keys=[
                 keys.OPEN_STUDIES,
@@ -321,21 +329,22 @@ class AggregateStore:
                 keys.EMITTED,
                 keys.study_check(uid),
                 keys.study_lease(uid),
-                keys.DELIVER_PENDING,
                 keys.study_signals(uid),
                 keys.LEDGER,
                 keys.LEDGER_DATES,
-                *keys.study_aggregate_keys(uid),
+                *deliver_to,
+                *kept,
             ],
             args=[
                 uid,
                 seen_ms,
                 lease_token,
                 now_ms,
-                0 if until_delivered else retention_ms,
+                retention_ms,
                 "1" if consume_signals else "",
                 entry.dumps(),
                 entry.study_date,
+                len(deliver_to),
             ],
         )
         return bool(closed)

@@ -1,4 +1,4 @@
-"""What an RQ job needs from its worker process: settings, Redis, queues.
+"""What an RQ job needs from its worker process: settings, destinations, Redis, queues.
 
 ``scp2fhir worker`` builds one :class:`WorkerContext` in ``main()`` and installs it
 before RQ starts; the work horses RQ forks inherit it. Tests install their own.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rq import Queue
 
@@ -16,6 +16,7 @@ from scp import keys
 from scp.connections import RedisClients
 from scp.settings import ConfigError, Settings
 from workers.aggregates import AggregateStore
+from workers.delivery.settings import DeliverySettings
 from workers.mapping import MappingOptions
 from workers.profiles import profile_named
 
@@ -50,10 +51,17 @@ class WorkerContext:
     store: AggregateStore
     fold_queue: Queue
     emit_queue: Queue
+    #: The output folder's mapping options.
     options: MappingOptions
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
     @classmethod
-    def build(cls, settings: Settings, clients: RedisClients) -> WorkerContext:
+    def build(
+        cls,
+        settings: Settings,
+        clients: RedisClients,
+        delivery: DeliverySettings | None = None,
+    ) -> WorkerContext:
         return cls(
             settings=settings,
             clients=clients,
@@ -61,6 +69,14 @@ class WorkerContext:
             fold_queue=Queue(keys.FOLD_QUEUE, connection=clients.rq),
             emit_queue=Queue(keys.EMIT_QUEUE, connection=clients.rq),
             options=mapping_options(settings),
+            delivery=delivery or DeliverySettings(),
+        )
+
+    @property
+    def needs_technique(self) -> bool:
+        """Whether the fold records acquisition technique (some output's profile wants it)."""
+        return self.options.needs_technique or any(
+            d.options.needs_technique for d in self.delivery.destinations
         )
 
     @property

@@ -12,9 +12,9 @@
 * ``check_signal`` (emit queue) emits a study at once when its MPPS/IAN completion
   signals are satisfied (:mod:`workers.lifecycle.completion`); queued by the SCP when a
   signal arrives and by the drain after folding instances of a signalled study.
-* ``deliver_study`` (deliver queue; only with a FHIR server configured) sends the
-  study's current output to the FHIR server (:mod:`workers.delivery`); emission only
-  queues it, so a slow or absent server never holds up the quiet checks.
+* ``deliver_study`` (a destination's deliver queue) sends the study's current output to
+  one destination (:mod:`workers.delivery`); emission only queues it, so a slow or
+  absent server never holds up the quiet checks, nor another destination.
 
 All times come from the Redis clock, so workers on several hosts agree.
 """
@@ -37,6 +37,7 @@ from scp.signals import request_checks
 from workers import delivery
 from workers.aggregates import InboxEntry
 from workers.context import WorkerContext, current
+from workers.delivery.output import admits
 from workers.fold import ENTERED_IN_ERROR, StudyAggregate
 from workers.lifecycle import completion
 from workers.lifecycle.origin import with_origin
@@ -128,7 +129,7 @@ def fold_entries(ctx: WorkerContext, entries: list[InboxEntry]) -> int:
         try:
             summary = summarize(
                 json.loads(entry.header),
-                with_technique=ctx.options.needs_technique,
+                with_technique=ctx.needs_technique,
                 site_zone=ctx.options.site_zone,
             )
         except Exception as exc:  # a header no summary can be made of goes to dead-letter
@@ -334,21 +335,23 @@ def emit(
             settings.output_dir,
             with_origin(study_bundle(aggregate, settings.fhir_version, ctx.options)),
         )
-    # With a FHIR server the aggregate is kept until the delivery succeeds (the delivery
-    # starts the retention clock), so a redelivery can always rebuild the output.
+    # With destinations the aggregate is kept until each has the output (the last
+    # delivery starts the retention clock), so a redelivery can always rebuild it.
+    destinations = [d for d in ctx.delivery.destinations if admits(d, aggregate)]
     closed = ctx.store.close(
         aggregate,
         seen_ms,
         lease_token,
         now,
         settings.retention_seconds * 1000,
-        until_delivered=settings.fhir_base_url is not None,
+        deliver_to=[keys.deliver_pending(d.name) for d in destinations],
+        keep=[keys.study_delivery(study_uid, d.name) for d in ctx.delivery.destinations],
         consume_signals=signalled is not None,
     )
-    if closed and settings.fhir_base_url is not None:
+    for destination in destinations if closed else ():
         # After the close: a study still open when its delivery runs is skipped. If this
         # worker dies right here, the sweep queues the delivery (deliver-pending).
-        delivery.enqueue_delivery(ctx, study_uid)
+        delivery.enqueue_delivery(ctx, destination, study_uid)
     if closed:
         lag_ms = now - seen_ms - int(settings.quiet_seconds * 1000)
         record_emission(ctx, study_uid, resource, now, seen_ms, lag_ms)
@@ -514,19 +517,9 @@ def sweep() -> dict[str, Any]:
 # --- delivery --------------------------------------------------------------------------
 
 
-def delivery_output(ctx: WorkerContext, aggregate: StudyAggregate, standalone: bool) -> Resource:
-    """What a delivery sends: the study's transaction Bundle when the mapping options ask
-    for one (and the server takes transactions), else the ImagingStudy, built exactly as
-    :func:`emit` builds them."""
-    version = ctx.settings.fhir_version
-    if ctx.options.bundle and not standalone:
-        return with_origin(study_bundle(aggregate, version, ctx.options))
-    return with_origin(imaging_study(aggregate, version, options=ctx.options))
-
-
-def deliver_study(study_uid: str, attempt: int = 1) -> str:
-    """Send the study's current output to the FHIR server (deliver queue)."""
-    ctx = current()
-    return delivery.deliver(
-        ctx, study_uid, attempt, lambda aggregate, alone: delivery_output(ctx, aggregate, alone)
-    )
+def deliver_study(
+    study_uid: str, attempt: int = 1, destination: str = keys.DEFAULT_DESTINATION
+) -> str:
+    """Send the study's current output to one destination (its deliver queue); jobs
+    queued before destinations existed name none: the default one."""
+    return delivery.deliver(current(), study_uid, attempt, destination)

@@ -1,13 +1,14 @@
 """The ``scp2fhir worker`` process: RQ workers (with RQ's scheduler) on scp2fhir's queues.
 
-Without a FHIR server it is one RQ worker on the fold, emit and deliver queues. With
-``SCP2FHIR_FHIR_BASE_URL`` set, deliveries get an RQ worker of their own, in a second
+Without destinations it is one RQ worker on the fold, emit and (default) deliver queues.
+With destinations, each destination's deliveries get an RQ worker of their own, in a
 process the first one starts, signals and stops: an RQ worker runs one job at a time,
 and a delivery may wait up to its timeout for a server that does not answer. Folding and
-quiet checks never wait behind it, so a slow or absent FHIR server never delays
-emission, however few workers run. The two stop together: a signal to the process
-(``scp2fhir up``, a service manager, Ctrl-C) reaches both, and either one ending ends the
-other, so a supervisor sees one process that lives or dies.
+quiet checks never wait behind it, nor does another destination's delivery, so a slow,
+absent or rejecting server never delays emission or another destination, however few
+workers run. They stop together: a signal to the process (``scp2fhir up``, a service
+manager, Ctrl-C) reaches all, and any one ending ends the others, so a supervisor sees
+one process that lives or dies.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -30,6 +32,7 @@ from scp.logs import library_level
 from scp.pacs.settings import PacsSettings
 from scp.settings import Settings
 from workers.context import WorkerContext, install
+from workers.delivery.settings import DeliverySettings
 from workers.jobs import ensure_group, ensure_sweep_scheduled
 from workers.reconcile import schedule
 
@@ -37,19 +40,19 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between RQ maintenance runs (which include taking over a dead scheduler's lock).
 MAINTENANCE_SECONDS = 60
-#: Seconds the delivery worker gets to finish its job after the main worker stopped.
+#: Seconds the delivery workers get to finish their job after the main worker stopped.
 DELIVERIES_STOP_SECONDS = 30.0
 #: prctl(2) option: the signal the kernel sends this process when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
 
 class _Worker(Worker):
-    """An RQ worker that passes the stop signals it gets on to its delivery worker.
+    """An RQ worker that passes the stop signals it gets on to its delivery workers.
 
-    RQ ignores a second signal within a second of the first, so the delivery worker
+    RQ ignores a second signal within a second of the first, so a delivery worker
     stops warm even when a Ctrl-C reaches it both from the terminal and from here."""
 
-    companion: BaseProcess | None = None
+    companions: tuple[BaseProcess, ...] = ()
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self._forward(signum)
@@ -60,48 +63,69 @@ class _Worker(Worker):
         super().request_force_stop(signum, frame)
 
     def _forward(self, signum: int) -> None:
-        if self.companion is not None and self.companion.pid and self.companion.is_alive():
-            os.kill(self.companion.pid, signum)
+        for companion in self.companions:
+            if companion.pid and companion.is_alive():
+                os.kill(companion.pid, signum)
 
 
-def run(settings: Settings, burst: bool = False, pacs: PacsSettings | None = None) -> None:
-    context = _context(settings)
+def run(
+    settings: Settings,
+    delivery: DeliverySettings | None = None,
+    burst: bool = False,
+    pacs: PacsSettings | None = None,
+) -> None:
+    delivery = delivery or DeliverySettings()
+    context = _context(settings, delivery)
     ensure_sweep_scheduled(context)
     if pacs is not None:  # the scheduled reconcile (off unless configured), on the emit queue
         schedule.install(pacs)
         schedule.ensure_scheduled(context, delay_seconds=schedule.FIRST_DELAY_SECONDS)
-    if settings.fhir_base_url is None:
-        # Listed in order of preference: folding first.
+    if not delivery:
+        # Listed in order of preference: folding first. The deliver queue is served in
+        # case jobs of an earlier configuration wait there (they report the missing
+        # destination and end).
         queues = [keys.FOLD_QUEUE, keys.EMIT_QUEUE, keys.DELIVER_QUEUE]
         _work(_rq_worker(context, queues), settings, burst)
         return
     worker = _rq_worker(context, [keys.FOLD_QUEUE, keys.EMIT_QUEUE])
-    deliveries = multiprocessing.get_context("spawn").Process(
-        target=_serve_deliveries, args=(settings, burst, os.getpid()), name="deliveries"
+    spawn = multiprocessing.get_context("spawn")
+    companions = tuple(
+        spawn.Process(
+            target=_serve_deliveries,
+            args=(settings, delivery, destination.name, burst, os.getpid()),
+            name=f"deliveries-{destination.name}",
+        )
+        for destination in delivery.destinations
     )
-    deliveries.start()
-    worker.companion = deliveries
+    for companion in companions:
+        companion.start()
+    worker.companions = companions
     stopping = threading.Event()
     if not burst:
-        threading.Thread(
-            target=_stop_when_gone, args=(deliveries, stopping), name="deliveries", daemon=True
-        ).start()
+        for companion in companions:
+            threading.Thread(
+                target=_stop_when_gone,
+                args=(companion, stopping),
+                name=companion.name,
+                daemon=True,
+            ).start()
     try:
         _work(worker, settings, burst)
     finally:
         stopping.set()
         if burst:
-            deliveries.join()  # it ends when its queue is empty too
-        _stop(deliveries)
+            for companion in companions:
+                companion.join()  # each ends when its queue is empty too
+        _stop(companions)
 
 
-def _context(settings: Settings) -> WorkerContext:
+def _context(settings: Settings, delivery: DeliverySettings) -> WorkerContext:
     clients = connect(settings.require_redis_url())
     ensure_group(clients.data)
     # No flush thread here: RQ forks a work horse per job, and a thread holding the
     # recorder's lock at fork time would deadlock the horse. Jobs flush when they end.
     metrics.install(metrics.Recorder(clients.data))
-    context = WorkerContext.build(settings, clients)
+    context = WorkerContext.build(settings, clients, delivery)
     install(context)
     return context
 
@@ -125,33 +149,47 @@ def _work(worker: Worker, settings: Settings, burst: bool) -> None:
     worker.work(burst=burst, with_scheduler=True, logging_level=library_level(settings.log_level))
 
 
-def _serve_deliveries(settings: Settings, burst: bool, parent: int) -> None:
-    """The delivery worker's process (started with ``spawn``: a fresh interpreter)."""
+def _serve_deliveries(
+    settings: Settings, delivery: DeliverySettings, name: str, burst: bool, parent: int
+) -> None:
+    """One destination's delivery worker process (started with ``spawn``: a fresh
+    interpreter)."""
     if sys.platform == "linux":
         # Killed with its parent (kill -9 included): never an orphan serving on alone.
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         return  # the parent died before the line above took effect
     logs.configure(settings.log_level, "worker", settings.log_format, settings.log_hash_uids)
-    _work(_rq_worker(_context(settings), [keys.DELIVER_QUEUE]), settings, burst)
+    destination = delivery.named(name)
+    assert destination is not None
+    _work(_rq_worker(_context(settings, delivery), [destination.queue]), settings, burst)
 
 
 def _stop_when_gone(deliveries: BaseProcess, stopping: threading.Event) -> None:
-    """Ends this worker (warm, by the signal RQ handles) if its delivery worker ends
-    first, so the process supervisor restarts both."""
+    """Ends this worker (warm, by the signal RQ handles) if a delivery worker ends
+    first, so the process supervisor restarts them all."""
     deliveries.join()
     if stopping.is_set():
         return
-    logger.error("delivery worker exited with %s; stopping this worker", deliveries.exitcode)
+    logger.error(
+        "delivery worker %s exited with %s; stopping this worker",
+        deliveries.name,
+        deliveries.exitcode,
+    )
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _stop(deliveries: BaseProcess) -> None:
-    if deliveries.is_alive():
-        assert deliveries.pid is not None
-        os.kill(deliveries.pid, signal.SIGTERM)
-    deliveries.join(DELIVERIES_STOP_SECONDS)
-    if deliveries.is_alive():
-        logger.warning("delivery worker did not stop in time; killing it")
-        deliveries.kill()
-        deliveries.join()
+def _stop(companions: tuple[BaseProcess, ...]) -> None:
+    """Signal every delivery worker at once, then give them together
+    :data:`DELIVERIES_STOP_SECONDS` to finish their job."""
+    for deliveries in companions:
+        if deliveries.is_alive():
+            assert deliveries.pid is not None
+            os.kill(deliveries.pid, signal.SIGTERM)
+    deadline = time.monotonic() + DELIVERIES_STOP_SECONDS
+    for deliveries in companions:
+        deliveries.join(max(0.0, deadline - time.monotonic()))
+        if deliveries.is_alive():
+            logger.warning("delivery worker %s did not stop in time; killing it", deliveries.name)
+            deliveries.kill()
+            deliveries.join()

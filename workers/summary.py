@@ -285,6 +285,8 @@ def _instance(
     if laterality in ("L", "R", "B"):
         out["laterality"] = laterality
     _put(out, "title", _title(dj))
+    # The calling AE title the SCP received it from (destinations may leave it out).
+    _put(out, "calling_ae", dj.text("SourceApplicationEntityTitle"))
     return out
 
 

@@ -1,11 +1,16 @@
-"""Delivery of emitted studies to a FHIR server (``SCP2FHIR_FHIR_BASE_URL``).
+"""Delivery of emitted studies to destinations: FHIR servers and folders.
 
-Emission writes the file and queues a delivery job on its own RQ queue
-(``scp2fhir-deliver``), so a slow or absent server never holds up folding and quiet
-checks, and a redelivery always sends the newest output. One module per noun:
+Emission writes the file and queues a delivery job per destination on the destination's
+own RQ queue (``scp2fhir-deliver`` for the default one, ``scp2fhir-deliver-<name>``),
+so a slow or absent server never holds up folding, quiet checks or another destination,
+and a redelivery always sends the newest output. One module per noun:
 
+* :mod:`~workers.delivery.settings` -- the destinations: typed settings, parsed once;
 * :mod:`~workers.delivery.job` -- the RQ job: lock, build, write, record; retries via RQ's
   scheduler, dead letters in the queue's FailedJobRegistry, ``retry-failed``, sweep;
+* :mod:`~workers.delivery.output` -- what a destination gets: left out, pseudonymized,
+  mapped with its version and profile;
+* :mod:`~workers.delivery.pseudonymize` -- the pseudonymization rules and recipes;
 * :mod:`~workers.delivery.writer` -- idempotent writes: conditional update on the Study
   Instance UID identifier or PUT to the stable id, If-Match, conflict re-reads;
 * :mod:`~workers.delivery.client` -- httpx client per process: content type, TLS, gzip;
@@ -13,7 +18,8 @@ checks, and a redelivery always sends the newest output. One module per noun:
   Backend Services;
 * :mod:`~workers.delivery.conformance` -- the CapabilityStatement and the fallbacks;
 * :mod:`~workers.delivery.retry` -- which failures are transient, backoff, Retry-After;
-* :mod:`~workers.delivery.state` -- per-study records in Redis, retention after delivery;
+* :mod:`~workers.delivery.state` -- per-study and destination records in Redis, retention
+  once every destination has the study;
 * :mod:`~workers.delivery.errors` -- the exception tree.
 """
 
@@ -33,7 +39,6 @@ from workers.delivery.errors import (
 )
 from workers.delivery.job import (
     DELIVER_JOB,
-    Builder,
     deliver,
     enqueue_delivery,
     retry_failed,
@@ -43,7 +48,6 @@ from workers.delivery.job import (
 __all__ = [
     "DELIVER_JOB",
     "AuthenticationFailed",
-    "Builder",
     "ConflictPersists",
     "DeliveryError",
     "ForeignResource",

@@ -35,9 +35,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from scp import keys
-from scp.settings import Secret, Settings
+from scp.secret import Secret
 from workers.delivery.errors import AuthenticationFailed, TokenUnavailable
 from workers.delivery.retry import is_transient_status, parse_retry_after
+from workers.delivery.settings import Auth
 
 logger = logging.getLogger(__name__)
 
@@ -297,31 +298,25 @@ class SmartBackendAuth(OAuthAuth):
         }
 
 
-def build_auth(settings: Settings, http: httpx.Client, cache: TokenCache) -> httpx.Auth | None:
-    """The auth flow ``settings`` ask for (``None`` for ``none``); ``http`` is the client
+def build_auth(auth: Auth, http: httpx.Client, cache: TokenCache) -> httpx.Auth | None:
+    """The auth flow ``auth`` asks for (``None`` for ``none``); ``http`` is the client
     the token requests go through."""
-    if settings.fhir_auth == "bearer":
-        assert settings.fhir_token is not None  # Settings.from_env checked the combination
-        return BearerAuth(settings.fhir_token)
-    if settings.fhir_auth == "client-credentials":
-        assert settings.fhir_token_url and settings.fhir_client_id and settings.fhir_client_secret
+    if auth.method == "bearer":
+        assert auth.token is not None  # the settings checked the combination
+        return BearerAuth(auth.token)
+    if auth.method == "client-credentials":
+        assert auth.token_url and auth.client_id and auth.client_secret
         return ClientCredentialsAuth(
-            settings.fhir_token_url,
-            settings.fhir_client_id,
-            settings.fhir_client_secret,
-            settings.fhir_scope,
-            http,
-            cache,
+            auth.token_url, auth.client_id, auth.client_secret, auth.scope, http, cache
         )
-    if settings.fhir_auth == "smart-backend":
-        assert settings.fhir_token_url and settings.fhir_client_id
-        assert settings.fhir_private_key_file and settings.fhir_key_id
+    if auth.method == "smart-backend":
+        assert auth.token_url and auth.client_id and auth.private_key_file and auth.key_id
         return SmartBackendAuth(
-            settings.fhir_token_url,
-            settings.fhir_client_id,
-            settings.fhir_private_key_file,
-            settings.fhir_key_id,
-            settings.fhir_scope,
+            auth.token_url,
+            auth.client_id,
+            auth.private_key_file,
+            auth.key_id,
+            auth.scope,
             http,
             cache,
         )

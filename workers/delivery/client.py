@@ -1,9 +1,9 @@
-"""The HTTP side: one ``httpx.Client`` per process, built lazily from the settings.
+"""The HTTP side: one ``httpx.Client`` per destination and process, built lazily.
 
 * ``Content-Type: application/fhir+json; fhirVersion=4.0`` (or ``5.0``), as configured.
-* TLS: the operating system's trust store, or ``SCP2FHIR_FHIR_CA_BUNDLE``; a client
-  certificate for mutual TLS. The same context serves the token endpoint.
-* Request bodies of ``SCP2FHIR_FHIR_GZIP_MIN_BYTES`` or more go gzip-compressed. No
+* TLS: the operating system's trust store, or the destination's ``tls.ca_bundle``; a
+  client certificate for mutual TLS. The same context serves the token endpoint.
+* Request bodies of ``gzip_min_bytes`` or more go gzip-compressed. No
   CapabilityStatement element says whether a server takes compressed bodies, so the
   answer decides: a 400, 415 or 5xx to a compressed body is repeated plain at once, and
   if that is answered differently the server is marked (in Redis, for an hour) as one
@@ -33,9 +33,9 @@ import httpx
 import redis
 
 from scp import keys
-from scp.settings import Settings
 from workers.delivery.auth import MemoryTokenCache, RedisTokenCache, TokenCache, build_auth
 from workers.delivery.errors import ServerUnavailable
+from workers.delivery.settings import Destination
 
 logger = logging.getLogger(__name__)
 
@@ -56,31 +56,31 @@ _transport_factory: TransportFactory = _default_transport
 
 def set_transport_factory(factory: TransportFactory | None) -> None:
     """Build clients' transports with ``factory`` (tests); ``None`` restores the default."""
-    global _transport_factory, _client
     _transport_factory = factory or _default_transport
-    _client = None
+    _clients.clear()
 
 
 def content_type(fhir_version: str) -> str:
     return f"{FHIR_JSON}; fhirVersion={'5.0' if fhir_version == 'R5' else '4.0'}"
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext:
+def ssl_context(destination: Destination) -> ssl.SSLContext:
     """System trust store (not certifi's: a hospital installs its CA in the system), or
     the configured CA bundle; plus the client certificate for mutual TLS."""
-    urls = (settings.fhir_base_url or "", settings.fhir_token_url or "")
+    tls = destination.tls
+    urls = (destination.url or "", destination.auth.token_url or "")
     if not any(url.startswith("https:") for url in urls):
         # Plain HTTP only: no TLS will happen, so skip reading the trust store (~25 ms in
         # every job process).
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if settings.fhir_ca_bundle is None:
+    if tls.ca_bundle is None:
         context = ssl.create_default_context()
-    elif settings.fhir_ca_bundle.is_dir():
-        context = ssl.create_default_context(capath=str(settings.fhir_ca_bundle))
+    elif tls.ca_bundle.is_dir():
+        context = ssl.create_default_context(capath=str(tls.ca_bundle))
     else:
-        context = ssl.create_default_context(cafile=str(settings.fhir_ca_bundle))
-    if settings.fhir_client_cert is not None:
-        context.load_cert_chain(settings.fhir_client_cert, settings.fhir_client_key)
+        context = ssl.create_default_context(cafile=str(tls.ca_bundle))
+    if tls.client_cert is not None:
+        context.load_cert_chain(tls.client_cert, tls.client_key)
     return context
 
 
@@ -91,18 +91,18 @@ def server_hash(base_url: str) -> str:
 class FhirClient:
     """Requests to one FHIR server; URLs are relative to its base (``""`` is the base)."""
 
-    def __init__(self, settings: Settings, connection: redis.Redis | None = None) -> None:
-        if settings.fhir_base_url is None:
-            raise ValueError("no FHIR server configured (SCP2FHIR_FHIR_BASE_URL)")
-        self.settings = settings
-        self.base_url = settings.fhir_base_url
-        self.content_type = content_type(settings.fhir_version)
+    def __init__(self, destination: Destination, connection: redis.Redis | None = None) -> None:
+        if destination.url is None:
+            raise ValueError(f"destination {destination.name} is a folder, not a FHIR server")
+        self.destination = destination
+        self.base_url = destination.url
+        self.content_type = content_type(destination.fhir_version)
         self._redis = connection
         self._no_gzip_key = keys.fhir_no_gzip(server_hash(self.base_url))
         self._no_gzip_local = False
-        context = ssl_context(settings)
+        context = ssl_context(destination)
         timeout = httpx.Timeout(
-            settings.fhir_timeout_seconds, connect=min(10.0, settings.fhir_timeout_seconds)
+            destination.timeout_seconds, connect=min(10.0, destination.timeout_seconds)
         )
         common: dict[str, Any] = {
             "timeout": timeout,
@@ -115,7 +115,7 @@ class FhirClient:
         cache: TokenCache = RedisTokenCache(connection) if connection else MemoryTokenCache()
         self.http = httpx.Client(
             transport=_transport_factory(context),
-            auth=build_auth(settings, self._token_http, cache),
+            auth=build_auth(destination.auth, self._token_http, cache),
             **common,
         )
 
@@ -137,7 +137,7 @@ class FhirClient:
             return self._send(method, path, None, sent)
         body = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         sent["Content-Type"] = self.content_type
-        minimum = self.settings.fhir_gzip_min_bytes
+        minimum = self.destination.gzip_min_bytes
         if not minimum or len(body) < minimum or self._gzip_refused():
             return self._send(method, path, body, sent)
         packed = self._send(
@@ -159,7 +159,7 @@ class FhirClient:
             return self.http.request(method, self.url(path), content=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise ServerUnavailable(
-                f"{what}: no answer within {self.settings.fhir_timeout_seconds:g}s "
+                f"{what}: no answer within {self.destination.timeout_seconds:g}s "
                 f"({type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
@@ -187,20 +187,21 @@ class FhirClient:
         self._token_http.close()
 
 
-_client: FhirClient | None = None
-_client_owner: tuple[int, int] | None = None
+#: (pid, destination name, id of its settings) -> client
+_clients: dict[tuple[int, str, int], FhirClient] = {}
 
 
-def get_client(settings: Settings, connection: redis.Redis | None) -> FhirClient:
-    """This process's client for ``settings``, built on first use. RQ runs each job in a
-    forked process; a client inherited from the parent is never reused (its sockets
-    would be shared), so the owner check includes the pid."""
-    global _client, _client_owner
-    owner = (os.getpid(), id(settings))
-    if _client is None or _client_owner != owner:
-        _client = FhirClient(settings, connection)
-        _client_owner = owner
+def get_client(destination: Destination, connection: redis.Redis | None) -> FhirClient:
+    """This process's client for ``destination``, built on first use. RQ runs each job
+    in a forked process; a client inherited from the parent is never reused (its
+    sockets would be shared), so the owner check includes the pid."""
+    owner = (os.getpid(), destination.name, id(destination))
+    client = _clients.get(owner)
+    if client is None:
+        for stale in [k for k in _clients if k[0] != owner[0]]:
+            del _clients[stale]  # the parent's: never closed here, its sockets are shared
+        client = _clients[owner] = FhirClient(destination, connection)
         if not logging.getLogger().isEnabledFor(logging.DEBUG):
             # httpx logs every request at INFO; the delivery's own line says more.
             logging.getLogger("httpx").setLevel(logging.WARNING)
-    return _client
+    return client

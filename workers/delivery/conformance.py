@@ -8,7 +8,7 @@ for each thing missing, with what delivery does instead:
 * no conditional update (``conditionalUpdate``) -> search ImagingStudy by identifier,
   then update the match or create (conditional create when offered, so two workers
   cannot both create);
-* no client ids (``updateCreate``) with ``SCP2FHIR_FHIR_WRITE_MODE=client-id`` ->
+* no client ids (``updateCreate``) with ``write_mode = "client-id"`` ->
   conditional update, or search as above;
 * no ImagingStudy ``update`` -> create only: a study already on the server cannot be
   updated, and such a delivery is dead-lettered with that reason;
@@ -28,9 +28,9 @@ from typing import Any, Literal
 import redis
 
 from scp import keys
-from scp.settings import Settings
 from workers.delivery.client import FhirClient, server_hash
 from workers.delivery.errors import DeliveryError
+from workers.delivery.settings import Destination
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ class Capabilities:
         return next((way for way in order if offered[way]), order[0])
 
 
-def load(client: FhirClient, settings: Settings, connection: redis.Redis | None) -> Capabilities:
+def load(
+    client: FhirClient, destination: Destination, connection: redis.Redis | None
+) -> Capabilities:
     """The server's capabilities, from the Redis cache or read (and logged) now."""
     key = keys.fhir_capabilities(server_hash(client.base_url))
     if connection is not None:
@@ -123,32 +125,36 @@ def load(client: FhirClient, settings: Settings, connection: redis.Redis | None)
         ttl = CACHE_SECONDS
     except (DeliveryError, ValueError) as exc:
         logger.warning(
-            "server=%s CapabilityStatement not readable (%s): assuming it supports "
-            "SCP2FHIR_FHIR_WRITE_MODE=%s",
+            "destination=%s server=%s CapabilityStatement not readable (%s): assuming it "
+            "supports write_mode=%s",
+            destination.name,
             client.base_url,
             exc,
-            settings.fhir_write_mode,
+            destination.write_mode,
         )
         capabilities = Capabilities()
         ttl = UNKNOWN_CACHE_SECONDS
     else:
-        report(client.base_url, capabilities, settings)
+        report(client.base_url, capabilities, destination)
     if connection is not None:
         connection.set(key, json.dumps(asdict(capabilities)), ex=ttl)
     return capabilities
 
 
-def report(base_url: str, caps: Capabilities, settings: Settings) -> None:
+def report(base_url: str, caps: Capabilities, destination: Destination) -> None:
     """Log what the server offers and, for each gap, what delivery does instead."""
 
     def yes(flag: bool) -> str:
         return "yes" if flag else "NO"
 
-    way = caps.first_write(settings.fhir_write_mode, has_identifier=True)
+    mode = destination.write_mode
+    name = destination.name
+    way = caps.first_write(mode, has_identifier=True)
     logger.info(
-        "server=%s fhirVersion=%s ImagingStudy: create=%s update=%s conditional-update=%s "
-        "client-ids=%s conditional-create=%s search-by-identifier=%s; transaction=%s; "
-        "first write of a study: %s",
+        "destination=%s server=%s fhirVersion=%s ImagingStudy: create=%s update=%s "
+        "conditional-update=%s client-ids=%s conditional-create=%s search-by-identifier=%s; "
+        "transaction=%s; first write of a study: %s",
+        name,
         base_url,
         caps.fhir_version,
         yes(caps.create),
@@ -160,39 +166,46 @@ def report(base_url: str, caps: Capabilities, settings: Settings) -> None:
         yes(caps.transaction),
         way,
     )
-    expected = "5.0" if settings.fhir_version == "R5" else "4.0"
+    expected = "5.0" if destination.fhir_version == "R5" else "4.0"
     if caps.fhir_version and not caps.fhir_version.startswith(expected):
         logger.error(
-            "server=%s speaks FHIR %s but SCP2FHIR_FHIR_VERSION=%s: it will likely reject "
-            "what is sent (dead-lettered until fixed, then `scp2fhir retry-failed`)",
+            "destination=%s server=%s speaks FHIR %s but fhir_version=%s: it will likely "
+            "reject what is sent (dead-lettered until fixed, then `scp2fhir retry-failed`)",
+            name,
             base_url,
             caps.fhir_version,
-            settings.fhir_version,
+            destination.fhir_version,
         )
     if not caps.update:
         logger.warning(
-            "server=%s does not allow ImagingStudy update: new studies are created, but a "
-            "study that changes after delivery cannot be updated (dead-lettered)",
+            "destination=%s server=%s does not allow ImagingStudy update: new studies are "
+            "created, but a study that changes after delivery cannot be updated "
+            "(dead-lettered)",
+            name,
             base_url,
         )
     if not caps.create and not caps.update_create:
-        logger.warning("server=%s lists no way to create an ImagingStudy", base_url)
-    if way != settings.fhir_write_mode:
+        logger.warning(
+            "destination=%s server=%s lists no way to create an ImagingStudy", name, base_url
+        )
+    if way != mode:
         gaps = []
-        if settings.fhir_write_mode == "conditional" and not caps.conditional_update:
+        if mode == "conditional" and not caps.conditional_update:
             gaps.append("no conditional update")
-        if settings.fhir_write_mode == "client-id" and not caps.update_create:
+        if mode == "client-id" and not caps.update_create:
             gaps.append("no client-assigned ids (updateCreate)")
         logger.warning(
-            "server=%s has %s: SCP2FHIR_FHIR_WRITE_MODE=%s falls back to %s",
+            "destination=%s server=%s has %s: write_mode=%s falls back to %s",
+            name,
             base_url,
             ", ".join(gaps) or "not what the mode needs",
-            settings.fhir_write_mode,
+            mode,
             "search by identifier, then update or create" if way == "search" else way,
         )
     if not caps.transaction:
         logger.warning(
-            "server=%s does not take transaction Bundles: a study Bundle is delivered as "
-            "the ImagingStudy alone",
+            "destination=%s server=%s does not take transaction Bundles: a study Bundle is "
+            "delivered as the ImagingStudy alone",
+            name,
             base_url,
         )

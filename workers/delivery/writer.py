@@ -11,8 +11,8 @@ The ImagingStudy is found by its Study Instance UID identifier
   wrote>"``. A 409/412 means someone else changed the resource: it is re-read and logged
   (never silently overwritten); if it already holds exactly what we send (our own write
   whose answer was lost to a timeout) that version is adopted, otherwise the write is
-  repeated against the version just read, at most ``SCP2FHIR_FHIR_CONFLICT_RETRIES``
-  times. The bridge's content is authoritative for what DICOM says.
+  repeated against the version just read, at most ``retry.conflict_retries`` times.
+  The bridge's content is authoritative for what DICOM says.
 * A transaction Bundle (the study with its Patient, Devices, Endpoint) carries the same
   decisions in its ImagingStudy entry (``request.url``, ``ifMatch``, ``ifNoneExist``).
 * Only resources scp2fhir wrote (origin tag, :mod:`workers.lifecycle.origin`) are ever
@@ -34,11 +34,11 @@ from urllib.parse import quote
 
 import httpx
 
-from scp.settings import Settings
 from workers.delivery.client import FhirClient
 from workers.delivery.conformance import Capabilities
 from workers.delivery.errors import ConflictPersists, ForeignResource, Rejected, Unsupported
 from workers.delivery.retry import error_for
+from workers.delivery.settings import Destination
 from workers.delivery.state import Delivered
 from workers.lifecycle.origin import ORIGIN_SEARCH, written_by_us
 
@@ -117,9 +117,9 @@ def imaging_study_of(output: Resource) -> tuple[Resource, int | None]:
 
 
 class StudyWriter:
-    def __init__(self, client: FhirClient, settings: Settings, caps: Capabilities) -> None:
+    def __init__(self, client: FhirClient, destination: Destination, caps: Capabilities) -> None:
         self.client = client
-        self.settings = settings
+        self.destination = destination
         self.caps = caps
 
     def write(self, study_uid: str, output: Resource, known: Delivered) -> WriteResult:
@@ -128,7 +128,8 @@ class StudyWriter:
         study, _ = imaging_study_of(output)
         token = study_identifier_token(study)
         target = self._target(study, token, known)
-        for _round in range(self.settings.fhir_conflict_retries + 1):
+        retries = self.destination.retry.conflict_retries
+        for _round in range(retries + 1):
             response, result = self._send(output, target)
             if result is not None:
                 return result
@@ -172,8 +173,7 @@ class StudyWriter:
                 )
             raise error_for(response, f"{target.method} {target.url.split('?')[0]}")
         raise ConflictPersists(
-            f"ImagingStudy/{target.resource_id}: still conflicting after "
-            f"{self.settings.fhir_conflict_retries} re-reads"
+            f"ImagingStudy/{target.resource_id}: still conflicting after {retries} re-reads"
         )
 
     # --- targets -------------------------------------------------------------------
@@ -194,7 +194,7 @@ class StudyWriter:
         return self._first_write(study, token)
 
     def _first_write(self, study: Resource, token: str | None) -> Target:
-        way = self.caps.first_write(self.settings.fhir_write_mode, token is not None)
+        way = self.caps.first_write(self.destination.write_mode, token is not None)
         if way == "conditional" and token is not None:
             if self.caps.search_identifier:
                 found = self._search(token)

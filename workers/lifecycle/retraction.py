@@ -90,10 +90,10 @@ def _check_uid(study_uid: str) -> None:
 def retract(ctx: WorkerContext, study_uid: str, reason: str | None) -> Outcome:
     """Mark ``study_uid`` entered-in-error everywhere scp2fhir wrote it (idempotent)."""
     from workers.delivery import enqueue_delivery
+    from workers.delivery.output import admits
 
     _check_uid(study_uid)
     data = ctx.clients.data
-    settings = ctx.settings
     outcome = Outcome(study_uid)
     seconds, micros = data.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
@@ -108,15 +108,24 @@ def retract(ctx: WorkerContext, study_uid: str, reason: str | None) -> Outcome:
     aggregate = ctx.store.load(study_uid)
     written = _rewrite_files(ctx, aggregate)
     outcome.done += [f"wrote {path}" for path in written]
-    if settings.fhir_base_url is not None and (written or aggregate.emittable):
-        # Listed as pending (its aggregate kept) until the server has the new version.
+    # Every destination that has (or would take) the study gets the new version.
+    targets = [
+        d
+        for d in ctx.delivery.destinations
+        if admits(d, aggregate) or data.exists(keys.study_delivery(study_uid, d.name))
+    ]
+    if targets and (written or aggregate.emittable):
+        # Listed as pending (its aggregate kept) until each has the new version.
         pipe = data.pipeline(transaction=True)
-        pipe.zadd(keys.DELIVER_PENDING, {study_uid: now_ms})
+        for destination in targets:
+            pipe.zadd(keys.deliver_pending(destination.name), {study_uid: now_ms})
         for key in keys.study_aggregate_keys(study_uid):
             pipe.persist(key)
         pipe.execute()
-        enqueue_delivery(ctx, study_uid, force=True)
-        outcome.done.append(f"delivery to {settings.fhir_base_url} queued (workers send it)")
+        for destination in targets:
+            enqueue_delivery(ctx, destination, study_uid, force=True)
+        names = ", ".join(d.name for d in targets)
+        outcome.done.append(f"delivery to {names} queued (workers send it)")
     if not written and not aggregate.emittable:
         outcome.done.append("nothing of the study is held or was written here")
     audit.warning(
@@ -174,10 +183,13 @@ def forget(clients: RedisClients, settings: Settings, study_uid: str) -> Outcome
         if data.get(keys.series_study(series_uid)) == study_uid:
             doomed.append(keys.series_study(series_uid))
     deleted = int(data.delete(*doomed)) if doomed else 0
+    # Every destination's pending and dead-letter index (``:D`` per destination).
+    pending = [str(k) for k in data.scan_iter(match=f"{keys.DELIVER_PENDING}*", count=500)]
+    failed = [str(k) for k in data.scan_iter(match=f"{keys.DELIVER_FAILED}*", count=500)]
     pipe = data.pipeline(transaction=True)
-    for index in (keys.OPEN_STUDIES, keys.EMITTED, keys.DELIVER_PENDING):
+    for index in (keys.OPEN_STUDIES, keys.EMITTED, *pending):
         pipe.zrem(index, study_uid)
-    for table in (keys.INFLIGHT, keys.DELIVER_FAILED, keys.DISAGREEMENTS):
+    for table in (keys.INFLIGHT, keys.DISAGREEMENTS, *failed):
         pipe.hdel(table, study_uid)
     pipe.execute()
     letters = 0

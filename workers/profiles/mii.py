@@ -346,6 +346,7 @@ MODALITY_EXTENSIONS.update(dict.fromkeys(("MG", "CR", "DX"), _PROJECTION))
 class MiiProfile(Profile):
     name = "mii"
     url = STUDY_PROFILE
+    version = "2027.0.0-ballot"
     fhir_versions = frozenset({"R4"})
     needs_technique = True
 

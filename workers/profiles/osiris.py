@@ -124,6 +124,7 @@ _SERIES_REQUIRED = [
 class OsirisProfile(Profile):
     name = "osiris"
     url = STUDY_PROFILE
+    version = "1.1.0"
     fhir_versions = frozenset({"R4"})
     needs_technique = True
 

@@ -22,6 +22,9 @@ class Profile:
     name: str = "base"
     #: Canonical URL of the profile's ImagingStudy StructureDefinition (meta.profile)
     url: str | None = None
+    #: Version of the implementation guide the profile follows (a destination's
+    #: ``profile_version`` must name it); None for FHIR's own resource
+    version: str | None = None
     #: FHIR versions the profile is defined for
     fhir_versions: frozenset[str] = frozenset({"R4", "R5"})
     #: Whether instance records must carry their acquisition technique

@@ -29,6 +29,7 @@ _SERIES_MUST_SUPPORT = [
 class QiCoreProfile(Profile):
     name = "qicore"
     url = STUDY_PROFILE
+    version = "6.0.0"
     fhir_versions = frozenset({"R4"})
 
     def refine_study(self, study: Resource, aggregate: StudyAggregate, gaps: Gaps) -> None:
