@@ -23,17 +23,19 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scp import keys
 from scp.connections import RedisClients
 from scp.settings import Settings
-from workers.context import WorkerContext
 from workers.dicomjson import valid_uid
 from workers.fold import ENTERED_IN_ERROR, StudyAggregate
 from workers.lifecycle.origin import with_origin, written_by_us
 from workers.mapping import Resource, fhir_id, imaging_study, study_bundle
 from workers.output import resource_path, write_resource
+
+if TYPE_CHECKING:  # workers.context imports the delivery code, which imports this module
+    from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("scp2fhir.audit")
