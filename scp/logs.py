@@ -35,7 +35,7 @@ import warnings
 from typing import TextIO
 
 #: Loggers of scp2fhir itself; every other logger is a third party's.
-OWN_LOGGERS = ("scp", "workers", "tests")
+OWN_LOGGERS = ("scp", "workers", "scp2fhir", "tests")
 
 #: A DICOM UID: at least four dot-separated numeric components (versions have fewer).
 _UID = re.compile(r"(?<![\w.])(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*)){3,}(?!\w)(?!\.\d)")

@@ -20,7 +20,7 @@ import pytest
 import redis
 from fhir.resources.imagingstudy import ImagingStudy as ImagingStudyR5
 
-from scp import keys
+from scp import keys, metrics
 from tests import conftest_delivery
 from tests.conftest import ROOT, run_cli
 from tests.conftest_delivery import (
@@ -217,8 +217,10 @@ def test_three_destinations_one_down_the_others_on_time_then_it_catches_up(
         assert set(rows) == {"ehr", "research", "repository"}
         assert all(d["pending"] == 0 and d["dead_lettered"] == 0 for d in rows.values())
         counters = data.hgetall(keys.METRICS_COUNTERS)
-        assert int(counters["delivery_attempts_total|destination=ehr|outcome=transient"]) >= 2
-        assert int(counters["delivery_attempts_total|destination=research|outcome=delivered"])
+        attempts = "delivery_attempts_total"
+        field = metrics.encode_field
+        assert int(counters[field(attempts, {"destination": "ehr", "outcome": "transient"})]) >= 2
+        assert int(counters[field(attempts, {"destination": "research", "outcome": "delivered"})])
         histogram = data.hgetall(keys.metrics_histogram("emitted_to_delivered_seconds"))
         for name in ("research", "repository", "ehr"):
             count = int(histogram[f"destination={name}|count"])
