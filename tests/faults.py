@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ _LONG_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
 UNDEFINED_LENGTH = 0xFFFFFFFF
+CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def element(tag: int, vr: str, value: bytes, length: int | None = None) -> bytes:
@@ -117,6 +119,78 @@ def write_part10(
     return path
 
 
+def identity_elements(study: str, series: str, sop: str, sop_class: str = CT) -> dict[int, bytes]:
+    """The elements that identify an instance, explicit VR little endian, by tag."""
+    return {
+        0x00080016: element(0x00080016, "UI", text(sop_class, b"\0")),
+        0x00080018: element(0x00080018, "UI", text(sop, b"\0")),
+        0x00080060: element(0x00080060, "CS", b"OT"),
+        0x0020000D: element(0x0020000D, "UI", text(study, b"\0")),
+        0x0020000E: element(0x0020000E, "UI", text(series, b"\0")),
+    }
+
+
+def _public_text() -> bytes:
+    """Public prose (a licence text of the distribution; else this module's source)."""
+    for candidate in (Path("/usr/share/common-licenses/GPL-3"), Path(__file__)):
+        with contextlib.suppress(OSError):
+            return candidate.read_bytes()
+    return b"lorem ipsum " * 1000
+
+
+def big_text_dataset(study: str, series: str, sop: str, total: int, item_text: int = 1000) -> bytes:
+    """An instance whose Content Sequence holds about ``total`` bytes of public text in
+    small items (Value Type TEXT, Text Value of ``item_text`` bytes each): every element
+    is small, only the whole is large."""
+    prose = _public_text()
+    items = []
+    size = 0
+    offset = 0
+    while size < total:
+        chunk = prose[offset : offset + item_text]
+        offset = (offset + item_text) % max(1, len(prose) - item_text)
+        body = element(0x0040A040, "CS", b"TEXT") + element(0x0040A160, "UT", text(chunk.decode("latin-1")))
+        items.append(item(body))
+        size += len(items[-1])
+    parts = identity_elements(study, series, sop)
+    parts[0x0040A730] = element(0x0040A730, "SQ", b"".join(items))
+    return b"".join(parts[tag] for tag in sorted(parts))
+
+
+def deflate_bomb(path: Path, inflated: int, where: str = "pixels") -> Path:
+    """A Deflated Explicit VR Little Endian Part 10 file inflating to about ``inflated``
+    bytes of zeros: the Pixel Data (``where="pixels"``) or a private OB before it
+    (``"private"``). Written compressed as it is generated (about 1 MB per GB); kept if
+    ``path`` exists."""
+    if path.exists():
+        return path
+    sop = pydicom.uid.generate_uid()
+    parts = identity_elements(pydicom.uid.generate_uid(), pydicom.uid.generate_uid(), sop)
+    size = inflated - inflated % 2
+    if where == "private":
+        parts[0x00090010] = element(0x00090010, "LO", text("BOMB"))
+        head = b"".join(parts[tag] for tag in sorted(parts))
+        head += element(0x00091010, "OB", b"", length=size)
+        tail = element(0x7FE00010, "OW", b"\0" * 64)
+    else:
+        head = b"".join(parts[tag] for tag in sorted(parts))
+        head += element(0x7FE00010, "OW", b"", length=size)
+        tail = b""
+    write_part10(path, b"", CT, sop, pydicom.uid.DeflatedExplicitVRLittleEndian)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = b"\0" * (16 * 1024 * 1024)
+    with path.open("ab") as handle:
+        handle.write(deflater.compress(head))
+        left = size
+        while left > 0:
+            chunk = zeros if left >= len(zeros) else zeros[:left]
+            handle.write(deflater.compress(chunk))
+            left -= len(chunk)
+        handle.write(deflater.compress(tail))
+        handle.write(deflater.flush())
+    return path
+
+
 # --- sending -------------------------------------------------------------------------------
 
 
@@ -172,6 +246,166 @@ def send_files(
         else:
             assoc.abort()
     return statuses
+
+
+# --- the upper layer by hand: PDUs over a plain socket ----------------------------------
+
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+#: PDU types (PS3.8 9.3.1).
+ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
+
+
+def pdu(pdu_type: int, body: bytes, length: int | None = None) -> bytes:
+    """One PDU; ``length`` overrides the announced length (to lie about it)."""
+    return struct.pack(">BBL", pdu_type, 0, len(body) if length is None else length) + body
+
+
+def associate_rq(
+    called: str = "SCP2FHIR",
+    calling: str = "RAWSCU",
+    contexts: Sequence[tuple[str, str]] = ((VERIFICATION, IMPLICIT_LE),),
+    max_pdu: int = 16384,
+) -> bytes:
+    """An A-ASSOCIATE-RQ PDU proposing ``contexts`` (abstract syntax, transfer syntax),
+    encoded by pynetdicom."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (
+        A_ASSOCIATE,
+        ImplementationClassUIDNotification,
+        MaximumLengthNotification,
+    )
+    from pynetdicom.presentation import build_context
+
+    request = A_ASSOCIATE()
+    request.application_context_name = "1.2.840.10008.3.1.1.1"
+    request.calling_ae_title = calling
+    request.called_ae_title = called
+    proposed = []
+    for index, (abstract, syntax) in enumerate(contexts):
+        context = build_context(abstract, [syntax])
+        context.context_id = 2 * index + 1
+        proposed.append(context)
+    request.presentation_context_definition_list = proposed
+    length = MaximumLengthNotification()
+    length.maximum_length_received = max_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = PYDICOM_IMPLEMENTATION_UID
+    request.user_information = [length, implementation]
+    encoded = A_ASSOCIATE_RQ()
+    encoded.from_primitive(request)
+    return bytes(encoded.encode())
+
+
+def p_data(context_id: int, fragment: bytes, command: bool, last: bool) -> bytes:
+    """A P-DATA-TF PDU carrying one fragment of a DIMSE message (PS3.8 E.2)."""
+    control = (1 if command else 0) | (2 if last else 0)
+    item = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
+    return pdu(P_DATA, item)
+
+
+def store_pdus(
+    context_id: int, sop_class: str, sop_instance: str, dataset: bytes, max_pdu: int
+) -> list[bytes]:
+    """The P-DATA-TF PDUs of one C-STORE request (command, then ``dataset`` as given),
+    fragmented for a peer that receives at most ``max_pdu`` bytes, as pynetdicom does."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = sop_instance
+    request.Priority = 2
+    request.DataSet = BytesIO(dataset)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    encoded = []
+    for primitive in message.encode_msg(context_id, max_pdu):
+        tf = P_DATA_TF()
+        tf.from_primitive(primitive)
+        encoded.append(bytes(tf.encode()))
+    return encoded
+
+
+@dataclass
+class RawPeer:
+    """A DICOM peer at the byte level: it sends what it is told, however wrong."""
+
+    sock: socket.socket
+
+    @classmethod
+    def connect(cls, port: int, timeout: float = 10) -> RawPeer:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock)
+
+    def send(self, data: bytes) -> bool:
+        """Send ``data``; False if the SCP has closed the connection."""
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            return False
+        return True
+
+    def read_pdu(self, timeout: float = 10) -> tuple[int, bytes] | None:
+        """The next PDU the SCP sends (type, body); None when it closes the connection."""
+        self.sock.settimeout(timeout)
+        try:
+            head = self._exactly(6)
+            if head is None:
+                return None
+            pdu_type, _, length = struct.unpack(">BBL", head)
+            body = self._exactly(length)
+        except ConnectionResetError:
+            return None
+        return None if body is None else (pdu_type, body)
+
+    def _exactly(self, size: int) -> bytes | None:
+        chunks = bytearray()
+        while len(chunks) < size:
+            chunk = self.sock.recv(min(size - len(chunks), 65536))
+            if not chunk:
+                return None
+            chunks += chunk
+        return bytes(chunks)
+
+    def associate(self, contexts: Sequence[tuple[str, str]] = ((VERIFICATION, IMPLICIT_LE),)) -> int:
+        """Negotiate an association; the largest PDU the SCP accepts (its A-ASSOCIATE-AC)."""
+        from pynetdicom.pdu import A_ASSOCIATE_AC
+
+        self.send(associate_rq(contexts=contexts))
+        answer = self.read_pdu()
+        assert answer is not None and answer[0] == ASSOCIATE_AC, f"not accepted: {answer!r}"
+        accepted = A_ASSOCIATE_AC()
+        accepted.decode(pdu(ASSOCIATE_AC, answer[1]))
+        assert accepted.user_information is not None
+        maximum = accepted.user_information.maximum_length
+        assert maximum is not None
+        return int(maximum)
+
+    def closed_within(self, timeout: float) -> float | None:
+        """Seconds until the SCP closed the connection (whatever it sent first is read
+        and dropped), or None if it is still open after ``timeout`` seconds."""
+        began = time.monotonic()
+        deadline = began + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                if not self.sock.recv(65536):
+                    return time.monotonic() - began
+            except TimeoutError:
+                return None
+            except OSError:  # reset
+                return time.monotonic() - began
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 # --- studies from byte templates ---------------------------------------------------------
@@ -409,8 +643,9 @@ def emitted_lines(logs: Sequence[str], study_uid: str) -> int:
 
 
 def spool_files(folder: Path) -> list[Path]:
-    """Files left in an SCP's temporary folder (pynetdicom's spooled datasets)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    """Datasets spooled under ``folder`` (an SCP's ``SCP2FHIR_SPOOL_DIR``): the files
+    in its process folders, not the folders' lock files."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".lock")
 
 
 # --- fault injection in a worker process -------------------------------------------------
