@@ -286,14 +286,15 @@ def extract_header(ds: Dataset, budget: int | None = None) -> Header:
     """Turn ``ds`` into DICOM JSON without bulk or private data, within ``budget`` bytes
     (:mod:`scp.header_budget`; None: no budget)."""
     skipped: list[str] = []
-    json = _dataset_json(ds, skipped, depth=0)
+    unread: list[str] = []
+    json = _dataset_json(ds, skipped, depth=0, budget=budget, unread=unread)
     if budget is None:
         return Header(json, skipped)
     sizes = {key: header_budget.element_size(key, element) for key, element in json.items()}
     dropped = header_budget.fit(sizes, budget)
     for key in dropped:
         del json[key]
-    return Header(json, skipped, dropped)
+    return Header(json, skipped, sorted(unread + dropped))
 
 
 def _unread_verdict(ds: Dataset, tag: BaseTag) -> str | None:
@@ -340,7 +341,15 @@ def _value_length(ds: Dataset, tag: BaseTag) -> int | None:
     return None
 
 
-def _dataset_json(ds: Dataset, skipped: list[str], depth: int) -> dict[str, Any]:
+def _dataset_json(
+    ds: Dataset,
+    skipped: list[str],
+    depth: int,
+    budget: int | None = None,
+    unread: list[str] | None = None,
+) -> dict[str, Any]:
+    """``ds`` as DICOM JSON; at the top, elements whose encoded value alone is larger than
+    ``budget`` are not even read (pydicom deferred them) and are listed in ``unread``."""
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):
         if tag.is_private or tag.element == 0 or is_bulk(tag) or (tag.group == 2 and depth == 0):
@@ -351,8 +360,13 @@ def _dataset_json(ds: Dataset, skipped: list[str], depth: int) -> dict[str, Any]
             if verdict == "too long":
                 skipped.append(key)
             continue
+        if budget is not None and unread is not None and (_value_length(ds, tag) or 0) > budget:
+            unread.append(key)
+            continue
         try:
             elem: DataElement = ds[tag]
+        except _OverRead:
+            raise
         except Exception:  # pydicom raises many kinds for bad raw values
             skipped.append(key)
             continue

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shlex
 import socket
 import sys
@@ -34,7 +33,6 @@ from pydicom.uid import generate_uid
 
 from tests.faults import (
     ASSOCIATE_RQ,
-    IMPLICIT_LE,
     Child,
     MemoryWatch,
     RawPeer,
@@ -46,6 +44,7 @@ from tests.faults import (
     send_files,
     spawn,
     spool_files,
+    status_kib,
     store_pdus,
     write_part10,
 )
@@ -68,16 +67,12 @@ class Target:
     code: Path
 
     def rss_kib(self) -> int:
-        return _status_kib(self.scp.pid, "VmRSS")
+        return status_kib(self.scp.pid, "VmRSS")
 
-    def peak_kib(self) -> int:
-        return _status_kib(self.scp.pid, "VmHWM")
-
-
-def _status_kib(pid: int, field: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else 0
+    def reset_peak(self) -> None:
+        """Start the peak (VmHWM) afresh from the current RSS (Linux ``clear_refs``)."""
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{self.scp.pid}/clear_refs").write_text("5")
 
 
 def _echo(port: int, timeout: float = 10) -> bool:
@@ -96,9 +91,7 @@ def _echo(port: int, timeout: float = 10) -> bool:
 
 
 @contextlib.contextmanager
-def target(
-    code: Path, tmp: Path, wrap: Sequence[str] = (), **env: str
-) -> Iterator[Target]:
+def target(code: Path, tmp: Path, wrap: Sequence[str] = (), **env: str) -> Iterator[Target]:
     """Redis and an SCP process from ``code``; ``wrap`` prefixes the SCP's command line."""
     own = RedisProcess().start()
     port = free_port()
@@ -166,8 +159,10 @@ def half_open(t: Target, count: int, wait: float) -> None:
     time.sleep(1)
     began = time.monotonic()
     honest = _echo(t.port, timeout=10)
-    print(f"{count} hostile connections open; honest C-ECHO association: "
-          f"{'ok' if honest else 'FAILED'} in {time.monotonic() - began:.1f}s")
+    print(
+        f"{count} hostile connections open; honest C-ECHO association: "
+        f"{'ok' if honest else 'FAILED'} in {time.monotonic() - began:.1f}s"
+    )
     closed: dict[str, list[float | None]] = {kind: [] for kind in kinds}
     results: list[float | None] = [None] * count
     threads = [
@@ -200,8 +195,10 @@ def trickle(t: Target, interval: float, wait: float) -> None:
         if peer.closed_within(interval) is not None or time.monotonic() - began > wait:
             break
     alive = peer.closed_within(0.1) is None
-    print(f"trickle, one byte per {interval:g}s: connection "
-          f"{'still open' if alive else 'closed by the SCP'} after {time.monotonic() - began:.1f}s")
+    print(
+        f"trickle, one byte per {interval:g}s: connection "
+        f"{'still open' if alive else 'closed by the SCP'} after {time.monotonic() - began:.1f}s"
+    )
     peer.close()
 
 
@@ -221,6 +218,7 @@ def pdu_length(t: Target, connections: int, stream: int) -> None:
         peer.closed_within(30)
         peer.close()
 
+    t.reset_peak()
     with MemoryWatch({"scp": t.scp.pid}) as watch:
         threads = [threading.Thread(target=attack, args=(i,)) for i in range(connections)]
         for thread in threads:
@@ -228,10 +226,12 @@ def pdu_length(t: Target, connections: int, stream: int) -> None:
         for thread in threads:
             thread.join()
         time.sleep(2)
-    print(f"{connections} connections announcing 0xFFFFFFFF bytes, sent "
-          f"{sum(sent) // MIB} MiB in all: SCP RSS {before // 1024} MiB before, peak "
-          f"{watch.peaks['scp'] // 1024} MiB, {t.rss_kib() // 1024} MiB after they closed; "
-          f"honest C-ECHO {'ok' if _echo(t.port) else 'FAILED'}")
+    print(
+        f"{connections} connections announcing 0xFFFFFFFF bytes, sent "
+        f"{sum(sent) // MIB} MiB in all: SCP RSS {before // 1024} MiB before, peak "
+        f"{watch.peaks['scp'] // 1024} MiB, {t.rss_kib() // 1024} MiB after they closed; "
+        f"honest C-ECHO {'ok' if _echo(t.port) else 'FAILED'}"
+    )
 
 
 def _store(t: Target, path: Path, parallel: int = 1) -> list[int | None]:
@@ -256,13 +256,16 @@ def deflate_bombs(t: Target, tmp: Path, inflated: int) -> None:
     for where in ("pixels", "private"):
         path = deflate_bomb(tmp / f"bomb-{where}.dcm", inflated, where)
         for parallel in (1, 2):
+            t.reset_peak()
             with MemoryWatch({"scp": t.scp.pid}) as watch:
                 began = time.monotonic()
                 statuses = _store(t, path, parallel)
-            print(f"deflate bomb ({path.stat().st_size / MIB:.1f} MiB inflating to "
-                  f"{inflated // MIB} MiB, the bulk in the {where}), {parallel} at once: "
-                  f"{', '.join(map(_status_text, statuses))} in {time.monotonic() - began:.1f}s; "
-                  f"SCP peak RSS {watch.peaks['scp'] // 1024} MiB")
+            print(
+                f"deflate bomb ({path.stat().st_size / MIB:.1f} MiB inflating to "
+                f"{inflated // MIB} MiB, the bulk in the {where}), {parallel} at once: "
+                f"{', '.join(map(_status_text, statuses))} in {time.monotonic() - began:.1f}s; "
+                f"SCP peak RSS {watch.peaks['scp'] // 1024} MiB"
+            )
 
 
 def big_header(t: Target, tmp: Path, total: int) -> None:
@@ -271,12 +274,15 @@ def big_header(t: Target, tmp: Path, total: int) -> None:
     path = write_part10(tmp / "big-header.dcm", body, CT, sop)
     t.data.flushall()
     used = int(t.data.info("memory")["used_memory"])
+    t.reset_peak()
     with MemoryWatch({"scp": t.scp.pid}) as watch:
         [status] = _store(t, path)
     grown = int(t.data.info("memory")["used_memory"]) - used
-    print(f"{len(body) / MIB:.0f} MiB of text in {body.count(b'TEXT')} Content Sequence items: "
-          f"{_status_text(status)}; SCP peak RSS {watch.peaks['scp'] // 1024} MiB, Redis "
-          f"+{grown / MIB:.1f} MiB for the instance")
+    print(
+        f"{len(body) / MIB:.0f} MiB of text in {body.count(b'TEXT')} Content Sequence items: "
+        f"{_status_text(status)}; SCP peak RSS {watch.peaks['scp'] // 1024} MiB, Redis "
+        f"+{grown / MIB:.1f} MiB for the instance"
+    )
 
 
 # --- the spool ---------------------------------------------------------------------------
@@ -285,9 +291,7 @@ def big_header(t: Target, tmp: Path, total: int) -> None:
 def spool_full(code: Path, tmp: Path) -> None:
     spool = tmp / "spool"
     spool.mkdir()
-    mount = (
-        f"mount -t tmpfs -o size=4m tmpfs {shlex.quote(str(spool))} && exec \"$@\""
-    )
+    mount = f'mount -t tmpfs -o size=4m tmpfs {shlex.quote(str(spool))} && exec "$@"'
     wrap = ["unshare", "-Urm", "sh", "-c", mount, "sh"]
     big_sop, small_sop = generate_uid(), generate_uid()
     study, series = generate_uid(), generate_uid()
@@ -299,8 +303,10 @@ def spool_full(code: Path, tmp: Path) -> None:
     )
     with target(code, tmp, wrap=wrap) as t:
         statuses = send_files(t.port, [big, small, small])
-        print(f"spool on a 4 MiB tmpfs; one association sends a 6 MiB instance, then a small "
-              f"one twice: {', '.join(map(_status_text, statuses))}")
+        print(
+            f"spool on a 4 MiB tmpfs; one association sends a 6 MiB instance, then a small "
+            f"one twice: {', '.join(map(_status_text, statuses))}"
+        )
 
 
 def spool_leftovers(code: Path, tmp: Path, associations: int) -> None:
@@ -323,9 +329,11 @@ def spool_leftovers(code: Path, tmp: Path, associations: int) -> None:
     size = sum(p.stat().st_size for p in after_kill)
     with target(code, tmp) as t:
         after_restart = spool_files(t.spool)
-    print(f"{associations} associations mid-dataset: {len(during)} spool files; after kill -9 "
-          f"{len(after_kill)} files ({size / MIB:.0f} MiB); after a restart "
-          f"{len(after_restart)} files")
+    print(
+        f"{associations} associations mid-dataset: {len(during)} spool files; after kill -9 "
+        f"{len(after_kill)} files ({size / MIB:.0f} MiB); after a restart "
+        f"{len(after_restart)} files"
+    )
 
 
 def main(argv: Sequence[str]) -> int:

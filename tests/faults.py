@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib
+import io
 import json
 import os
 import re
@@ -149,7 +150,9 @@ def big_text_dataset(study: str, series: str, sop: str, total: int, item_text: i
     while size < total:
         chunk = prose[offset : offset + item_text]
         offset = (offset + item_text) % max(1, len(prose) - item_text)
-        body = element(0x0040A040, "CS", b"TEXT") + element(0x0040A160, "UT", text(chunk.decode("latin-1")))
+        body = element(0x0040A040, "CS", b"TEXT") + element(
+            0x0040A160, "UT", text(chunk.decode("latin-1"))
+        )
         items.append(item(body))
         size += len(items[-1])
     parts = identity_elements(study, series, sop)
@@ -373,7 +376,9 @@ class RawPeer:
             chunks += chunk
         return bytes(chunks)
 
-    def associate(self, contexts: Sequence[tuple[str, str]] = ((VERIFICATION, IMPLICIT_LE),)) -> int:
+    def associate(
+        self, contexts: Sequence[tuple[str, str]] = ((VERIFICATION, IMPLICIT_LE),)
+    ) -> int:
         """Negotiate an association; the largest PDU the SCP accepts (its A-ASSOCIATE-AC)."""
         from pynetdicom.pdu import A_ASSOCIATE_AC
 
@@ -386,6 +391,26 @@ class RawPeer:
         maximum = accepted.user_information.maximum_length
         assert maximum is not None
         return int(maximum)
+
+    def read_status(self, timeout: float = 30) -> int | None:
+        """The Status of the DIMSE response the SCP sends next (None: it closed)."""
+        from pydicom.filereader import read_dataset
+
+        command = b""
+        while True:
+            answer = self.read_pdu(timeout)
+            if answer is None or answer[0] != P_DATA:
+                return None
+            body = answer[1]
+            while body:  # one or more PDV items: length, context, control, fragment
+                length = struct.unpack(">L", body[:4])[0]
+                control, fragment = body[5], body[6 : 4 + length]
+                body = body[4 + length :]
+                if control & 1:
+                    command += fragment
+                    if control & 2:
+                        ds = read_dataset(io.BytesIO(command), True, True)
+                        return int(ds.Status)
 
     def closed_within(self, timeout: float) -> float | None:
         """Seconds until the SCP closed the connection (whatever it sent first is read
@@ -591,11 +616,16 @@ def children_of(pid: int) -> list[int]:
 
 def peak_rss_kib(pid: int) -> int:
     """Peak resident set size (VmHWM) of a live process, in KiB (0 if it is gone)."""
+    return status_kib(pid, "VmHWM")
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A size from ``/proc/PID/status`` (``VmRSS``, ``VmHWM``) in KiB (0 if it is gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
     return int(match.group(1)) if match else 0
 
 
