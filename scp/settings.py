@@ -94,6 +94,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "stays flat for objects of any size) or `memory` (~25% faster, RAM per association "
         "= largest object).",
     ),
+    # --- where datasets wait while they arrive (scp.spool)
     "SCP2FHIR_SPOOL_DIR": (
         "(temp)/scp2fhir-spool",
         "Parent folder of the SCP processes' spool folders (one each, `scp-<pid>-<random>`); "
@@ -150,7 +151,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "0",
         "Simultaneous associations one calling AE may hold per SCP process (0: no own limit).",
     ),
-    "SCP2FHIR_MAX_PDU": ("1048576", "Largest PDU accepted (bytes, 4096 or more)."),
+    "SCP2FHIR_MAX_PDU": (
+        "1048576",
+        "Largest P-DATA PDU accepted, and announced to senders (bytes, 4096 or more); a "
+        "larger one, or an association PDU over 256 KiB, gets an A-ABORT before it is read.",
+    ),
     # --- what one instance's header may cost (scp.header, scp.header_budget)
     "SCP2FHIR_MAX_HEADER_BYTES": (
         "4194304",
@@ -333,6 +338,7 @@ class Settings:
     fhir_base_url: str | None = None
     fhir_version: FhirVersion = "R4"
     spool: str = "file"
+    # where datasets wait while they arrive (scp.spool)
     spool_dir: Path | None = None
     accession_system: str | None = None
     patient_id_system: str | None = None
@@ -343,8 +349,10 @@ class Settings:
     allowed_peers: tuple[str, ...] = ()
     max_associations: int = 32
     max_associations_per_ae: int = 0
+    # what a peer may hold before it is associated (scp.access.Slots)
     max_pending_connections: int = 64
     max_pdu: int = 1024 * 1024
+    # what one instance's header may cost (scp.header, scp.header_budget)
     max_header_bytes: int = 4 * 1024 * 1024
     max_inflated_bytes: int = 64 * 1024 * 1024
     acse_timeout: float = 30.0

@@ -172,7 +172,8 @@ def test_a_huge_header_is_stored_within_the_budget(redis_url: str, tmp_path: Pat
         before = peak_rss_kib(scp.pid)
         status = _store(port, path)
         grown = peak_rss_kib(scp.pid) - before
-        [(_, fields)] = data.xrange(keys.INBOX)
+        entries: list[tuple[str, dict[str, str]]] = data.xrange(keys.INBOX)  # type: ignore[assignment]
+    [(_, fields)] = entries
     assert status.Status == statuses.ELEMENTS_DISCARDED
     offending = status["OffendingElement"]
     assert 0x0040A730 in (offending.value if offending.VM > 1 else [offending.value])
