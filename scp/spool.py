@@ -178,11 +178,15 @@ def _ends_dataset(primitive: P_DATA) -> bool:
 
 
 def _discard_file(message: Any) -> None:
-    spooled = getattr(message, "_data_set_file", None)
+    delete_spool_file(getattr(message, "_data_set_file", None))
+    message._data_set_file = None
+
+
+def delete_spool_file(spooled: Any) -> None:
+    """Close and delete one of pynetdicom's spool files (a NamedTemporaryFile), if any."""
     if spooled is None:
         return
     with contextlib.suppress(OSError):
         spooled.close()
     with contextlib.suppress(OSError):
         os.unlink(spooled.name)
-    message._data_set_file = None

@@ -58,7 +58,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from scp import metrics
 from scp.access import AccessPolicy, Slots, Ticket
 from scp.pdu_reader import PduLimits, PduTimeout, PduTooLarge, PeerClosed, UnknownPdu, read_pdu
-from scp.spool import SpoolingDIMSE
+from scp.spool import SpoolingDIMSE, delete_spool_file
 
 logger = logging.getLogger(__name__)
 
@@ -253,12 +253,7 @@ class PromptAssociation(Association):
                 break
             files.append(getattr(primitive, "_dataset_file", None))
         for spooled in files:
-            if spooled is None:
-                continue
-            with contextlib.suppress(OSError):
-                spooled.close()
-            with contextlib.suppress(OSError):
-                os.unlink(spooled.name)
+            delete_spool_file(spooled)
 
     def _react(self) -> None:
         self._is_paused = False

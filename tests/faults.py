@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
-from tests.support import SOURCES, GeneratedStudy, sample_file, wait_for
+from tests.support import SOURCES, GeneratedStudy, free_port, sample_file, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS_ENV = "SCP2FHIR_TEST_FAULTS"
@@ -586,6 +586,20 @@ def start_scp(env: Mapping[str, str], log: Path, port: int) -> Child:
 
     wait_for(ready, timeout=20, what="the SCP to answer C-ECHO", step=0.1)
     return child
+
+
+@contextlib.contextmanager
+def scp_process(redis_url: str, folder: Path, **env: str) -> Iterator[tuple[int, Child]]:
+    """``scp2fhir scp`` on a free port with the test settings and ``env`` (its output in
+    ``folder``): (port, process), stopped afterwards."""
+    from tests.conftest import pipeline_env
+
+    port = free_port()
+    scp = start_scp(pipeline_env(redis_url, folder / "out", port, **env), folder / "scp.log", port)
+    try:
+        yield port, scp
+    finally:
+        scp.stop()
 
 
 def start_worker(

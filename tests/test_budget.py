@@ -24,7 +24,6 @@ from pynetdicom import AE, _config
 from scp import header_budget, keys, statuses
 from scp.header import HeaderTooLarge, Limits, read_dataset_bytes, read_header
 from scp.header_rules import MAPPED_KEYWORDS
-from tests.conftest import pipeline_env
 from tests.faults import (
     Child,
     big_text_dataset,
@@ -33,11 +32,11 @@ from tests.faults import (
     identity_elements,
     item,
     peak_rss_kib,
-    start_scp,
+    scp_process,
     text,
     write_part10,
 )
-from tests.support import free_port, sample_file
+from tests.support import sample_file
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 DEFLATED = DeflatedExplicitVRLittleEndian
@@ -132,17 +131,14 @@ def test_the_stored_header_never_exceeds_the_budget() -> None:
 
 
 @contextlib.contextmanager
-def scp_process(
+def scp_and_redis(
     redis_url: str, tmp_path: Path, **env: str
 ) -> Iterator[tuple[int, Child, redis.Redis]]:
-    port = free_port()
-    env = pipeline_env(redis_url, tmp_path / "out", port, **env)
-    scp = start_scp(env, tmp_path / "scp.log", port)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        yield port, scp, client
+        with scp_process(redis_url, tmp_path, **env) as (port, scp):
+            yield port, scp, client
     finally:
-        scp.stop()
         client.close()
 
 
@@ -168,7 +164,7 @@ def test_a_huge_header_is_stored_within_the_budget(redis_url: str, tmp_path: Pat
     sop = generate_uid()
     body = big_text_dataset(generate_uid(), generate_uid(), sop, 24 * MIB)
     path = write_part10(tmp_path / "big.dcm", body, CT, sop)
-    with scp_process(redis_url, tmp_path) as (port, scp, data):
+    with scp_and_redis(redis_url, tmp_path) as (port, scp, data):
         before = peak_rss_kib(scp.pid)
         status = _store(port, path)
         grown = peak_rss_kib(scp.pid) - before
@@ -197,7 +193,7 @@ def test_deflate_bombs_are_inflated_only_as_far_as_the_limit(
     private = deflate_bomb(tmp_path / "private.dcm", 256 * MIB, "private")
     honest = Path(sample_file("image_dfl.dcm"))
     env = {"SCP2FHIR_MAX_INFLATED_BYTES": str(16 * MIB), "SCP2FHIR_SPOOL": spool}
-    with scp_process(redis_url, tmp_path, **env) as (port, scp, data):
+    with scp_and_redis(redis_url, tmp_path, **env) as (port, scp, data):
         before = peak_rss_kib(scp.pid)
         assert _store(port, pixels, DEFLATED).Status == statuses.SUCCESS
         refused = _store(port, private, DEFLATED)

@@ -10,33 +10,30 @@ bound is set through its environment variable, as an operator sets it.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from pydicom.uid import generate_uid
 
 from scp import statuses
-from tests.conftest import echo, pipeline_env
+from tests.conftest import echo
 from tests.faults import (
     ABORT,
     ASSOCIATE_RQ,
     P_DATA,
-    Child,
     RawPeer,
     associate_rq,
     big_text_dataset,
     p_data,
     pdu,
     peak_rss_kib,
+    scp_process,
     send_files,
-    start_scp,
     store_pdus,
     write_part10,
 )
-from tests.support import free_port, make_study
+from tests.support import make_study
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -45,18 +42,6 @@ HTTP = b"GET / HTTP/1.1\r\nHost: scp\r\n"
 TLS_HELLO = bytes.fromhex("16030100c8010000c40303") + bytes(32)
 #: The README's bound on association PDUs (A-ASSOCIATE-RQ above all).
 MAX_CONTROL_PDU = 256 * 1024
-
-
-@contextlib.contextmanager
-def scp_process(redis_url: str, tmp_path: Path, **env: str) -> Iterator[tuple[int, Child]]:
-    port = free_port()
-    scp = start_scp(
-        pipeline_env(redis_url, tmp_path / "out", port, **env), tmp_path / "scp.log", port
-    )
-    try:
-        yield port, scp
-    finally:
-        scp.stop()
 
 
 def _trickle(peer: RawPeer, data: bytes, interval: float) -> threading.Thread:
