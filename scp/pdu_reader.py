@@ -73,9 +73,10 @@ class PduLimits:
         return self.p_data if pdu_type == P_DATA_TF else self.control
 
 
-def read_pdu(sock: socket.socket, deadline: float, limits: PduLimits) -> bytearray:
+def read_pdu(sock: socket.socket, deadline: float | None, limits: PduLimits) -> bytearray:
     """The next whole PDU on ``sock`` (header included), complete by ``deadline``
-    (:func:`time.monotonic`). The socket's own timeout is restored afterwards."""
+    (:func:`time.monotonic`; None: no deadline). The socket's own timeout is restored
+    afterwards."""
     previous = sock.gettimeout()
     try:
         header = bytearray(_HEADER.size)
@@ -95,10 +96,10 @@ def read_pdu(sock: socket.socket, deadline: float, limits: PduLimits) -> bytearr
             sock.settimeout(previous)
 
 
-def _fill(sock: socket.socket, view: memoryview, deadline: float) -> None:
+def _fill(sock: socket.socket, view: memoryview, deadline: float | None) -> None:
     while view:
-        left = deadline - time.monotonic()
-        if left <= 0:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
             raise PduTimeout("PDU incomplete at its deadline")
         sock.settimeout(left)
         try:

@@ -57,13 +57,24 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from scp import metrics
 from scp.access import AccessPolicy, Slots, Ticket
-from scp.pdu_reader import PduLimits, PduTimeout, PduTooLarge, PeerClosed, UnknownPdu, read_pdu
+from scp.pdu_reader import (
+    MAX_CONTROL_PDU,
+    PduLimits,
+    PduTimeout,
+    PduTooLarge,
+    PeerClosed,
+    UnknownPdu,
+    read_pdu,
+)
 from scp.spool import SpoolingDIMSE, delete_spool_file
 
 logger = logging.getLogger(__name__)
 
 #: Longest a loop blocks before re-checking timers, release and abort (seconds).
 TIMER_TICK = 0.01
+#: PDU limits until the association is established: every type as small as the
+#: association-control PDUs.
+_BEFORE_ASSOCIATION = PduLimits(p_data=MAX_CONTROL_PDU)
 #: A-ABORT reasons (PS3.8 9.3.8): unrecognized PDU; invalid PDU parameter value.
 _UNRECOGNIZED_PDU, _INVALID_PARAMETER = 0x01, 0x06
 
@@ -137,15 +148,17 @@ class PromptDUL(DULServiceProvider):
             os.close(self._wake_read)
             os.close(self._wake_write)
 
-    def _deadline(self) -> float:
+    def _deadline(self) -> float | None:
         """When the PDU now arriving must be complete: the ACSE timeout after the
         connection opened until the association is established, then the DIMSE timeout
-        after the PDU's first bytes."""
+        after the PDU's first bytes (None: that timeout is unset, no deadline)."""
         if not self._negotiated and self.assoc.is_established:
             self._negotiated = True
         if self._negotiated:
-            return time.monotonic() + float(self.assoc.dimse_timeout or 0)
-        return self._opened + float(self.assoc.acse_timeout or 0)
+            timeout = self.assoc.dimse_timeout
+            return None if timeout is None else time.monotonic() + timeout
+        timeout = self.assoc.acse_timeout
+        return None if timeout is None else self._opened + timeout
 
     def _read_pdu_data(self) -> None:
         """Read one PDU, bounded (see :func:`scp.pdu_reader.read_pdu`), and queue its event
@@ -157,8 +170,11 @@ class PromptDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         peer = self.assoc.requestor.address
+        deadline = self._deadline()  # (and whether the association is established yet)
+        # Before it is, nothing is large: P-DATA has no business arriving at all.
+        limits = self._limits if self._negotiated else _BEFORE_ASSOCIATION
         try:
-            data = read_pdu(sock, self._deadline(), self._limits)
+            data = read_pdu(sock, deadline, limits)
         except PduTooLarge as exc:
             logger.warning("peer=%s aborted: %s", peer, exc)
             metrics.recorder().count("association_rejections_total", reason="pdu-too-large")

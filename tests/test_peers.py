@@ -194,12 +194,14 @@ def test_association_pdus_are_bounded_before_anything_is_allocated(
             assert peer.closed_within(5) is not None
         grown = peak_rss_kib(scp.pid) - before
         assert grown < 32 * 1024, f"the SCP grew by {grown // 1024} MiB"
-        # An A-ASSOCIATE-RQ a byte over the limit: an A-ABORT, before anything is read.
-        peer = RawPeer.connect(port)
-        peer.send(pdu(ASSOCIATE_RQ, b"", length=MAX_CONTROL_PDU + 1))
-        answer = peer.read_pdu()
-        assert answer is not None and answer[0] == ABORT, answer
-        peer.close()
+        # An A-ASSOCIATE-RQ a byte over the limit, or a P-DATA before any association
+        # (however small SCP2FHIR_MAX_PDU is not): an A-ABORT, before anything is read.
+        for pdu_type in (ASSOCIATE_RQ, P_DATA):
+            peer = RawPeer.connect(port)
+            peer.send(pdu(pdu_type, b"", length=MAX_CONTROL_PDU + 1))
+            answer = peer.read_pdu()
+            assert answer is not None and answer[0] == ABORT, answer
+            peer.close()
         # A real request for 120 presentation contexts (about 10 KiB) is well within it.
         contexts = [(CT, EXPLICIT_LE)] * 120
         big = RawPeer.connect(port)
