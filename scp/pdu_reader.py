@@ -2,10 +2,17 @@
 
 Every byte the SCP receives from a peer goes through :func:`read_pdu`: the DUL
 reactor (:class:`scp.transport.PromptDUL`) calls it whenever its socket is
-readable, and so must any faster receive path. It never waits past ``deadline`` in
-all (a peer that trickles a byte every few seconds is cut off there, however often
-it sends), and it checks the length a PDU announces against :class:`PduLimits`
-before it allocates anything for the PDU's body.
+readable, and so must any faster receive path, with the bounds :func:`bounds` gives
+for the connection's phase. It never waits past ``deadline`` in all (a peer that
+trickles a byte every few seconds is cut off there, however often it sends), and it
+checks the length a PDU announces against :class:`PduLimits` before it allocates
+anything for the PDU's body.
+
+The bounds (:func:`bounds`): until the association is established, the whole
+negotiation must be done within the ACSE timeout of the connection opening, and no
+PDU may be larger than :data:`MAX_CONTROL_PDU`; after it, each PDU must be whole
+within the DIMSE timeout of its first bytes, a P-DATA-TF at most the maximum length
+the SCP announced.
 
 Errors (all :class:`PduError`):
 
@@ -71,6 +78,27 @@ class PduLimits:
 
     def limit(self, pdu_type: int) -> int:
         return self.p_data if pdu_type == P_DATA_TF else self.control
+
+
+#: Until the association is established nothing is large: P-DATA has no business
+#: arriving at all.
+_BEFORE_ASSOCIATION = PduLimits(p_data=MAX_CONTROL_PDU)
+
+
+def bounds(
+    associated: bool,
+    opened: float,
+    acse_timeout: float | None,
+    dimse_timeout: float | None,
+    max_p_data: int,
+) -> tuple[float | None, PduLimits]:
+    """(deadline, limits) for the next PDU of a connection opened at ``opened``
+    (:func:`time.monotonic`); a timeout of None sets no deadline."""
+    if not associated:
+        deadline = None if acse_timeout is None else opened + acse_timeout
+        return deadline, _BEFORE_ASSOCIATION
+    deadline = None if dimse_timeout is None else time.monotonic() + dimse_timeout
+    return deadline, PduLimits(p_data=max_p_data)
 
 
 def read_pdu(sock: socket.socket, deadline: float | None, limits: PduLimits) -> bytearray:

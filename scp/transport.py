@@ -57,24 +57,13 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from scp import metrics
 from scp.access import AccessPolicy, Slots, Ticket
-from scp.pdu_reader import (
-    MAX_CONTROL_PDU,
-    PduLimits,
-    PduTimeout,
-    PduTooLarge,
-    PeerClosed,
-    UnknownPdu,
-    read_pdu,
-)
+from scp.pdu_reader import PduTimeout, PduTooLarge, PeerClosed, UnknownPdu, bounds, read_pdu
 from scp.spool import SpoolingDIMSE, delete_spool_file
 
 logger = logging.getLogger(__name__)
 
 #: Longest a loop blocks before re-checking timers, release and abort (seconds).
 TIMER_TICK = 0.01
-#: PDU limits until the association is established: every type as small as the
-#: association-control PDUs.
-_BEFORE_ASSOCIATION = PduLimits(p_data=MAX_CONTROL_PDU)
 #: A-ABORT reasons (PS3.8 9.3.8): unrecognized PDU; invalid PDU parameter value.
 _UNRECOGNIZED_PDU, _INVALID_PARAMETER = 0x01, 0x06
 
@@ -88,7 +77,7 @@ class PromptDUL(DULServiceProvider):
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         self._opened = time.monotonic()
-        self._limits = PduLimits(p_data=assoc.acceptor.maximum_length or 0xFFFFFFFF)
+        self._max_p_data = assoc.acceptor.maximum_length or 0xFFFFFFFF
         self._requested = False  # an A-ASSOCIATE-RQ arrived
         self._negotiated = False  # the association was established (and may have ended)
 
@@ -148,18 +137,6 @@ class PromptDUL(DULServiceProvider):
             os.close(self._wake_read)
             os.close(self._wake_write)
 
-    def _deadline(self) -> float | None:
-        """When the PDU now arriving must be complete: the ACSE timeout after the
-        connection opened until the association is established, then the DIMSE timeout
-        after the PDU's first bytes (None: that timeout is unset, no deadline)."""
-        if not self._negotiated and self.assoc.is_established:
-            self._negotiated = True
-        if self._negotiated:
-            timeout = self.assoc.dimse_timeout
-            return None if timeout is None else time.monotonic() + timeout
-        timeout = self.assoc.acse_timeout
-        return None if timeout is None else self._opened + timeout
-
     def _read_pdu_data(self) -> None:
         """Read one PDU, bounded (see :func:`scp.pdu_reader.read_pdu`), and queue its event
         as pynetdicom does. A PDU that is too large or not DICOM gets an A-ABORT, and the
@@ -170,9 +147,15 @@ class PromptDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         peer = self.assoc.requestor.address
-        deadline = self._deadline()  # (and whether the association is established yet)
-        # Before it is, nothing is large: P-DATA has no business arriving at all.
-        limits = self._limits if self._negotiated else _BEFORE_ASSOCIATION
+        if not self._negotiated and self.assoc.is_established:
+            self._negotiated = True  # (for good: the phase after release is not the first)
+        deadline, limits = bounds(
+            self._negotiated,
+            self._opened,
+            self.assoc.acse_timeout,
+            self.assoc.dimse_timeout,
+            self._max_p_data,
+        )
         try:
             data = read_pdu(sock, deadline, limits)
         except PduTooLarge as exc:

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from pydicom.uid import generate_uid
 
 from scp import statuses
@@ -22,6 +23,7 @@ from tests.faults import (
     ABORT,
     ASSOCIATE_RQ,
     P_DATA,
+    RELEASE_RQ,
     RawPeer,
     associate_rq,
     big_text_dataset,
@@ -225,3 +227,53 @@ def test_an_honest_sender_keeps_storing_through_all_this(redis_url: str, tmp_pat
         assert send_files(port, [path]) == [statuses.SUCCESS]
         for peer in noise:
             peer.close()
+
+
+# --- the reader itself (what a faster receive path must call too) --------------------------
+
+
+def test_read_pdu_bounds_time_and_size() -> None:
+    import socket
+
+    from scp.pdu_reader import (
+        PduLimits,
+        PduTimeout,
+        PduTooLarge,
+        PeerClosed,
+        UnknownPdu,
+        bounds,
+        read_pdu,
+    )
+
+    limits = PduLimits(p_data=4096)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(pdu(P_DATA, bytes(4096)) + pdu(RELEASE_RQ, bytes(4)))
+        assert len(read_pdu(ours, time.monotonic() + 5, limits)) == 6 + 4096
+        assert read_pdu(ours, None, limits)[0] == RELEASE_RQ
+        # Too large: refused on the header alone, the body is not waited for.
+        theirs.sendall(pdu(P_DATA, b"", length=4097))
+        with pytest.raises(PduTooLarge):
+            read_pdu(ours, time.monotonic() + 5, limits)
+        theirs.sendall(b"GET / ")
+        with pytest.raises(UnknownPdu):
+            read_pdu(ours, time.monotonic() + 5, limits)
+        # A byte at a time, faster than any per-read timeout: cut at the deadline.
+        began = time.monotonic()
+        _trickle(RawPeer(theirs), pdu(RELEASE_RQ, bytes(4)) * 10, 0.1)
+        with pytest.raises(PduTimeout):
+            while True:
+                read_pdu(ours, began + 1, limits)
+        assert 0.9 <= time.monotonic() - began <= 1.5
+    other, gone = socket.socketpair()
+    with other:
+        gone.sendall(pdu(P_DATA, bytes(10))[:8])
+        gone.close()
+        with pytest.raises(PeerClosed):
+            read_pdu(other, time.monotonic() + 5, limits)
+    # Before association: the ACSE timeout from the opening, nothing over 256 KiB.
+    deadline, before = bounds(False, 100.0, 30.0, 60.0, 1 << 20)
+    assert deadline == 130.0 and before.limit(P_DATA) == MAX_CONTROL_PDU
+    deadline, after = bounds(True, 100.0, 30.0, 60.0, 1 << 20)
+    assert deadline is not None and deadline > time.monotonic() + 59
+    assert after.limit(P_DATA) == 1 << 20 and after.limit(ASSOCIATE_RQ) == MAX_CONTROL_PDU
