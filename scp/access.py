@@ -134,7 +134,7 @@ class Slots:
                 if same >= self.max_per_ae:
                     return "per-ae-limit"
             if len(self._admitted) >= self.max_associations:
-                return "association-limit"
+                return "max-associations"
             self._pending.remove(ticket)
             ticket.calling_ae = calling_ae
             self._admitted.append(ticket)

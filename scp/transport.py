@@ -165,7 +165,7 @@ class PromptDUL(DULServiceProvider):
             return
         except UnknownPdu as exc:
             logger.warning("peer=%s aborted: not DICOM (%s)", peer, exc)
-            metrics.recorder().count("association_rejections_total", reason="not-dicom")
+            metrics.recorder().count("association_rejections_total", reason="protocol-error")
             self._refuse(sock, _UNRECOGNIZED_PDU)
             return
         except PduTimeout:

@@ -112,6 +112,34 @@ def test_over_the_budget_identity_and_mapped_elements_are_kept(
     assert within.dropped == [] and "0040A730" in within.json
 
 
+def test_pydicom_reads_at_most_twice_the_budget(tmp_path: Path) -> None:
+    """A dataset only pydicom reads (here for its character set): beyond twice the budget
+    read, only the identity and the mapped elements are read again; if even that is
+    over (an undefined-length sequence pydicom must parse whole), it is refused."""
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    parts = identity_elements(study, series, sop)
+    parts[0x00080005] = element(0x00080005, "CS", text("ISO_IR 144"))
+    parts[0x00081030] = element(0x00081030, "LO", text("Study description"))
+    comments = (0x00184000, 0x00204000, 0x00400280, 0x00401400, 0x00402400)
+    for tag in comments:  # five unmapped texts of 40 KB: each small, 200 KB in all
+        parts[tag] = element(tag, "LT", b"x" * 40_000)
+    path = write_part10(tmp_path / "wide.dcm", b"".join(parts[t] for t in sorted(parts)), CT, sop)
+    header = read_header(path, Limits(header_bytes=64 * 1024))
+    assert set(header.json) == {f"{tag:08X}" for tag in parts} - {f"{t:08X}" for t in comments}
+    assert header.dropped  # named: all but the identity and the mapped elements
+    # Undefined length: pydicom parses the sequence even when not asked for it.
+    body = big_text_dataset(study, series, sop, MIB)
+    start = body.index(b"\x40\x00\x30\xa7SQ")
+    undefined = (
+        body[: start + 8] + b"\xff\xff\xff\xff" + body[start + 12 :] + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    )
+    charset = element(0x00080005, "CS", text("ISO_IR 144"))
+    deep = write_part10(tmp_path / "deep.dcm", charset + undefined, CT, sop)
+    with pytest.raises(HeaderTooLarge):
+        read_header(deep, Limits(header_bytes=64 * 1024))
+    assert read_header(deep, Limits(header_bytes=8 * MIB)).dropped == []
+
+
 def test_the_stored_header_never_exceeds_the_budget() -> None:
     """The last check is on the JSON text itself, whatever the encoders estimated:
     identity stays, the rest goes largest group last, and it fits."""
