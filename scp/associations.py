@@ -152,6 +152,8 @@ class AssociationLog:
             return
         with self._lock:
             self._tallies.pop(event.assoc, None)
+        if getattr(event.assoc, "refusal_recorded", False):
+            return  # the transport logged and counted it (scp.transport.PromptDUL._record)
         assoc = event.assoc
         elapsed = time.monotonic() - tally.started
         # Evt19: an invalid PDU; Evt18: the ARTIM timer (the ACSE timeout) ran out. The

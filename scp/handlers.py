@@ -8,7 +8,9 @@ the association and the instance by UID, never the patient.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -17,10 +19,18 @@ import redis
 from pydicom.dataset import Dataset
 from pynetdicom import events
 
-from scp import metrics, statuses
+from scp import header_budget, metrics, statuses
 from scp.associations import AssociationLog
-from scp.header import Header, read_dataset_bytes, read_header
+from scp.header import (
+    DEFAULT_LIMITS,
+    Header,
+    HeaderTooLarge,
+    Limits,
+    read_dataset_bytes,
+    read_header,
+)
 from scp.inbox import Inbox
+from scp.spool import spool_failed
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +42,14 @@ def handle_echo(event: events.Event) -> int:
 
 
 def handle_store(
-    event: events.Event, inbox: Inbox, associations: AssociationLog | None = None
+    event: events.Event,
+    inbox: Inbox,
+    associations: AssociationLog | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Dataset | int:
     """Answer one C-STORE request, and count the answer."""
     began = time.perf_counter()
-    answer = _store(event, inbox)
+    answer = _store(event, inbox, limits)
     code = answer if isinstance(answer, int) else int(answer.Status)
     recorder = metrics.recorder()
     recorder.count("instances_received_total", status=f"0x{code:04X}")
@@ -47,14 +60,40 @@ def handle_store(
     return answer
 
 
-def _store(event: events.Event, inbox: Inbox) -> Dataset | int:
+#: errno values of a disk (or quota, or file size limit) that takes no more.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _store(event: events.Event, inbox: Inbox, limits: Limits) -> Dataset | int:
     assoc = _assoc_label(event)
     request: Any = event.request
     announced_sop = str(request.AffectedSOPInstanceUID or "")
     announced_class = str(request.AffectedSOPClassUID or "")
+    if spool_failed(request):  # logged where it failed (scp.spool)
+        return statuses.status(statuses.OUT_OF_RESOURCES, "spool full, retry later")
     try:
-        header = _read_header(event)
+        header = _read_header(event, limits)
+    except HeaderTooLarge as exc:
+        logger.warning(
+            "assoc=%s sop=%s rejected 0x%04X: %s (SCP2FHIR_MAX_INFLATED_BYTES=%d, "
+            "SCP2FHIR_MAX_HEADER_BYTES=%d)",
+            assoc,
+            announced_sop,
+            statuses.HEADER_TOO_LARGE,
+            exc,
+            limits.inflated_bytes,
+            limits.header_bytes,
+        )
+        return statuses.status(statuses.HEADER_TOO_LARGE, "header beyond the size limits")
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            logger.error(
+                "assoc=%s sop=%s refused 0xA700: no room to read the dataset (%s)",
+                assoc,
+                announced_sop,
+                os.strerror(exc.errno),
+            )
+            return statuses.status(statuses.OUT_OF_RESOURCES, "spool full, retry later")
         logger.warning(
             "assoc=%s sop=%s rejected 0xC210: cannot decode dataset (%s)",
             assoc,
@@ -76,7 +115,9 @@ def _store(event: events.Event, inbox: Inbox) -> Dataset | int:
         # Who sent it, as storescp records it in a file's meta information: destinations
         # may leave out what one calling AE title sends (workers.delivery.settings).
         header.json[SOURCE_AE_TITLE] = {"vr": "AE", "Value": [event.assoc.requestor.ae_title]}
-        receipt = inbox.push(uids["StudyInstanceUID"], header.json)
+        payload, over = header_budget.encode(header.json, limits.header_bytes)
+        header.dropped += over
+        receipt = inbox.push_encoded(uids["StudyInstanceUID"], payload)
     except redis.RedisError as exc:
         logger.error(
             "assoc=%s sop=%s refused 0xA700: Redis did not take the header (%s)",
@@ -89,29 +130,61 @@ def _store(event: events.Event, inbox: Inbox) -> Dataset | int:
         logger.exception("assoc=%s sop=%s failed 0xC2FF: internal error", assoc, announced_sop)
         return statuses.status(statuses.INTERNAL_ERROR, "internal error")
 
-    if header.skipped:
-        logger.warning(
-            "assoc=%s sop=%s stored entry=%s with undecodable elements discarded: %s",
-            assoc,
-            announced_sop,
-            receipt.entry_id,
-            ",".join(header.skipped[:20]),
-        )
-        return statuses.status(statuses.ELEMENTS_DISCARDED, "undecodable elements discarded")
+    if header.skipped or header.dropped:
+        return _discarded(assoc, announced_sop, receipt.entry_id, header)
     logger.debug("assoc=%s sop=%s stored entry=%s", assoc, announced_sop, receipt.entry_id)
     return statuses.SUCCESS
 
 
-def _read_header(event: events.Event) -> Header:
+def _discarded(assoc: str, sop: str, entry_id: str, header: Header) -> Dataset:
+    """Warning 0xB006: stored, with the elements left out named (tags only)."""
+    if header.dropped:
+        logger.warning(
+            "assoc=%s sop=%s stored entry=%s over the header budget, left out: %s",
+            assoc,
+            sop,
+            entry_id,
+            ",".join(header.dropped[:20]),
+        )
+    if header.skipped:
+        logger.warning(
+            "assoc=%s sop=%s stored entry=%s with undecodable elements discarded: %s",
+            assoc,
+            sop,
+            entry_id,
+            ",".join(header.skipped[:20]),
+        )
+    comment = (
+        "elements over the header budget left out"
+        if header.dropped
+        else "undecodable elements discarded"
+    )
+    answer = statuses.status(statuses.ELEMENTS_DISCARDED, comment)
+    tags = [int(key, 16) for key in (*header.dropped, *header.skipped) if _is_tag(key)]
+    if tags:
+        answer.OffendingElement = tags[:_MAX_OFFENDING]
+    return answer
+
+
+#: Tags named in Offending Element (0000,0901), at most.
+_MAX_OFFENDING = 64
+
+
+def _is_tag(key: str) -> bool:
+    return len(key) == 8 and all(c in "0123456789ABCDEF" for c in key)
+
+
+def _read_header(event: events.Event, limits: Limits) -> Header:
     # With STORE_RECV_CHUNKED_DATASET pynetdicom has already written the dataset to
     # a temporary Part 10 file; otherwise it is in memory.
     path = getattr(event.request, "_dataset_path", None)
     if path is not None:
-        return read_header(path)
+        return read_header(path, limits)
     return read_dataset_bytes(
         event.encoded_dataset(include_meta=False),
         str(event.context.transfer_syntax),
         lambda: event.encoded_dataset(include_meta=True),
+        limits,
     )
 
 

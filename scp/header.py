@@ -18,8 +18,10 @@ import logging
 import mmap
 import os
 import struct
+import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,15 +29,22 @@ from typing import Any, BinaryIO
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
+from scp import header_budget
 from scp.header_rules import (
     BULK_THRESHOLD,
     KEPT_PRIVATE_CREATORS,
     KEPT_PRIVATE_GROUPS,
+    MAX_HEADER_BYTES,
+    MAX_INFLATED_BYTES,
     MAX_PRIVATE_BYTES,
     MAX_SEQUENCE_DEPTH,
     MAX_TEXT_BYTES,
@@ -46,12 +55,16 @@ from scp.header_rules import (
     kept_private_vr,
     normalize_text,
 )
-from scp.rawjson import Truncated, Unsupported, dataset_to_json, part10_to_json
+from scp.inflate import Corrupt, inflate
+from scp.rawjson import DEFLATED, EXPLICIT_LE, Truncated, Unsupported, decode, part10_meta
 
 logger = logging.getLogger(__name__)
 
 #: Values longer than this are deferred by pydicom and dropped here unless textual.
 _DEFER_SIZE = 64 * 1024
+#: pydicom builds a whole dataset before it can be judged: it may read at most this many
+#: times the header budget from the data before the reading is given up.
+PYDICOM_READ_FACTOR = 2
 
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
@@ -77,55 +90,164 @@ _READ_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 
+@contextmanager
+def _unreadable() -> Iterator[None]:
+    """Bad input, whatever pydicom (or the inflater) raised for it, as :class:`Unreadable`."""
+    try:
+        yield
+    except Unreadable:
+        raise
+    except _READ_FAILURES as exc:
+        raise Unreadable(type(exc).__name__) from exc
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What reading one header may cost (``SCP2FHIR_MAX_HEADER_BYTES``,
+    ``SCP2FHIR_MAX_INFLATED_BYTES``; inflated data goes to a temporary file in
+    ``scratch``, default the temporary folder)."""
+
+    header_bytes: int = MAX_HEADER_BYTES
+    inflated_bytes: int = MAX_INFLATED_BYTES
+    scratch: Path | None = None
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class HeaderTooLarge(Exception):
+    """The header cannot be read within the limits: a deflated dataset that inflates
+    beyond ``SCP2FHIR_MAX_INFLATED_BYTES`` before its pixel data, or one only pydicom
+    reads whose header is far beyond the budget."""
+
+
 @dataclass
 class Header:
     """A dataset's metadata in DICOM JSON, with the tags that had to be skipped."""
 
     json: dict[str, Any]
+    #: Undecodable, truncated or too long: named by tag.
     skipped: list[str] = field(default_factory=list)
+    #: Left out because the header budget was short (:mod:`scp.header_budget`).
+    dropped: list[str] = field(default_factory=list)
 
 
-def read_header(path: str | Path) -> Header:
+def read_header(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> Header:
     """Header of a DICOM Part 10 file: the fast encoder where it applies, else pydicom.
 
     Raises :class:`Unreadable` for a file that is no readable DICOM (and OSError when
-    the file cannot be opened at all)."""
+    the file cannot be opened at all), :class:`HeaderTooLarge` beyond the limits."""
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
             raise Unreadable("empty file")
         # Mapped, not read: only the header's pages are touched, however large the pixel data.
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
+        with _mapped(handle) as view, _unreadable():
             try:
-                return Header(part10_to_json(view)[1])
-            except Truncated as exc:
-                truncated: str | None = exc.key or "truncated"
+                syntax, offset = part10_meta(view)
             except Unsupported:
-                truncated = None
-            finally:
-                view.release()
-    return _discard(_pydicom_header(path), truncated)
+                return _unusual_meta(path, handle, limits)
+            if syntax == DEFLATED:
+                return _read_deflated(view[offset:], limits)
+            return _read(view[offset:], syntax, lambda: _rewound(handle), limits)
 
 
-def read_dataset_bytes(data: bytes, transfer_syntax: str, part10: Callable[[], bytes]) -> Header:
+def read_dataset_bytes(
+    data: bytes, transfer_syntax: str, part10: Callable[[], bytes], limits: Limits = DEFAULT_LIMITS
+) -> Header:
     """Header of an in-memory dataset (no file meta) in ``transfer_syntax``; ``part10``
     builds the whole file for pydicom when the fast encoder gives way. Raises
-    :class:`Unreadable` for bytes that are no readable dataset."""
+    :class:`Unreadable` for bytes that are no readable dataset, :class:`HeaderTooLarge`
+    beyond the limits."""
+    with _unreadable():
+        if transfer_syntax == DEFLATED:
+            return _read_deflated(memoryview(data), limits)
+        return _read(memoryview(data), transfer_syntax, lambda: io.BytesIO(part10()), limits)
+
+
+@contextmanager
+def _mapped(handle: BinaryIO) -> Iterator[memoryview]:
+    """The file mapped read-only. Views of it that outlive the block (held by the
+    traceback of an exception raised in it) keep the mapping until they go: closing
+    it under them would raise a BufferError in place of that exception."""
+    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mapped)
     try:
-        return Header(dataset_to_json(data, transfer_syntax))
+        yield view
+    finally:
+        with suppress(BufferError):
+            view.release()
+            mapped.close()
+
+
+def _rewound(handle: BinaryIO) -> BinaryIO:
+    handle.seek(0)
+    return handle
+
+
+def _unusual_meta(path: str | Path, handle: BinaryIO, limits: Limits) -> Header:
+    """A file whose meta the fast encoder cannot read (no preamble, say): pydicom's,
+    unless the meta says deflated (pydicom would inflate it whole)."""
+    try:
+        syntax = read_file_meta_info(path).get("TransferSyntaxUID")
+    except Exception:  # pydicom's own reading below says what is wrong
+        syntax = None
+    if syntax == DEFLATED:
+        raise InvalidDicomError("deflated dataset behind an unusual file meta")
+    return _read_with_pydicom(_rewound(handle), limits, cut=False)
+
+
+def _read(
+    view: memoryview,
+    syntax: str,
+    part10: Callable[[], BinaryIO],
+    limits: Limits,
+    cut: bool = False,
+) -> Header:
+    """The header of ``view`` (a dataset in ``syntax``); ``cut``: ``view`` is the first
+    part only (of an inflated dataset), so the header must end within it."""
+    try:
+        decoded = decode(view, syntax, limits.header_bytes)
     except Truncated as exc:
+        if cut:
+            raise HeaderTooLarge("the header inflates beyond the limit") from None
         truncated: str | None = exc.key or "truncated"
     except Unsupported:
         truncated = None
-    return _discard(_pydicom_header(io.BytesIO(part10())), truncated)
+    else:
+        if cut and not decoded.reached_pixel_data:
+            raise HeaderTooLarge("the header inflates beyond the limit")
+        return Header(decoded.json, dropped=decoded.dropped)
+    return _discard(_read_with_pydicom(part10(), limits, cut), truncated)
 
 
-def _pydicom_header(source: str | Path | BinaryIO) -> Header:
-    try:
-        return extract_header(read_dataset(source))
-    except _READ_FAILURES as exc:
-        raise Unreadable(type(exc).__name__) from exc
+def _read_deflated(deflated: memoryview, limits: Limits) -> Header:
+    """Inflate (at most ``limits.inflated_bytes``) into a temporary Part 10 file in
+    explicit VR little endian, and read that: memory holds neither the deflated nor the
+    inflated whole."""
+    with tempfile.TemporaryFile(dir=limits.scratch) as scratch:
+        meta = _explicit_meta()
+        scratch.write(meta)
+        try:
+            cut = inflate(deflated, scratch, limits.inflated_bytes)
+        except Corrupt:
+            raise InvalidDicomError("corrupt deflated data") from None
+        scratch.flush()
+        if scratch.tell() == len(meta):
+            return _read_with_pydicom(_rewound(scratch), limits, cut=False)  # empty dataset
+        with _mapped(scratch) as view:
+            return _read(view[len(meta) :], EXPLICIT_LE, lambda: _rewound(scratch), limits, cut)
+
+
+def _explicit_meta() -> bytes:
+    """Preamble, prefix and a file meta naming explicit VR little endian."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = UID(EXPLICIT_LE)
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_file_meta_info(fp, meta, enforce_standard=False)
+    return b"\0" * 128 + b"DICM" + fp.getvalue()
 
 
 def _discard(header: Header, truncated: str | None) -> Header:
@@ -142,10 +264,84 @@ def read_dataset(source: str | Path | BinaryIO) -> Dataset:
     return dcmread(source, stop_before_pixels=True, defer_size=_DEFER_SIZE)
 
 
-def extract_header(ds: Dataset) -> Header:
-    """Turn ``ds`` into DICOM JSON without bulk or private data."""
+class _OverRead(Exception):
+    """pydicom read more than it may."""
+
+
+class _CappedReader(io.RawIOBase):
+    """A file that lets pydicom read at most ``cap`` bytes (seeking is free: pydicom
+    seeks past the values it defers)."""
+
+    def __init__(self, inner: BinaryIO, cap: int) -> None:
+        self._inner = inner
+        self._left = cap
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._inner.read(-1 if size is None else size)
+        self._left -= len(data)
+        if self._left < 0:
+            raise _OverRead
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+
+def _read_with_pydicom(part10: BinaryIO, limits: Limits, cut: bool) -> Header:
+    """pydicom's reading of a Part 10 stream, bounded: it may read at most
+    :data:`PYDICOM_READ_FACTOR` times the budget; beyond, only the preferred elements
+    (identity, what the workers read) are read again; beyond that too, HeaderTooLarge."""
+    cap = limits.header_bytes * PYDICOM_READ_FACTOR
+    size = part10.seek(0, io.SEEK_END)
+    for tags in (None, sorted(header_budget.PREFERRED_TAGS)):
+        part10.seek(0)
+        capped = _CappedReader(part10, cap)
+        try:
+            ds = dcmread(
+                capped, stop_before_pixels=True, defer_size=_DEFER_SIZE, specific_tags=tags
+            )
+        except _OverRead:
+            continue
+        # Stopped before the pixel data: it is where the stream now is, short of the end.
+        if cut and part10.tell() >= size:
+            raise HeaderTooLarge("the header inflates beyond the limit")
+        try:
+            header = extract_header(ds, limits.header_bytes)
+        except _OverRead:  # reading a deferred value
+            continue
+        if tags is not None:
+            header.dropped.append("(not read: all but the identity and the mapped elements)")
+        return header
+    raise HeaderTooLarge("the header is too large for pydicom to read within the budget")
+
+
+def extract_header(ds: Dataset, budget: int | None = None) -> Header:
+    """Turn ``ds`` into DICOM JSON without bulk or private data, within ``budget`` bytes
+    (:mod:`scp.header_budget`; None: no budget)."""
     skipped: list[str] = []
-    return Header(_dataset_json(ds, skipped, depth=0), skipped)
+    unread: list[str] = []
+    json = _dataset_json(ds, skipped, depth=0, budget=budget, unread=unread)
+    if budget is None:
+        return Header(json, skipped)
+    sizes = {key: header_budget.element_size(key, element) for key, element in json.items()}
+    dropped = header_budget.fit(sizes, budget)
+    for key in dropped:
+        del json[key]
+    return Header(json, skipped, sorted(unread + dropped))
 
 
 def _unread_verdict(ds: Dataset, tag: BaseTag) -> str | None:
@@ -216,7 +412,15 @@ def _kept_private(ds: Dataset, tag: BaseTag, creators: dict[int, str]) -> dict[s
     return kept_private_json(kept_vr, value)
 
 
-def _dataset_json(ds: Dataset, skipped: list[str], depth: int) -> dict[str, Any]:
+def _dataset_json(
+    ds: Dataset,
+    skipped: list[str],
+    depth: int,
+    budget: int | None = None,
+    unread: list[str] | None = None,
+) -> dict[str, Any]:
+    """``ds`` as DICOM JSON; at the top, elements whose encoded value alone is larger than
+    ``budget`` are not even read (pydicom deferred them) and are listed in ``unread``."""
     out: dict[str, Any] = {}
     creators: dict[int, str] = {}
     for tag in list(ds.keys()):
@@ -234,8 +438,13 @@ def _dataset_json(ds: Dataset, skipped: list[str], depth: int) -> dict[str, Any]
             if verdict == "too long":
                 skipped.append(key)
             continue
+        if budget is not None and unread is not None and (_value_length(ds, tag) or 0) > budget:
+            unread.append(key)
+            continue
         try:
             elem: DataElement = ds[tag]
+        except _OverRead:
+            raise
         except Exception:  # pydicom raises many kinds for bad raw values
             skipped.append(key)
             continue

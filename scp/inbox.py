@@ -59,7 +59,12 @@ class Inbox:
 
     def push(self, study_uid: str, header: dict[str, Any]) -> Receipt:
         """Store ``header`` durably; raises :class:`redis.RedisError` if Redis did not take it."""
-        payload = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+        return self.push_encoded(
+            study_uid, json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+        )
+
+    def push_encoded(self, study_uid: str, payload: str) -> Receipt:
+        """:meth:`push` for a header already encoded as JSON text."""
         entry_id, drain_needed = self._push(
             keys=[keys.INBOX, keys.OPEN_STUDIES, keys.INFLIGHT, keys.DRAIN_REQUESTED],
             args=[study_uid, payload, DRAIN_REQUEST_TTL_MS],

@@ -26,16 +26,19 @@ from __future__ import annotations
 
 import base64
 import struct
-import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from pydicom.datadict import dictionary_VR
 
+from scp.header_budget import PREFERRED_TAGS
 from scp.header_rules import (
     BULK_THRESHOLD,
     KEPT_PRIVATE_CREATORS,
     KEPT_PRIVATE_GROUPS,
+    MAX_INFLATED_BYTES,
     MAX_PRIVATE_BYTES,
     MAX_SEQUENCE_DEPTH,
     MAX_TEXT_BYTES,
@@ -44,8 +47,17 @@ from scp.header_rules import (
     kept_private_json,
     kept_private_vr,
 )
+from scp.inflate import inflate_bytes
 
-__all__ = ["Truncated", "Unsupported", "dataset_to_json", "part10_to_json"]
+__all__ = [
+    "Decoded",
+    "Truncated",
+    "Unsupported",
+    "dataset_to_json",
+    "decode",
+    "part10_meta",
+    "part10_to_json",
+]
 
 
 class Unsupported(Exception):
@@ -64,6 +76,7 @@ class Truncated(Unsupported):
 
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
@@ -132,6 +145,12 @@ _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _CHARSET_TAG = 0x00080005
 _PIXEL_REPRESENTATION = 0x00280103
+#: Elements whose values the reader needs for later ones: read in every pass.
+_STATE_TAGS = frozenset({_CHARSET_TAG, _PIXEL_REPRESENTATION})
+#: Estimated JSON bytes of an element besides its value (key, VR, brackets), of a
+#: sequence besides its items, of an item besides its elements.
+_ELEMENT_COST, _SEQUENCE_COST, _ITEM_COST = 40, 32, 3
+_UNLIMITED = 1 << 62
 
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
@@ -155,27 +174,61 @@ def _implicit_vr(tag: int) -> str:
         return "UN"
 
 
+@dataclass
+class Decoded:
+    """A dataset's JSON as the fast path read it."""
+
+    json: dict[str, Any]
+    #: Top-level keys left out because the header budget was short (see scp.header_budget).
+    dropped: list[str] = field(default_factory=list)
+    #: Whether the data reached Pixel Data (what follows it is never read).
+    reached_pixel_data: bool = False
+
+
 def part10_to_json(data: bytes | memoryview) -> tuple[str, dict[str, Any]]:
     """Decode a DICOM Part 10 file: (transfer syntax UID, dataset JSON)."""
+    syntax, offset = part10_meta(data)
+    return syntax, dataset_to_json(memoryview(data)[offset:], syntax)
+
+
+def part10_meta(data: bytes | memoryview) -> tuple[str, int]:
+    """The transfer syntax a Part 10 file's meta names, and where its dataset begins."""
     try:
-        return _part10_to_json(data)
+        return _part10_meta(data)
     except Unsupported:
         raise
-    except Exception as exc:  # struct, Unicode, zlib errors...: malformed, pydicom decides
+    except Exception as exc:  # struct, Unicode errors...: malformed, pydicom decides
         raise Unsupported(f"cannot decode ({type(exc).__name__})") from None
 
 
 def dataset_to_json(data: bytes | memoryview, transfer_syntax: str) -> dict[str, Any]:
-    """Decode an encoded dataset (no file meta) in ``transfer_syntax``."""
+    """Decode an encoded dataset (no file meta) in ``transfer_syntax``, without a header
+    budget; a deflated one is inflated in memory (up to the default inflate limit)."""
+    if transfer_syntax != DEFLATED:
+        return decode(data, transfer_syntax, budget=None).json
     try:
-        return _dataset_to_json(data, transfer_syntax)
+        inflated, cut = inflate_bytes(data, MAX_INFLATED_BYTES)
+    except ValueError:
+        raise Unsupported("corrupt deflated data") from None
+    decoded = decode(inflated, EXPLICIT_LE, budget=None)
+    if cut and not decoded.reached_pixel_data:
+        raise Unsupported("the header inflates beyond the limit")
+    return decoded.json
+
+
+def decode(data: bytes | memoryview, transfer_syntax: str, budget: int | None) -> Decoded:
+    """Decode an encoded dataset (no file meta, not deflated) in ``transfer_syntax``,
+    keeping top-level elements within ``budget`` bytes (estimated) as
+    :mod:`scp.header_budget` says; None: no budget."""
+    try:
+        return _decode(memoryview(data), transfer_syntax, budget)
     except Unsupported:
         raise
-    except Exception as exc:  # as above
+    except Exception as exc:  # struct, Unicode errors...: malformed, pydicom decides
         raise Unsupported(f"cannot decode ({type(exc).__name__})") from None
 
 
-def _part10_to_json(data: bytes | memoryview) -> tuple[str, dict[str, Any]]:
+def _part10_meta(data: bytes | memoryview) -> tuple[str, int]:
     view = memoryview(data)
     if bytes(view[128:132]) != b"DICM":
         raise Unsupported("no DICM prefix")
@@ -190,22 +243,49 @@ def _part10_to_json(data: bytes | memoryview) -> tuple[str, dict[str, Any]]:
     syntax = meta.get("00020010", {}).get("Value", [None])[0]
     if not isinstance(syntax, str):
         raise Unsupported("no transfer syntax in the file meta")
-    return syntax, _dataset_to_json(view[end:], syntax)
+    return syntax, end
 
 
-def _dataset_to_json(data: bytes | memoryview, transfer_syntax: str) -> dict[str, Any]:
+def _decode(view: memoryview, transfer_syntax: str, budget: int | None) -> Decoded:
     if transfer_syntax == EXPLICIT_BE:
         raise Unsupported("big endian")
     if transfer_syntax == DEFLATED:
-        data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(data))
-    view = memoryview(data)
-    reader = _Reader(view, implicit=transfer_syntax == IMPLICIT_LE, encoding=None)
-    result, _ = reader.dataset(0, len(view), depth=0)
-    return result
+        raise Unsupported("deflated: inflate first (scp.inflate)")
+    implicit = transfer_syntax == IMPLICIT_LE
+    reader = _Reader(view, implicit=implicit, encoding=None)
+    reader.room = _UNLIMITED if budget is None else budget
+    try:
+        result, _ = reader.dataset(0, len(view), depth=0)
+        return Decoded(result, [], reader.pixel_data)
+    except _Overflow:
+        pass
+    # Over the budget: what the workers read first, then the rest, while each fits.
+    reader = _Reader(view, implicit=implicit, encoding=None)
+    reader.room = cast(int, budget)
+    preferred, dropped = reader.top(lambda tag: tag in PREFERRED_TAGS or tag in _STATE_TAGS)
+    rest, more = reader.top(lambda tag: tag not in PREFERRED_TAGS and tag not in _STATE_TAGS)
+    kept = sorted(preferred.keys() | rest.keys())
+    merged = {key: preferred.get(key) or rest[key] for key in kept}
+    return Decoded(merged, sorted(dropped + more), reader.pixel_data)
+
+
+class _Overflow(Exception):
+    """The element being read would take the header over its budget."""
 
 
 class _Reader:
-    __slots__ = ("creators", "data", "encoding", "implicit", "signed_pixels", "top")
+    __slots__ = (
+        "creators",
+        "data",
+        "encoding",
+        "implicit",
+        "pixel_data",
+        "room",
+        "signed_pixels",
+        "size",
+        "skipping",
+        "top_tag",
+    )
 
     def __init__(self, data: memoryview, implicit: bool, encoding: str | None) -> None:
         self.data = data
@@ -213,16 +293,58 @@ class _Reader:
         self.encoding = encoding  # None until Specific Character Set is seen
         self.signed_pixels: bool | None = None
         #: Tag of the top-level element being read (what truncation is reported against).
-        self.top: int | None = None
+        self.top_tag: int | None = None
         #: Private blocks of a kept private group reserved by a kept creator (top level).
         self.creators: dict[int, str] = {}
+        self.pixel_data = False
+        #: Estimated JSON bytes kept so far, and the most allowed.
+        self.size = 0
+        self.room = _UNLIMITED
+        #: Walking an element only to find its end: nothing is kept or counted.
+        self.skipping = False
+
+    def _grow(self, amount: int) -> None:
+        if not self.skipping:
+            self.size += amount
+            if self.size > self.room:
+                raise _Overflow
 
     def _overrun(self, what: str, limit: int) -> Unsupported:
         """The error for a length that runs past ``limit``: truncation when ``limit`` is
         the end of the data, a malformed length (inside an item, say) otherwise."""
         if limit >= len(self.data):
-            return Truncated(what, self.top)
+            return Truncated(what, self.top_tag)
         return Unsupported(what)
+
+    def top(self, select: Callable[[int], bool]) -> tuple[dict[str, Any], list[str]]:
+        """Read the top-level elements ``select`` picks, each whole if it fits in what is
+        left of :attr:`room`, else not at all: (what was kept, keys left out)."""
+        data = self.data
+        end = len(data)
+        out: dict[str, Any] = {}
+        dropped: list[str] = []
+        pos = 0
+        while pos < end:
+            tag = -1  # a truncated header: read it, and let the reader say so
+            if pos + 4 <= end:
+                tag = _u16(data, pos)[0] << 16 | _u16(data, pos + 2)[0]
+            chosen = tag < 0 or select(tag)
+            mark = self.size
+            self.skipping = not chosen
+            try:
+                pos, done = self.element(pos, end, 0, out)
+            except _Overflow:
+                self.size = mark
+                self.skipping = True
+                kept_before = len(out)
+                pos, done = self.element(pos, end, 0, out)
+                assert len(out) == kept_before
+                dropped.append(_key(tag))
+            finally:
+                self.skipping = False
+            if done:
+                break
+        return out, dropped
 
     def dataset(
         self,
@@ -232,87 +354,131 @@ class _Reader:
         stop_group: int | None = None,
         item: bool = False,
     ) -> tuple[dict[str, Any], int]:
-        data = self.data
         out: dict[str, Any] = {}
         while pos < end:
-            if pos + 8 > end:
-                if depth == 0:
-                    self.top = (
-                        _u16(data, pos)[0] << 16 | _u16(data, pos + 2)[0]
-                        if pos + 4 <= end
-                        else None
-                    )
-                raise self._overrun("truncated element header", end)
-            group, element, vr_code = _tag_and_vr(data, pos)
-            tag = (group << 16) | element
-            if depth == 0:
-                self.top = tag
-            if stop_group is not None and group != stop_group:
-                return out, pos
-            if tag == _ITEM_END:
-                if not item:
-                    raise Unsupported("item delimiter outside an item")
-                return out, pos + 8
-            if self.implicit:
-                vr = _implicit_vr(tag)
-                length = _u32(data, pos + 4)[0]
-                pos += 8
-            else:
-                vr = _VR_BY_CODE.get(vr_code, "")
-                if not vr:
-                    raise Unsupported("invalid VR")
-                if vr in _LONG_VRS:
-                    if pos + 12 > end:
-                        raise self._overrun("truncated element header", end)
-                    length = _u32(data, pos + 8)[0]
-                    pos += 12
-                else:
-                    length = _u16(data, pos + 6)[0]
-                    pos += 8
-            if tag == _PIXEL_DATA and depth == 0:
-                return out, end
-            # An explicit "UN" for a tag the dictionary knows is read with the dictionary's
-            # VR, and its content (a sequence, say) is encoded implicitly (PS3.5 6.2.2).
-            un_known = vr == "UN" and group % 2 == 0 and _implicit_vr(tag) != "UN"
-            if un_known:
-                vr = _implicit_vr(tag)
-            if vr in _AMBIGUOUS:
-                vr = self._settle(vr)
-            if length == _UNDEFINED:
-                if vr == "SQ" or (vr == "UN" and not self.implicit):
-                    items, pos = self._sequence(
-                        pos,
-                        end,
-                        depth,
-                        undefined=True,
-                        implicit=vr == "UN" or un_known or self.implicit,
-                    )
-                    if group % 2 == 0 and element != 0 and not is_bulk(tag):
-                        out[_key(tag)] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-                    continue
-                raise Unsupported("undefined length outside a sequence")
-            value_end = pos + length
-            if value_end > end:
-                raise self._overrun("value runs past the end", end)
-            meta_in_dataset = group == 2 and depth == 0 and stop_group is None
-            if group % 2 == 1 or element == 0 or is_bulk(tag) or meta_in_dataset:
-                if depth == 0 and group in KEPT_PRIVATE_GROUPS and element and vr != "SQ":
-                    kept = self._private(group, element, vr, data[pos:value_end])
-                    if kept is not None:
-                        out[_key(tag)] = kept
-                pos = value_end  # (group 0002 belongs to the file meta, never to a dataset)
-                continue
-            if vr == "SQ":
-                items, _ = self._sequence(
-                    pos, value_end, depth, undefined=False, implicit=self.implicit or un_known
-                )
-                out[_key(tag)] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-            else:
-                converted = self._element(tag, vr, data[pos:value_end])
-                if converted is not None:
-                    out[_key(tag)] = converted
-            pos = value_end
+            pos, done = self.element(pos, end, depth, out, stop_group, item)
+            if done:
+                break
         return out, pos
+
+    def element(
+        self,
+        pos: int,
+        end: int,
+        depth: int,
+        out: dict[str, Any],
+        stop_group: int | None = None,
+        item: bool = False,
+    ) -> tuple[int, bool]:
+        """Read the element at ``pos`` into ``out``: (where the next begins, whether the
+        dataset ends here)."""
+        data = self.data
+        if pos + 8 > end:
+            if depth == 0:
+                self.top_tag = (
+                    _u16(data, pos)[0] << 16 | _u16(data, pos + 2)[0] if pos + 4 <= end else None
+                )
+            raise self._overrun("truncated element header", end)
+        group, element, vr_code = _tag_and_vr(data, pos)
+        tag = (group << 16) | element
+        if depth == 0:
+            self.top_tag = tag
+        if stop_group is not None and group != stop_group:
+            return pos, True
+        if tag == _ITEM_END:
+            if not item:
+                raise Unsupported("item delimiter outside an item")
+            return pos + 8, True
+        if self.implicit:
+            vr = _implicit_vr(tag)
+            length = _u32(data, pos + 4)[0]
+            pos += 8
+        else:
+            vr = _VR_BY_CODE.get(vr_code, "")
+            if not vr:
+                raise Unsupported("invalid VR")
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise self._overrun("truncated element header", end)
+                length = _u32(data, pos + 8)[0]
+                pos += 12
+            else:
+                length = _u16(data, pos + 6)[0]
+                pos += 8
+        if tag == _PIXEL_DATA and depth == 0:
+            self.pixel_data = True
+            return end, True
+        # An explicit "UN" for a tag the dictionary knows is read with the dictionary's
+        # VR, and its content (a sequence, say) is encoded implicitly (PS3.5 6.2.2).
+        un_known = vr == "UN" and group % 2 == 0 and _implicit_vr(tag) != "UN"
+        if un_known:
+            vr = _implicit_vr(tag)
+        if vr in _AMBIGUOUS:
+            vr = "OB" if self.skipping else self._settle(vr)  # (never a sequence)
+        if length == _UNDEFINED:
+            if vr == "SQ" or (vr == "UN" and not self.implicit):
+                items, pos = self._sequence(
+                    pos,
+                    end,
+                    depth,
+                    undefined=True,
+                    implicit=vr == "UN" or un_known or self.implicit,
+                )
+                if group % 2 == 0 and element != 0 and not is_bulk(tag) and not self.skipping:
+                    self._grow(_SEQUENCE_COST)
+                    out[_key(tag)] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+                return pos, False
+            raise Unsupported("undefined length outside a sequence")
+        value_end = pos + length
+        if value_end > end:
+            raise self._overrun("value runs past the end", end)
+        meta_in_dataset = group == 2 and depth == 0 and stop_group is None
+        if group % 2 == 1 or element == 0 or is_bulk(tag) or meta_in_dataset or self.skipping:
+            if depth == 0 and group in KEPT_PRIVATE_GROUPS and element and vr != "SQ":
+                kept = (
+                    None
+                    if self.skipping
+                    else self._private(group, element, vr, data[pos:value_end])
+                )
+                if kept is not None:
+                    self._grow(_ELEMENT_COST + length)
+                    out[_key(tag)] = kept
+            return value_end, False  # (group 0002 belongs to the file meta, never to a dataset)
+        if vr in _BINARY and length > BULK_THRESHOLD:
+            return value_end, False
+        if vr != "SQ":
+            self._grow(_ELEMENT_COST + (length * 3 if vr in _STRUCT or vr == "AT" else length))
+        if vr == "SQ":
+            items, _ = self._sequence(
+                pos, value_end, depth, undefined=False, implicit=self.implicit or un_known
+            )
+            self._grow(_SEQUENCE_COST)
+            out[_key(tag)] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        else:
+            converted = self._element(tag, vr, data[pos:value_end])
+            if converted is not None:
+                out[_key(tag)] = converted
+        return value_end, False
+
+    def _private(self, group: int, element: int, vr: str, raw: memoryview) -> dict[str, Any] | None:
+        """A private creator or element of :data:`~scp.header_rules.KEPT_PRIVATE`, else
+        ``None``. Implicit VR gives them "UN": they are text all the same."""
+        if len(raw) > MAX_PRIVATE_BYTES:
+            return None
+        if is_private_creator(element):
+            creator = str(raw, "latin_1").strip(" \0")
+            if (group, creator) not in KEPT_PRIVATE_CREATORS:
+                return None
+            self.creators[element] = creator
+            return {"vr": "LO", "Value": [creator]}
+        kept_vr = kept_private_vr(group, element, self.creators)
+        if kept_vr is None:
+            return None
+        if vr == "UN" and not self.implicit:
+            raise Unsupported("kept private element as explicit UN")  # pydicom decides
+        if vr not in _CHARSET_VRS and vr != "UN":
+            return None
+        return kept_private_json(kept_vr, str(raw, self.encoding or "latin_1"))
 
     def _settle(self, vr: str) -> str:
         """Resolve an ambiguous dictionary VR the way pydicom does, or give up."""
@@ -349,7 +515,9 @@ class _Reader:
                     pos += length
                 if "00080005" in item:
                     raise Unsupported("character set inside an item")
-                items.append(item)
+                if not self.skipping:
+                    self._grow(_ITEM_COST)
+                    items.append(item)
             if undefined:
                 raise self._overrun("sequence without delimiter", end)
             return items, pos
@@ -386,26 +554,6 @@ class _Reader:
             return {"vr": vr, "Value": [text]}
         text = str(raw, self.encoding or "latin_1") if vr in _CHARSET_VRS else str(raw, "latin_1")
         return _text_element(vr, text)
-
-    def _private(self, group: int, element: int, vr: str, raw: memoryview) -> dict[str, Any] | None:
-        """A private creator or element of :data:`~scp.header_rules.KEPT_PRIVATE`, else
-        ``None``. Implicit VR gives them "UN": they are text all the same."""
-        if len(raw) > MAX_PRIVATE_BYTES:
-            return None
-        if is_private_creator(element):
-            creator = str(raw, "latin_1").strip(" \0")
-            if (group, creator) not in KEPT_PRIVATE_CREATORS:
-                return None
-            self.creators[element] = creator
-            return {"vr": "LO", "Value": [creator]}
-        kept_vr = kept_private_vr(group, element, self.creators)
-        if kept_vr is None:
-            return None
-        if vr == "UN" and not self.implicit:
-            raise Unsupported("kept private element as explicit UN")  # pydicom decides
-        if vr not in _CHARSET_VRS and vr != "UN":
-            return None
-        return kept_private_json(kept_vr, str(raw, self.encoding or "latin_1"))
 
     def _binary_numbers(self, tag: int, vr: str, raw: memoryview) -> dict[str, Any]:
         if tag == _PIXEL_REPRESENTATION and len(raw) >= 2:

@@ -19,7 +19,7 @@ from pynetdicom import (
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from scp import metrics
-from scp.access import AccessPolicy, handle_requested, parse_networks
+from scp.access import AccessPolicy, Slots, handle_requested, parse_networks
 from scp.associations import AssociationLog
 from scp.connections import connect
 from scp.handlers import handle_echo, handle_store
@@ -27,6 +27,7 @@ from scp.inbox import Inbox
 from scp.mpps import IAN_SOP_CLASS, MPPS_SOP_CLASS, CompletionSignals
 from scp.settings import Settings
 from scp.signals import SignalStore
+from scp.spool import SpoolFolder
 from scp.transport import PromptRequestHandler, ReusePortServer
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ def build_ae(settings: Settings) -> AE:
     # Completion signals (README "Study lifecycle"): MPPS from modalities, IAN from PACS.
     for sop_class in (MPPS_SOP_CLASS, IAN_SOP_CLASS):
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-    ae.maximum_associations = settings.max_associations
+    # pynetdicom counts every acceptor thread against this, associated or not;
+    # scp.access.Slots is the limit (pending connections and associations apart).
+    ae.maximum_associations = 1_000_000
     # Senders split each dataset into PDUs of at most this size; pynetdicom's default
     # (16 KiB) costs a CT slice three trips through its reactor. The limit also bounds
     # what one PDU can make us hold in memory.
@@ -73,19 +76,24 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     # Spooled: large objects (whole-slide images, tomosynthesis) go to a temporary file
     # as they arrive instead of into memory; the handler maps only the header back in.
     _config.STORE_RECV_CHUNKED_DATASET = settings.spool == "file"
+    spool = SpoolFolder.claim(settings.spool_parent())
+    spool.use()
     clients = connect(settings.require_redis_url())
     inbox = Inbox(clients.data, clients.rq)
-    policy = AccessPolicy(
-        parse_networks(",".join(settings.allowed_peers)), settings.max_associations_per_ae
+    policy = AccessPolicy(parse_networks(",".join(settings.allowed_peers)))
+    slots = Slots(
+        settings.max_associations,
+        settings.max_pending_connections,
+        settings.max_associations_per_ae,
     )
     recorder = metrics.Recorder(clients.data).start()
     metrics.install(recorder)
     associations = AssociationLog()
     handlers: list[Any] = [
         *associations.handlers(),  # first: it names the association the others log
-        (evt.EVT_REQUESTED, handle_requested, [policy]),
+        (evt.EVT_REQUESTED, handle_requested, [slots]),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [inbox, associations]),
+        (evt.EVT_C_STORE, handle_store, [inbox, associations, settings.read_limits(spool.path)]),
     ]
     signals = CompletionSignals(
         SignalStore(clients.data, clients.rq, settings.retention_seconds * 1000)
@@ -102,6 +110,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         server_class=ReusePortServer,
         request_handler=PromptRequestHandler,
         policy=policy,
+        slots=slots,
     )
     threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
     logger.info(
@@ -123,3 +132,4 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         server.shutdown()
         recorder.stop()
         clients.close()
+        spool.close()

@@ -18,11 +18,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from scp.access import parse_networks
 from scp.secret import Secret as Secret  # re-exported: it lived here before scp.secret
+
+if TYPE_CHECKING:
+    from scp.header import Limits
 
 FhirVersion = Literal["R4", "R5"]
 
@@ -61,6 +64,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "Where the SCP holds a dataset while it arrives: `file` (a temporary file, memory "
         "stays flat for objects of any size) or `memory` (~25% faster, RAM per association "
         "= largest object).",
+    ),
+    # --- where datasets wait while they arrive (scp.spool)
+    "SCP2FHIR_SPOOL_DIR": (
+        "(temp)/scp2fhir-spool",
+        "Parent folder of the SCP processes' spool folders (one each, `scp-<pid>-<random>`); "
+        "at start a process removes the folders of processes that are gone.",
     ),
     "SCP2FHIR_SCP_PROCESSES": (
         "2",
@@ -110,13 +119,43 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "refused before any DICOM is exchanged.",
     ),
     "SCP2FHIR_MAX_ASSOCIATIONS": ("32", "Simultaneous associations per SCP process."),
+    # --- what a peer may hold before it is associated (scp.access.Slots)
+    "SCP2FHIR_MAX_PENDING_CONNECTIONS": (
+        "64",
+        "Connections per SCP process that have not completed association negotiation; "
+        "they never take association slots, and when all are taken a new connection "
+        "drops the one that has waited longest.",
+    ),
     "SCP2FHIR_MAX_ASSOCIATIONS_PER_AE": (
         "0",
         "Simultaneous associations one calling AE may hold per SCP process (0: no own limit).",
     ),
-    "SCP2FHIR_MAX_PDU": ("1048576", "Largest PDU accepted (bytes, 4096 or more)."),
-    "SCP2FHIR_ACSE_TIMEOUT": ("30", "Seconds to wait for association messages."),
-    "SCP2FHIR_DIMSE_TIMEOUT": ("60", "Seconds to wait for DIMSE messages."),
+    "SCP2FHIR_MAX_PDU": (
+        "1048576",
+        "Largest P-DATA PDU accepted, and announced to senders (bytes, 4096 or more); a "
+        "larger one, or an association PDU over 256 KiB, gets an A-ABORT before it is read.",
+    ),
+    # --- what one instance's header may cost (scp.header, scp.header_budget)
+    "SCP2FHIR_MAX_HEADER_BYTES": (
+        "4194304",
+        "Largest header stored per instance (DICOM JSON bytes). Beyond it the identity and "
+        "what the mapping reads are kept first and the rest left out, named by tag "
+        "(Warning 0xB006).",
+    ),
+    "SCP2FHIR_MAX_INFLATED_BYTES": (
+        "67108864",
+        "How much of a deflated dataset is inflated (to a file in the spool folder) to find "
+        "its header; one whose header does not end within it gets 0xC230.",
+    ),
+    "SCP2FHIR_ACSE_TIMEOUT": (
+        "30",
+        "Seconds to wait for association messages; also the most a connection may take "
+        "from accept to an established association (and a TLS handshake).",
+    ),
+    "SCP2FHIR_DIMSE_TIMEOUT": (
+        "60",
+        "Seconds to wait for DIMSE messages; also the most one PDU may take to arrive once begun.",
+    ),
     "SCP2FHIR_NETWORK_TIMEOUT": ("60", "Seconds an idle association is kept open."),
     "SCP2FHIR_TLS_CERT": ("(unset)", "PEM certificate (chain): the SCP speaks DICOM TLS only."),
     "SCP2FHIR_TLS_KEY": ("(unset)", "PEM private key of SCP2FHIR_TLS_CERT."),
@@ -315,6 +354,8 @@ class Settings:
     output_dir: Path = Path("out")
     fhir_version: FhirVersion = "R4"
     spool: str = "file"
+    # where datasets wait while they arrive (scp.spool)
+    spool_dir: Path | None = None
     accession_system: str | None = None
     patient_id_system: str | None = None
     wado_rs_url: str | None = None
@@ -326,7 +367,12 @@ class Settings:
     allowed_peers: tuple[str, ...] = ()
     max_associations: int = 32
     max_associations_per_ae: int = 0
+    # what a peer may hold before it is associated (scp.access.Slots)
+    max_pending_connections: int = 64
     max_pdu: int = 1024 * 1024
+    # what one instance's header may cost (scp.header, scp.header_budget)
+    max_header_bytes: int = 4 * 1024 * 1024
+    max_inflated_bytes: int = 64 * 1024 * 1024
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
@@ -417,6 +463,7 @@ class Settings:
             output_dir=Path(get("SCP2FHIR_OUTPUT_DIR") or defaults.output_dir),
             fhir_version="R5" if version == "R5" else "R4",
             spool=spool,
+            spool_dir=Path(spool_dir) if (spool_dir := get("SCP2FHIR_SPOOL_DIR")) else None,
             accession_system=get("SCP2FHIR_ACCESSION_SYSTEM"),
             patient_id_system=get("SCP2FHIR_PATIENT_ID_SYSTEM"),
             wado_rs_url=get("SCP2FHIR_WADO_RS_URL"),
@@ -434,7 +481,20 @@ class Settings:
             max_associations_per_ae=_int(
                 env, "SCP2FHIR_MAX_ASSOCIATIONS_PER_AE", defaults.max_associations_per_ae, 0, 1000
             ),
+            max_pending_connections=_int(
+                env,
+                "SCP2FHIR_MAX_PENDING_CONNECTIONS",
+                defaults.max_pending_connections,
+                1,
+                10000,
+            ),
             max_pdu=_int(env, "SCP2FHIR_MAX_PDU", defaults.max_pdu, 4096, 2**31 - 1),
+            max_header_bytes=_int(
+                env, "SCP2FHIR_MAX_HEADER_BYTES", defaults.max_header_bytes, 65536, 2**30
+            ),
+            max_inflated_bytes=_int(
+                env, "SCP2FHIR_MAX_INFLATED_BYTES", defaults.max_inflated_bytes, 65536, 2**34
+            ),
             acse_timeout=_float(env, "SCP2FHIR_ACSE_TIMEOUT", defaults.acse_timeout),
             dimse_timeout=_float(env, "SCP2FHIR_DIMSE_TIMEOUT", defaults.dimse_timeout),
             network_timeout=_float(env, "SCP2FHIR_NETWORK_TIMEOUT", defaults.network_timeout),
@@ -463,6 +523,20 @@ class Settings:
                 env, "SCP2FHIR_RETRACTED_ON_STORE", defaults.retracted_on_store, ("stay", "revive")
             ),
         )
+
+    def read_limits(self, scratch: Path | None = None) -> Limits:
+        """What reading one header may cost (inflated data goes to ``scratch``)."""
+        from scp.header import Limits
+
+        return Limits(self.max_header_bytes, self.max_inflated_bytes, scratch)
+
+    def spool_parent(self) -> Path:
+        """``SCP2FHIR_SPOOL_DIR``, or ``scp2fhir-spool`` in the system's temporary folder."""
+        if self.spool_dir is not None:
+            return self.spool_dir
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "scp2fhir-spool"
 
     def require_redis_url(self) -> str:
         if self.redis_url is None:

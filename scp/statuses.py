@@ -24,6 +24,11 @@ CANNOT_DECODE = 0xC210
 MISSING_OR_INVALID_UID = 0xC220
 #: Error: Cannot understand: the dataset's SOP Instance UID differs from the request's.
 SOP_INSTANCE_UID_MISMATCH = 0xC221
+#: Error: Cannot understand: the header cannot be read within the size limits (a deflated
+#: dataset inflating beyond SCP2FHIR_MAX_INFLATED_BYTES before its pixel data). Not
+#: 0xA7xx: a resend would fail the same way. (pynetdicom uses 0xC211 for a handler that
+#: raised.)
+HEADER_TOO_LARGE = 0xC230
 #: Error: Cannot understand: an unexpected internal error (logged with a traceback).
 INTERNAL_ERROR = 0xC2FF
 

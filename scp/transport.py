@@ -11,12 +11,19 @@ The classes here change only *how those loops wait*, not what they do:
 * :class:`PromptDUL` blocks in ``select()`` on the association's socket and on a
   wake-up pipe that :meth:`PromptDUL.send_pdu` writes to, so it reacts as soon
   as the peer sends or a response is queued. It still wakes at least every
-  :data:`TIMER_TICK` seconds to run the ARTIM and idle timers.
+  :data:`TIMER_TICK` seconds to run the ARTIM and idle timers. It reads each PDU
+  with :func:`scp.pdu_reader.read_pdu`, bounded in time (the ACSE timeout from the
+  connection until the association is established, the DIMSE timeout per PDU after)
+  and in size (``SCP2FHIR_MAX_PDU`` for P-DATA, 256 KiB for the rest), where
+  pynetdicom would wait in ``recv()`` for as long as the peer likes and for as many
+  bytes as it announces.
 * :class:`PromptAssociation` blocks on the DIMSE message queue (again at most
   :data:`TIMER_TICK`) instead of sleeping before each non-blocking check; release,
   abort and timeout handling are unchanged.
-* :class:`PromptRequestHandler` installs both on each accepted association. It is
-  passed to pynetdicom through its public ``AE.make_server(request_handler=...)``.
+* :class:`PromptRequestHandler` installs both on each accepted association and holds
+  its slot (:class:`scp.access.Slots`): pending from accept, an association's once
+  admitted. It is passed to pynetdicom through its public
+  ``AE.make_server(request_handler=...)``.
 * :class:`ReusePortServer` sets ``SO_REUSEPORT`` so several SCP processes can
   share one port and the kernel spreads associations over them; it refuses peers
   outside the allow-list at accept, and leaves the TLS handshake to the
@@ -39,20 +46,25 @@ import select
 import socket
 import socketserver
 import ssl
+import time
 from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from scp.access import AccessPolicy, record_rejection
+from scp.access import AccessPolicy, Slots, Ticket, record_rejection
+from scp.pdu_reader import PduTimeout, PduTooLarge, PeerClosed, UnknownPdu, bounds, read_pdu
+from scp.spool import SpoolingDIMSE, delete_spool_file
 
 logger = logging.getLogger(__name__)
 
 #: Longest a loop blocks before re-checking timers, release and abort (seconds).
 TIMER_TICK = 0.01
+#: A-ABORT reasons (PS3.8 9.3.8): unrecognized PDU; invalid PDU parameter value.
+_UNRECOGNIZED_PDU, _INVALID_PARAMETER = 0x01, 0x06
 
 
 class PromptDUL(DULServiceProvider):
@@ -63,6 +75,10 @@ class PromptDUL(DULServiceProvider):
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
+        self._opened = time.monotonic()
+        self._max_p_data = assoc.acceptor.maximum_length or 0xFFFFFFFF
+        self._requested = False  # an A-ASSOCIATE-RQ arrived
+        self._negotiated = False  # the association was established (and may have ended)
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -120,6 +136,82 @@ class PromptDUL(DULServiceProvider):
             os.close(self._wake_read)
             os.close(self._wake_write)
 
+    def _read_pdu_data(self) -> None:
+        """Read one PDU, bounded (see :func:`scp.pdu_reader.read_pdu`), and queue its event
+        as pynetdicom does. A PDU that is too large or not DICOM gets an A-ABORT, and the
+        connection is closed at once; one that is late or cut short, only the close."""
+        transport = self.socket
+        sock = transport.socket if transport is not None else None
+        if transport is None or sock is None:
+            self.event_queue.put("Evt17")
+            return
+        peer = self.assoc.requestor.address
+        if not self._negotiated and self.assoc.is_established:
+            self._negotiated = True  # (for good: the phase after release is not the first)
+        deadline, limits = bounds(
+            self._negotiated,
+            self._opened,
+            self.assoc.acse_timeout,
+            self.assoc.dimse_timeout,
+            self._max_p_data,
+        )
+        try:
+            data = read_pdu(sock, deadline, limits)
+        except PduTooLarge as exc:
+            self._record("pdu-too-large", f"aborted: {exc}")
+            self._refuse(sock, _INVALID_PARAMETER)
+            return
+        except UnknownPdu as exc:
+            self._record("protocol-error", f"aborted: not DICOM ({exc})")
+            self._refuse(sock, _UNRECOGNIZED_PDU)
+            return
+        except PduTimeout:
+            if self._negotiated:
+                logger.warning("peer=%s closed: a PDU still incomplete at the DIMSE timeout", peer)
+            else:
+                self._record("acse-timeout", "closed: a PDU still incomplete at the ACSE timeout")
+            self._close()
+            return
+        except PeerClosed:
+            self._close()
+            return
+        try:
+            pdu, event = self._decode_pdu(data)
+        except Exception as exc:  # pynetdicom's decoders raise many kinds
+            logger.warning("peer=%s sent an undecodable PDU (%s)", peer, type(exc).__name__)
+            self.event_queue.put("Evt19")
+            return
+        if isinstance(pdu, A_ASSOCIATE_RQ):
+            self._requested = True
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _record(self, reason: str, detail: str) -> None:
+        """Log and count a refusal once: :class:`scp.associations.AssociationLog` skips a
+        connection whose refusal was recorded here."""
+        assoc = self.assoc
+        assoc.refusal_recorded = True  # type: ignore[attr-defined]
+        record_rejection(reason, peer=str(assoc.requestor.address), assoc=assoc.name, detail=detail)
+
+    def _refuse(self, sock: socket.socket, reason: int) -> None:
+        """Send an A-ABORT (service provider) straight to the socket, then close."""
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = reason
+        with contextlib.suppress(OSError):
+            sock.settimeout(1.0)
+            sock.sendall(abort.encode())
+        self._close()
+
+    def _close(self) -> None:
+        """Close the connection (the state machine gets Evt17). Before an A-ASSOCIATE-RQ
+        the association thread is waiting for one, up to the ACSE timeout: it is told
+        there will be none."""
+        if self.socket is not None:
+            self.socket.close()
+        if not self._requested:
+            self.to_user_queue.put(cast(Any, None))
+
     def _abort_on_error(self, exc: Exception) -> None:
         # As pynetdicom does: bypass the state machine, send an A-ABORT and stop both loops.
         logger.error("exception in the DUL reactor, aborting the association: %s", exc)
@@ -136,6 +228,9 @@ class PromptDUL(DULServiceProvider):
 
 class PromptAssociation(Association):
     """Acceptor association whose reactor blocks on the DIMSE queue instead of sleeping."""
+
+    #: Its connection's slot (set by PromptRequestHandler).
+    ticket: Ticket | None = None
 
     def _run_reactor(self) -> None:
         try:
@@ -161,12 +256,7 @@ class PromptAssociation(Association):
                 break
             files.append(getattr(primitive, "_dataset_file", None))
         for spooled in files:
-            if spooled is None:
-                continue
-            with contextlib.suppress(OSError):
-                spooled.close()
-            with contextlib.suppress(OSError):
-                os.unlink(spooled.name)
+            delete_spool_file(spooled)
 
     def _react(self) -> None:
         self._is_paused = False
@@ -216,10 +306,13 @@ class PromptAssociation(Association):
 class PromptRequestHandler(RequestHandler):
     """Accepts each association as a :class:`PromptAssociation` with a :class:`PromptDUL`."""
 
+    server: ReusePortServer
+
     def handle(self) -> None:
+        sock = self.request
+        self.ticket = self.server.slots.open(sock, _address(self.client_address))
         # The TLS handshake runs here, in this connection's own thread and bounded by
         # the ACSE timeout, not in the accept loop (see ReusePortServer.get_request).
-        sock = self.request
         if isinstance(sock, ssl.SSLSocket):
             try:
                 sock.settimeout(self.server.ae.acse_timeout)
@@ -229,6 +322,7 @@ class PromptRequestHandler(RequestHandler):
                 record_rejection(
                     "tls-handshake", peer=str(self.client_address[0]), detail=type(exc).__name__
                 )
+                self.server.slots.close(self.ticket)
                 return
         super().handle()
 
@@ -237,6 +331,9 @@ class PromptRequestHandler(RequestHandler):
         # pynetdicom builds the Association itself; we keep everything it set up and
         # swap in the two loops. The stock DUL was never started.
         assoc.__class__ = PromptAssociation
+        cast(PromptAssociation, assoc).ticket = self.ticket
+        self.ticket.threads.append(assoc)
+        assoc.dimse.__class__ = SpoolingDIMSE
         stock = assoc.dul
         prompt = PromptDUL(assoc)
         prompt.socket = stock.socket
@@ -259,8 +356,15 @@ class ReusePortServer(ThreadedAssociationServer):
     connections from peers it does not allow are closed at accept.
     """
 
-    def __init__(self, *args: Any, policy: AccessPolicy | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        policy: AccessPolicy | None = None,
+        slots: Slots | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.policy = policy or AccessPolicy()
+        self.slots = slots or Slots(max_associations=10, max_pending=10)
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -276,7 +380,7 @@ class ReusePortServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        address = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        address = _address(client_address)
         if self.policy.peer_allowed(address):
             return True
         record_rejection("peer", peer=address)
@@ -290,3 +394,7 @@ class ReusePortServer(ThreadedAssociationServer):
         if self.socket is not None and hasattr(socket, "SO_REUSEPORT"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+
+def _address(client_address: Any) -> str:
+    return client_address[0] if isinstance(client_address, tuple) else str(client_address)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib
+import io
 import json
 import os
 import re
@@ -32,7 +33,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
-from tests.support import SOURCES, GeneratedStudy, sample_file, wait_for
+from tests.support import SOURCES, GeneratedStudy, free_port, sample_file, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS_ENV = "SCP2FHIR_TEST_FAULTS"
@@ -56,6 +58,7 @@ _LONG_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
 UNDEFINED_LENGTH = 0xFFFFFFFF
+CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def element(tag: int, vr: str, value: bytes, length: int | None = None) -> bytes:
@@ -117,6 +120,80 @@ def write_part10(
     return path
 
 
+def identity_elements(study: str, series: str, sop: str, sop_class: str = CT) -> dict[int, bytes]:
+    """The elements that identify an instance, explicit VR little endian, by tag."""
+    return {
+        0x00080016: element(0x00080016, "UI", text(sop_class, b"\0")),
+        0x00080018: element(0x00080018, "UI", text(sop, b"\0")),
+        0x00080060: element(0x00080060, "CS", b"OT"),
+        0x0020000D: element(0x0020000D, "UI", text(study, b"\0")),
+        0x0020000E: element(0x0020000E, "UI", text(series, b"\0")),
+    }
+
+
+def _public_text() -> bytes:
+    """Public prose (a licence text of the distribution; else this module's source)."""
+    for candidate in (Path("/usr/share/common-licenses/GPL-3"), Path(__file__)):
+        with contextlib.suppress(OSError):
+            return candidate.read_bytes()
+    return b"lorem ipsum " * 1000
+
+
+def big_text_dataset(study: str, series: str, sop: str, total: int, item_text: int = 1000) -> bytes:
+    """An instance whose Content Sequence holds about ``total`` bytes of public text in
+    small items (Value Type TEXT, Text Value of ``item_text`` bytes each): every element
+    is small, only the whole is large."""
+    prose = _public_text()
+    items = []
+    size = 0
+    offset = 0
+    while size < total:
+        chunk = prose[offset : offset + item_text]
+        offset = (offset + item_text) % max(1, len(prose) - item_text)
+        body = element(0x0040A040, "CS", b"TEXT") + element(
+            0x0040A160, "UT", text(chunk.decode("latin-1"))
+        )
+        items.append(item(body))
+        size += len(items[-1])
+    parts = identity_elements(study, series, sop)
+    parts[0x0040A730] = element(0x0040A730, "SQ", b"".join(items))
+    return b"".join(parts[tag] for tag in sorted(parts))
+
+
+def deflate_bomb(path: Path, inflated: int, where: str = "pixels") -> Path:
+    """A Deflated Explicit VR Little Endian Part 10 file inflating to about ``inflated``
+    bytes of zeros: the Pixel Data (``where="pixels"``) or a private OB before it
+    (``"private"``). Written compressed as it is generated (about 1 MB per GB); kept if
+    ``path`` exists."""
+    if path.exists():
+        return path
+    sop = pydicom.uid.generate_uid()
+    parts = identity_elements(pydicom.uid.generate_uid(), pydicom.uid.generate_uid(), sop)
+    size = inflated - inflated % 2
+    if where == "private":
+        parts[0x00090010] = element(0x00090010, "LO", text("BOMB"))
+        head = b"".join(parts[tag] for tag in sorted(parts))
+        head += element(0x00091010, "OB", b"", length=size)
+        tail = element(0x7FE00010, "OW", b"\0" * 64)
+    else:
+        head = b"".join(parts[tag] for tag in sorted(parts))
+        head += element(0x7FE00010, "OW", b"", length=size)
+        tail = b""
+    write_part10(path, b"", CT, sop, pydicom.uid.DeflatedExplicitVRLittleEndian)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = b"\0" * (16 * 1024 * 1024)
+    with path.open("ab") as handle:
+        handle.write(deflater.compress(head))
+        left = size
+        while left > 0:
+            chunk = zeros if left >= len(zeros) else zeros[:left]
+            handle.write(deflater.compress(chunk))
+            left -= len(chunk)
+        handle.write(deflater.compress(tail))
+        handle.write(deflater.flush())
+    return path
+
+
 # --- sending -------------------------------------------------------------------------------
 
 
@@ -172,6 +249,188 @@ def send_files(
         else:
             assoc.abort()
     return statuses
+
+
+# --- the upper layer by hand: PDUs over a plain socket ----------------------------------
+
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+#: PDU types (PS3.8 9.3.1).
+ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
+
+
+def pdu(pdu_type: int, body: bytes, length: int | None = None) -> bytes:
+    """One PDU; ``length`` overrides the announced length (to lie about it)."""
+    return struct.pack(">BBL", pdu_type, 0, len(body) if length is None else length) + body
+
+
+def associate_rq(
+    called: str = "SCP2FHIR",
+    calling: str = "RAWSCU",
+    contexts: Sequence[tuple[str, str]] = ((VERIFICATION, IMPLICIT_LE),),
+    max_pdu: int = 16384,
+) -> bytes:
+    """An A-ASSOCIATE-RQ PDU proposing ``contexts`` (abstract syntax, transfer syntax),
+    encoded by pynetdicom."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (
+        A_ASSOCIATE,
+        ImplementationClassUIDNotification,
+        MaximumLengthNotification,
+    )
+    from pynetdicom.presentation import build_context
+
+    request = A_ASSOCIATE()
+    request.application_context_name = "1.2.840.10008.3.1.1.1"
+    request.calling_ae_title = calling
+    request.called_ae_title = called
+    proposed = []
+    for index, (abstract, syntax) in enumerate(contexts):
+        context = build_context(abstract, [syntax])
+        context.context_id = 2 * index + 1
+        proposed.append(context)
+    request.presentation_context_definition_list = proposed
+    length = MaximumLengthNotification()
+    length.maximum_length_received = max_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = PYDICOM_IMPLEMENTATION_UID
+    request.user_information = [length, implementation]
+    encoded = A_ASSOCIATE_RQ()
+    encoded.from_primitive(request)
+    return bytes(encoded.encode())
+
+
+def p_data(context_id: int, fragment: bytes, command: bool, last: bool) -> bytes:
+    """A P-DATA-TF PDU carrying one fragment of a DIMSE message (PS3.8 E.2)."""
+    control = (1 if command else 0) | (2 if last else 0)
+    item = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
+    return pdu(P_DATA, item)
+
+
+def store_pdus(
+    context_id: int, sop_class: str, sop_instance: str, dataset: bytes, max_pdu: int
+) -> list[bytes]:
+    """The P-DATA-TF PDUs of one C-STORE request (command, then ``dataset`` as given),
+    fragmented for a peer that receives at most ``max_pdu`` bytes, as pynetdicom does."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = sop_instance
+    request.Priority = 2
+    request.DataSet = BytesIO(dataset)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    encoded = []
+    for primitive in message.encode_msg(context_id, max_pdu):
+        tf = P_DATA_TF()
+        tf.from_primitive(primitive)
+        encoded.append(bytes(tf.encode()))
+    return encoded
+
+
+@dataclass
+class RawPeer:
+    """A DICOM peer at the byte level: it sends what it is told, however wrong."""
+
+    sock: socket.socket
+
+    @classmethod
+    def connect(cls, port: int, timeout: float = 10) -> RawPeer:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock)
+
+    def send(self, data: bytes) -> bool:
+        """Send ``data``; False if the SCP has closed the connection."""
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            return False
+        return True
+
+    def read_pdu(self, timeout: float = 10) -> tuple[int, bytes] | None:
+        """The next PDU the SCP sends (type, body); None when it closes the connection."""
+        self.sock.settimeout(timeout)
+        try:
+            head = self._exactly(6)
+            if head is None:
+                return None
+            pdu_type, _, length = struct.unpack(">BBL", head)
+            body = self._exactly(length)
+        except ConnectionResetError:
+            return None
+        return None if body is None else (pdu_type, body)
+
+    def _exactly(self, size: int) -> bytes | None:
+        chunks = bytearray()
+        while len(chunks) < size:
+            chunk = self.sock.recv(min(size - len(chunks), 65536))
+            if not chunk:
+                return None
+            chunks += chunk
+        return bytes(chunks)
+
+    def associate(
+        self, contexts: Sequence[tuple[str, str]] = ((VERIFICATION, IMPLICIT_LE),)
+    ) -> int:
+        """Negotiate an association; the largest PDU the SCP accepts (its A-ASSOCIATE-AC)."""
+        from pynetdicom.pdu import A_ASSOCIATE_AC
+
+        self.send(associate_rq(contexts=contexts))
+        answer = self.read_pdu()
+        assert answer is not None and answer[0] == ASSOCIATE_AC, f"not accepted: {answer!r}"
+        accepted = A_ASSOCIATE_AC()
+        accepted.decode(pdu(ASSOCIATE_AC, answer[1]))
+        assert accepted.user_information is not None
+        maximum = accepted.user_information.maximum_length
+        assert maximum is not None
+        return int(maximum)
+
+    def read_status(self, timeout: float = 30) -> int | None:
+        """The Status of the DIMSE response the SCP sends next (None: it closed)."""
+        from pydicom.filereader import read_dataset
+
+        command = b""
+        while True:
+            answer = self.read_pdu(timeout)
+            if answer is None or answer[0] != P_DATA:
+                return None
+            body = answer[1]
+            while body:  # one or more PDV items: length, context, control, fragment
+                length = struct.unpack(">L", body[:4])[0]
+                control, fragment = body[5], body[6 : 4 + length]
+                body = body[4 + length :]
+                if control & 1:
+                    command += fragment
+                    if control & 2:
+                        ds = read_dataset(io.BytesIO(command), True, True)
+                        return int(ds.Status)
+
+    def closed_within(self, timeout: float) -> float | None:
+        """Seconds until the SCP closed the connection (whatever it sent first is read
+        and dropped), or None if it is still open after ``timeout`` seconds."""
+        began = time.monotonic()
+        deadline = began + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                if not self.sock.recv(65536):
+                    return time.monotonic() - began
+            except TimeoutError:
+                return None
+            except OSError:  # reset
+                return time.monotonic() - began
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 # --- studies from byte templates ---------------------------------------------------------
@@ -329,6 +588,20 @@ def start_scp(env: Mapping[str, str], log: Path, port: int) -> Child:
     return child
 
 
+@contextlib.contextmanager
+def scp_process(redis_url: str, folder: Path, **env: str) -> Iterator[tuple[int, Child]]:
+    """``scp2fhir scp`` on a free port with the test settings and ``env`` (its output in
+    ``folder``): (port, process), stopped afterwards."""
+    from tests.conftest import pipeline_env
+
+    port = free_port()
+    scp = start_scp(pipeline_env(redis_url, folder / "out", port, **env), folder / "scp.log", port)
+    try:
+        yield port, scp
+    finally:
+        scp.stop()
+
+
 def start_worker(
     env: Mapping[str, str], log: Path, faults: Mapping[str, Any] | None = None
 ) -> Child:
@@ -357,11 +630,16 @@ def children_of(pid: int) -> list[int]:
 
 def peak_rss_kib(pid: int) -> int:
     """Peak resident set size (VmHWM) of a live process, in KiB (0 if it is gone)."""
+    return status_kib(pid, "VmHWM")
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A size from ``/proc/PID/status`` (``VmRSS``, ``VmHWM``) in KiB (0 if it is gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
     return int(match.group(1)) if match else 0
 
 
@@ -409,8 +687,9 @@ def emitted_lines(logs: Sequence[str], study_uid: str) -> int:
 
 
 def spool_files(folder: Path) -> list[Path]:
-    """Files left in an SCP's temporary folder (pynetdicom's spooled datasets)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    """Datasets spooled under ``folder`` (an SCP's ``SCP2FHIR_SPOOL_DIR``): the files
+    in its process folders, not the folders' lock files."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".lock")
 
 
 # --- fault injection in a worker process -------------------------------------------------

@@ -18,6 +18,8 @@ command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 # promtool checks and unit-tests docker/prometheus/alerts.yml; installed without
 # recommends (only the tools are needed: no exporter daemon comes along).
 bare=()
+# unshare mounts a small tmpfs as a full spool disk (tests/test_spool.py).
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v promtool >/dev/null 2>&1 || bare+=(prometheus)
 # Orthanc routes studies to scp2fhir as the README tells (tests/test_ops.py) and is the
 # PACS of the reconcile/backfill tests (each starts its own on free ports).

@@ -302,7 +302,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     spool = tmp / "spool"
     spool.mkdir()
     port = free_port()
-    env = pipeline_env(own.url, tmp / "out", port, TMPDIR=str(spool))
+    env = pipeline_env(own.url, tmp / "out", port, SCP2FHIR_SPOOL_DIR=str(spool))
     scp = start_scp(env, tmp / "scp.log", port)
     worker = start_worker(env, tmp / "worker.log")
     data = redis.Redis.from_url(own.url, decode_responses=True)
@@ -382,9 +382,10 @@ def test_scp_survives_and_nothing_accepted_is_lost(system: System) -> None:
 # --- an association that ends in the middle of a dataset ----------------------------------
 
 
-def _send_half_a_dataset(port: int, abort: bool) -> None:
-    """Send a C-STORE request and part of its dataset, then abort the association (or
-    just drop the connection): what a sender that crashes mid-transfer leaves."""
+def _send_half_a_dataset(port: int, abort: bool, spool: Path) -> None:
+    """Send a C-STORE request and part of its dataset, wait until the SCP has spooled it
+    in ``spool``, then abort the association (or just drop the connection): what a
+    sender that crashes mid-transfer leaves."""
     ae = AE(ae_title="HALFSCU")
     ae.add_requested_context(CT, "1.2.840.10008.1.2.1")
     assoc = ae.associate("127.0.0.1", port, ae_title="SCP2FHIR")
@@ -406,7 +407,7 @@ def _send_half_a_dataset(port: int, abort: bool) -> None:
         pdu = P_DATA_TF()
         pdu.from_primitive(primitive)
         socket.send(pdu.encode())
-    wait_for(lambda: True, 0.5, "the SCP to spool what it got")
+    wait_for(lambda: spool_files(spool), 10, "the SCP to spool what it got, in SCP2FHIR_SPOOL_DIR")
     if abort:
         assoc.abort()
     else:
@@ -422,10 +423,10 @@ def test_unfinished_dataset_leaves_no_spool_file(
     spool = tmp_path / "spool"
     spool.mkdir()
     port = free_port()
-    env = pipeline_env(redis_url, tmp_path / "out", port, TMPDIR=str(spool))
+    env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_SPOOL_DIR=str(spool))
     scp = start_scp(env, tmp_path / "scp.log", port)
     try:
-        _send_half_a_dataset(port, abort)
+        _send_half_a_dataset(port, abort, spool)
         wait_for(lambda: echo(port), 10, "the SCP to answer again")
         assert scp.alive()
         wait_for(lambda: not spool_files(spool), 5, "the spool folder to be empty")

@@ -58,10 +58,11 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @contextmanager
-def web_on(redis_url: str, **env: str) -> Iterator[str]:
-    """`scp2fhir web`'s server in this process; yields its base URL."""
+def web_on(redis_url: str, destinations: tuple[str, ...] = (), **env: str) -> Iterator[str]:
+    """`scp2fhir web`'s server in this process (knowing those delivery destinations);
+    yields its base URL."""
     settings = Settings.from_env({"SCP2FHIR_REDIS_URL": redis_url, **env})
-    server = make_server(settings, connect(redis_url), free_port())
+    server = make_server(settings, connect(redis_url), free_port(), destinations)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -227,7 +228,7 @@ def test_both_kinds_of_dead_letter_in_status_page_and_metrics(
             SCP2FHIR_FHIR_BASE_URL=f"http://127.0.0.1:{closed_port}/fhir",
             SCP2FHIR_FHIR_MAX_ATTEMPTS="1",
         ) as sys_,
-        web_on(redis_url) as web,
+        web_on(redis_url, destinations=("default",)) as web,
     ):
         # A delivery dead letter: the study is emitted, its FHIR delivery given up.
         delivered = make_study(tmp_path / "a", [("CT", 2)])
@@ -254,11 +255,12 @@ def test_both_kinds_of_dead_letter_in_status_page_and_metrics(
 
         def failure_counted() -> str | None:
             body = scrape(web)
-            return body if "scp2fhir_delivery_failures_total 1.0" in body else None
+            failed = 'scp2fhir_delivery_failures_total{destination="default"} 1.0'
+            return body if failed in body else None
 
         body = wait_for(failure_counted, 15, "the failure count")
         assert "scp2fhir_inbox_dead_letters 1.0" in body
-        assert "scp2fhir_delivery_dead_letters 1.0" in body
+        assert 'scp2fhir_delivery_dead_letters{destination="default"} 1.0' in body
         page = httpx.get(f"{web}/", timeout=10).text
         assert "inbox dead letters: 1" in page and "delivery dead letters: 1" in page
         assert "dead-lettered" in page

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -14,9 +15,11 @@ import redis
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from scp import keys, server, statuses
+from scp import keys, statuses
 from scp.settings import Settings
-from tests.conftest import ScpThread
+from tests.conftest import ScpThread, pipeline_env
+from tests.faults import send_files
+from tests.faults import start_scp as start_scp_process
 from tests.support import free_port, sample_file, wait_for
 
 CT = pydicom.dcmread(sample_file("CT_small.dcm"))
@@ -86,9 +89,7 @@ def test_dropped_connection_is_cleaned_up(scp: int) -> None:
     wait_for(lambda: len(os.listdir("/proc/self/fd")) <= fds + 2, 10, "descriptors to close")
 
 
-def test_fragmented_datasets(
-    redis_url: str, data: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fragmented_datasets(redis_url: str, data: redis.Redis) -> None:
     # A small maximum PDU makes the sender split each dataset into many P-DATA PDUs.
     thread, port = start_scp(redis_url, SCP2FHIR_MAX_PDU="4096")
     try:
@@ -101,40 +102,51 @@ def test_fragmented_datasets(
     assert data.xlen(keys.INBOX) == 10
 
 
-def test_idle_association_is_closed_by_the_network_timeout(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    original = server.build_ae
-
-    def quick_timeout(settings: Settings) -> AE:
-        ae = original(settings)
-        ae.network_timeout = 0.5
-        return ae
-
-    monkeypatch.setattr(server, "build_ae", quick_timeout)
-    thread, port = start_scp(redis_url)
+def test_idle_association_is_closed_by_the_network_timeout(redis_url: str) -> None:
+    """SCP2FHIR_NETWORK_TIMEOUT, as an operator sets it: an association that says
+    nothing is closed after that long, not before."""
+    thread, port = start_scp(redis_url, SCP2FHIR_NETWORK_TIMEOUT="2")
     try:
         assoc: object = associate(port)
+        began = time.monotonic()
         wait_for(lambda: not assoc.is_established, 10, "the SCP to end the idle association")  # type: ignore[attr-defined]
+        assert 1.5 <= time.monotonic() - began <= 8
     finally:
         thread.stop()
 
 
-def test_two_processes_can_share_the_port(redis_url: str) -> None:
-    first, port = start_scp(redis_url)
+def test_two_processes_share_the_port_and_both_serve(redis_url: str, tmp_path: Path) -> None:
+    """Two SCP processes on one port (as `scp2fhir up` runs them): the kernel spreads
+    associations over both, and each stores what it was sent."""
+    port = free_port()
+    env = pipeline_env(redis_url, tmp_path / "out", port)
+    first = start_scp_process(env, tmp_path / "first.log", port)
+    second = start_scp_process(env, tmp_path / "second.log", port)
     try:
-        # A second server on the same port (as `scp2fhir up` starts them) binds fine.
-        settings = Settings.from_env({"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port)})
-        second = ScpThread(settings)
-        second.thread.start()
-        time.sleep(0.5)
-        assert second.thread.is_alive(), "SO_REUSEPORT lets a second SCP bind the port"
-        for _ in range(6):
-            assoc: object = associate(port)
-            assert assoc.send_c_echo().Status == statuses.SUCCESS  # type: ignore[attr-defined]
-            assoc.release()  # type: ignore[attr-defined]
-        second.stop()
+        stored = [send_files(port, [path]) for path in _one_ct_each(tmp_path, 16)]
+        assert stored == [[statuses.SUCCESS]] * 16
+        # One line per association, by the process that served it; the C-ECHO probes
+        # that found each process ready call as PROBE.
+        served = [
+            sum(
+                1
+                for line in scp.output().splitlines()
+                if "calling=FAULTSCU" in line and "stored=1 refused=0" in line
+            )
+            for scp in (first, second)
+        ]
+        assert sum(served) == 16 and min(served) >= 1, served
     finally:
         first.stop()
+        second.stop()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "both servers closed the port"
+
+
+def _one_ct_each(tmp_path: Path, count: int) -> list[Path]:
+    paths = []
+    for index in range(count):
+        path = tmp_path / f"ct{index}.dcm"
+        fresh_ct().save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

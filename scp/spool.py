@@ -1,0 +1,192 @@
+"""The spool: where an SCP process keeps datasets on disk while they arrive.
+
+With ``SCP2FHIR_SPOOL=file`` pynetdicom writes each incoming C-STORE dataset to a
+temporary file (in :data:`tempfile.tempdir`) and hands the handler its path; the
+handler reads the header and pynetdicom deletes the file.
+
+* :class:`SpoolFolder`: one folder per SCP process under ``SCP2FHIR_SPOOL_DIR``,
+  ``scp-<pid>-<random>``, locked (``flock``) for as long as the process runs. At start
+  a process removes every sibling folder whose lock is free: the leftovers of a
+  process that was killed (``kill -9``, a crash, a power cut) with datasets half
+  received. Folders of processes still running are left alone, so several SCP
+  processes may share the parent.
+* :class:`SpoolingDIMSE`: when a spool file cannot be written (disk full, quota, file
+  size limit), pynetdicom's reactor fails and the association is aborted: the sender
+  gets no status for the instance and loses its other transfers too. Here the file is
+  deleted, the rest of that dataset is read and dropped, and the C-STORE is answered
+  0xA700 (out of resources; :func:`spool_failed`), so the sender retries it later and
+  the association carries on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import tempfile
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
+
+logger = logging.getLogger(__name__)
+
+_LOCK_SUFFIX = ".lock"
+#: Marks a C-STORE request whose dataset could not be spooled.
+_SPOOL_FAILED = "_scp2fhir_spool_failed"
+
+
+class SpoolFolder:
+    """This process's spool folder under ``parent``; see the module docstring."""
+
+    def __init__(self, path: Path, lock: int) -> None:
+        self.path = path
+        self._lock = lock
+        self._previous_tempdir: str | None = None
+
+    @classmethod
+    def claim(cls, parent: Path) -> SpoolFolder:
+        """Clear out what dead processes left in ``parent`` and make a folder of our own."""
+        parent.mkdir(parents=True, exist_ok=True)
+        removed = remove_leftovers(parent)
+        if removed:
+            logger.warning(
+                "spool=%s removed %d folders left by SCP processes that are gone", parent, removed
+            )
+        name = f"scp-{os.getpid()}-{secrets.token_hex(4)}"
+        # The lock first, then the folder: a folder whose lock is free is never one
+        # being set up.
+        lock = os.open(parent / (name + _LOCK_SUFFIX), os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = parent / name
+        path.mkdir(mode=0o700)
+        return cls(path, lock)
+
+    def use(self) -> None:
+        """Make it where this process's temporary files go (pynetdicom's spool files
+        among them: it names no folder of its own)."""
+        self._previous_tempdir = tempfile.tempdir
+        tempfile.tempdir = str(self.path)
+
+    def close(self) -> None:
+        """Remove the spool files and the folder, and give up the lock (at shutdown).
+        Only files are removed: a folder someone else made in it (a test running the SCP
+        in its own process) is left, and the folder with it."""
+        if tempfile.tempdir == str(self.path):
+            tempfile.tempdir = self._previous_tempdir
+        if _empty(self.path):
+            with contextlib.suppress(OSError):
+                os.unlink(str(self.path) + _LOCK_SUFFIX)
+        os.close(self._lock)
+
+
+def remove_leftovers(parent: Path) -> int:
+    """Remove the spool folders in ``parent`` whose process is gone; how many."""
+    removed = 0
+    for lock_path in parent.glob("scp-*" + _LOCK_SUFFIX):
+        folder = lock_path.with_name(lock_path.name[: -len(_LOCK_SUFFIX)])
+        try:
+            lock = os.open(lock_path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its process is running
+            os.close(lock)
+            continue
+        try:
+            if _empty(folder):
+                with contextlib.suppress(OSError):
+                    lock_path.unlink()
+                removed += 1
+        finally:
+            os.close(lock)
+    return removed
+
+
+def _empty(folder: Path) -> bool:
+    """Remove the files in ``folder``, then the folder; whether it is gone. Only files:
+    anything else in it is not ours (see :meth:`SpoolFolder.close`)."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in folder.iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        try:
+            folder.rmdir()
+        except OSError:
+            return False
+    return True
+
+
+def spool_failed(request: Any) -> bool:
+    """Whether the dataset of this C-STORE request could not be spooled."""
+    return bool(getattr(request, _SPOOL_FAILED, False))
+
+
+class SpoolingDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, surviving a spool file that cannot be written."""
+
+    #: While not None: the message whose spool failed, the rest of its dataset dropped.
+    _unspooled: Any = None
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        if self._unspooled is not None:
+            if _ends_dataset(primitive):
+                self._deliver_unspooled()
+            return
+        try:
+            super().receive_primitive(primitive)
+        except OSError as exc:
+            message = self.message
+            if message is None or getattr(message, "command_set", None) is None:
+                raise
+            logger.error(
+                "assoc=%s sop=%s spool write failed (%s): refusing it with 0xA700",
+                self.assoc.name,
+                getattr(message.command_set, "AffectedSOPInstanceUID", ""),
+                os.strerror(exc.errno) if exc.errno else type(exc).__name__,
+            )
+            _discard_file(message)
+            self._unspooled = message
+            if _ends_dataset(primitive):
+                self._deliver_unspooled()
+
+    def _deliver_unspooled(self) -> None:
+        """Queue the C-STORE request, without a dataset and marked, for the handler."""
+        message, self._unspooled = self._unspooled, None
+        self.message = None
+        message.data_set = BytesIO()
+        message._data_set_file = None
+        message._data_set_path = None
+        request = message.message_to_primitive()
+        setattr(request, _SPOOL_FAILED, True)
+        self.msg_queue.put((message.context_id, request))
+
+
+def _ends_dataset(primitive: P_DATA) -> bool:
+    """Whether ``primitive`` carries the last fragment of a dataset (PS3.8 E.2)."""
+    return any(
+        data and data[0] & 0x01 == 0 and data[0] & 0x02
+        for _, data in primitive.presentation_data_value_list
+    )
+
+
+def _discard_file(message: Any) -> None:
+    delete_spool_file(getattr(message, "_data_set_file", None))
+    message._data_set_file = None
+
+
+def delete_spool_file(spooled: Any) -> None:
+    """Close and delete one of pynetdicom's spool files (a NamedTemporaryFile), if any."""
+    if spooled is None:
+        return
+    with contextlib.suppress(OSError):
+        spooled.close()
+    with contextlib.suppress(OSError):
+        os.unlink(spooled.name)

@@ -1,0 +1,150 @@
+"""The spool (where datasets wait on disk while they arrive) under hard faults, with the
+real SCP process: a disk that is full, and ``kill -9`` in the middle of datasets."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from pydicom.uid import generate_uid
+
+from scp import keys, statuses
+from tests.conftest import pipeline_env
+from tests.faults import (
+    Child,
+    RawPeer,
+    big_text_dataset,
+    send_files,
+    spawn,
+    spool_files,
+    start_scp,
+    store_pdus,
+    write_part10,
+)
+from tests.support import free_port, wait_for
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+MIB = 1024 * 1024
+
+
+def _user_namespaces() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode == 0
+
+
+def _full_spool(kind: str, spool: Path) -> list[str]:
+    """The command that runs ``scp2fhir scp`` with a spool that takes no more than a few
+    MiB: a 4 MiB tmpfs mounted on ``spool`` in a mount namespace of the SCP's own
+    (ENOSPC, as on a full disk), or a 2 MiB file size limit (RLIMIT_FSIZE: EFBIG, the
+    same error path)."""
+    scp = [sys.executable, "-m", "scp.cli", "scp"]
+    if kind == "tmpfs":
+        mount = f'mount -t tmpfs -o size=4m tmpfs "{spool}" && exec "$@"'
+        return ["unshare", "-Urm", "sh", "-c", mount, "sh", *scp]
+    limit = 2 * MIB
+    run = (
+        "import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        "sys.argv = ['scp2fhir', 'scp']; runpy.run_module('scp.cli', run_name='__main__')"
+    )
+    return [sys.executable, "-c", run]
+
+
+@pytest.fixture(params=["tmpfs", "rlimit-fsize"])
+def full_spool_scp(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+) -> Iterator[tuple[int, Child]]:
+    if request.param == "tmpfs" and not _user_namespaces():
+        pytest.skip("no user namespaces here to mount a tmpfs in (rlimit-fsize runs)")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    port = free_port()
+    # TMPDIR too: every temporary file the SCP writes is to meet the full disk.
+    env = pipeline_env(
+        redis_url, tmp_path / "out", port, SCP2FHIR_SPOOL_DIR=str(spool), TMPDIR=str(spool)
+    )
+    scp = spawn("scp", _full_spool(request.param, spool), env, tmp_path / "scp.log")
+    from tests.conftest import echo
+
+    wait_for(lambda: scp.alive() and echo(port), 30, "the SCP to answer C-ECHO", 0.2)
+    yield port, scp
+    scp.stop()
+
+
+def test_a_full_spool_refuses_the_instance_and_keeps_the_association(
+    full_spool_scp: tuple[int, Child], data: redis.Redis, tmp_path: Path
+) -> None:
+    port, scp = full_spool_scp
+    study, series = generate_uid(), generate_uid()
+    files = []
+    for name, size in (("big", 6 * MIB), ("small", 4096), ("small-2", 4096)):
+        sop = generate_uid()
+        body = big_text_dataset(study, series, sop, size)
+        files.append(write_part10(tmp_path / f"{name}.dcm", body, CT, sop))
+    # One association: the instance that does not fit is refused (retry later), the
+    # next ones are stored, and the association carries on to its release.
+    assert send_files(port, files) == [
+        statuses.OUT_OF_RESOURCES,
+        statuses.SUCCESS,
+        statuses.SUCCESS,
+    ]
+    assert data.xlen(keys.INBOX) == 2
+    assert scp.alive()
+    assert "spool write failed" in scp.output()
+    assert "aborted" not in scp.output()
+
+
+def _half_sent(port: int, count: int, size: int) -> list[RawPeer]:
+    """``count`` associations, each in the middle of a C-STORE dataset of ``size`` bytes."""
+    peers = []
+    for _ in range(count):
+        peer = RawPeer.connect(port)
+        maximum = peer.associate([(CT, EXPLICIT_LE)])
+        sop = generate_uid()
+        body = big_text_dataset(generate_uid(), generate_uid(), sop, size)
+        for encoded in store_pdus(1, CT, sop, body, maximum)[:-2]:
+            assert peer.send(encoded)
+        peers.append(peer)
+    return peers
+
+
+def test_kill_9_mid_dataset_leaves_nothing_after_a_restart(redis_url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    port, other_port = free_port(), free_port()
+    env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_SPOOL_DIR=str(spool))
+    other_env = {**env, "SCP2FHIR_PORT": str(other_port)}
+    # Another SCP process sharing the spool parent, with a dataset of its own arriving.
+    other = start_scp(other_env, tmp_path / "other.log", other_port)
+    scp = start_scp(env, tmp_path / "scp.log", port)
+    try:
+        other_peers = _half_sent(other_port, 1, 2 * MIB)
+        wait_for(lambda: len(spool_files(spool)) == 1, 20, "the other SCP's spool file")
+        theirs = spool_files(spool)
+        peers = _half_sent(port, 6, 4 * MIB)
+        wait_for(lambda: len(spool_files(spool)) == 7, 20, "six more spool files")
+        scp.kill9()
+        assert len(spool_files(spool)) == 7, "kill -9 left its six files behind"
+        for peer in peers:
+            peer.close()
+        restarted = start_scp(env, tmp_path / "restarted.log", port)
+        try:
+            # The dead process's files are gone; the running one's is untouched.
+            assert spool_files(spool) == theirs
+            assert "removed 1 folders left by SCP processes that are gone" in restarted.output()
+        finally:
+            restarted.stop()
+        for peer in other_peers:
+            peer.close()
+    finally:
+        scp.stop()
+        other.stop()
+    # Stopped cleanly, each process takes its folder with it.
+    assert spool_files(spool) == []
+    assert not list(spool.iterdir())
