@@ -206,8 +206,8 @@ def test_a_correction_resent_in_part_wins_after_the_resend() -> None:
 
 def test_patient_attributes_never_mix_two_patients() -> None:
     votes: list[Vote] = [
-        (0, "1.1", {"patient_id": "OLD", "patient_birth_date": "1950-01-01"}),
-        (1, "1.2", {"patient_id": "NEW"}),  # the correction has no birth date
+        Vote(0, "1.1", {"patient_id": "OLD", "patient_birth_date": "1950-01-01"}),
+        Vote(1, "1.2", {"patient_id": "NEW"}),  # the correction has no birth date
     ]
     decided = decide(votes)
     assert decided == {"patient_id": "NEW"}
@@ -215,16 +215,47 @@ def test_patient_attributes_never_mix_two_patients() -> None:
 
 def test_without_any_key_companions_are_decided_one_by_one() -> None:
     votes: list[Vote] = [
-        (0, "1.1", {"patient_name": {"Alphabetic": "A"}}),
-        (0, "1.2", {"patient_sex": "F"}),
+        Vote(0, "1.1", {"patient_name": {"Alphabetic": "A"}}),
+        Vote(0, "1.2", {"patient_sex": "F"}),
     ]
     assert decide(votes) == {"patient_name": {"Alphabetic": "A"}, "patient_sex": "F"}
 
 
 def test_consensus_is_linear_enough_for_a_big_study() -> None:
     votes: list[Vote] = [
-        (0, f"1.{n}", {"patient_id": "P", "institution": f"I{n % 3}"}) for n in range(20000)
+        Vote(0, f"1.{n}", {"patient_id": "P", "institution": f"I{n % 3}"}) for n in range(20000)
     ]
     assert decide(votes)["institution"] == "I0"
     (found,) = disagreements("study", votes)
     assert found.counts == (6667, 6667, 6666)
+
+
+# Instances that share a generation and a variant vote once, counted as many (what
+# resolve() does): the same decision and the same counts as one vote per instance.
+_VALUES = st.sampled_from(["", "A", "B", "C"])
+_VARIANTS = st.fixed_dictionaries(
+    {"patient_id": _VALUES, "patient_name": _VALUES, "institution": _VALUES}
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), _VARIANTS), min_size=1, max_size=30), st.randoms())
+def test_grouped_votes_decide_as_one_vote_per_instance(
+    instances: list[tuple[int, dict[str, str]]], rng: random.Random
+) -> None:
+    sops = [f"1.2.{n}" for n in range(len(instances))]
+    rng.shuffle(sops)
+    single = [Vote(g, sop, attrs) for sop, (g, attrs) in zip(sops, instances, strict=True)]
+    groups: dict[tuple[int, str], Vote] = {}
+    for vote in single:
+        key = (vote.generation, json.dumps(vote.attrs, sort_keys=True))
+        known = groups.get(key)
+        groups[key] = (
+            vote
+            if known is None
+            else Vote(vote.generation, min(vote.sop, known.sop), vote.attrs, known.count + 1)
+        )
+    grouped = list(groups.values())
+    rng.shuffle(grouped)
+    assert decide(grouped) == decide(single)
+    assert disagreements("study", grouped) == disagreements("study", single)

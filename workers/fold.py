@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from workers.lifecycle import consensus
 from workers.lifecycle.consensus import Disagreement
@@ -176,28 +177,30 @@ def emitted(aggregate: StudyAggregate) -> StudyAggregate:
 
 def resolve(aggregate: StudyAggregate) -> StudyAggregate:
     """Derive what is shown (instances, decided attributes, disagreements) from what was
-    received, rejected and retracted. Linear in the number of instances."""
+    received, rejected and retracted. Linear in the number of instances: instances that
+    share a generation and a variant of their attributes vote once, counted as many."""
     instances: dict[str, Attributes] = {}
-    study_votes: list[consensus.Vote] = []
-    series_votes: dict[str, list[consensus.Vote]] = {}
+    study_tally = _Tally()
+    series_tally: dict[str, _Tally] = {}
     for sop, got in aggregate.received.items():
         if sop in aggregate.rejected:
             continue
         instances[sop] = got.record
-        study_votes.append((got.generation, sop, aggregate.variants.get(got.study, {})))
-        series_votes.setdefault(got.record["series_uid"], []).append(
-            (got.generation, sop, aggregate.variants.get(got.series, {}))
-        )
+        study_tally.add(got.generation, sop, got.study)
+        series_uid = got.record["series_uid"]
+        tally = series_tally.get(series_uid)
+        if tally is None:
+            tally = series_tally[series_uid] = _Tally()
+        tally.add(got.generation, sop, got.series)
     if not instances:
         # Everything rejected: the study keeps what it said, to mark that in error.
-        study_votes = [
-            (got.generation, sop, aggregate.variants.get(got.study, {}))
-            for sop, got in aggregate.received.items()
-        ]
+        for sop, got in aggregate.received.items():
+            study_tally.add(got.generation, sop, got.study)
+    study_votes = study_tally.votes(aggregate.variants)
     found = consensus.disagreements("study", study_votes) if instances else []
     series: dict[str, Sourced] = {}
-    for series_uid in sorted(series_votes):
-        votes = series_votes[series_uid]
+    for series_uid in sorted(series_tally):
+        votes = series_tally[series_uid].votes(aggregate.variants)
         series[series_uid] = Sourced("consensus", consensus.decide(votes))
         found += consensus.disagreements(f"series {series_uid}", votes)
     study = Sourced("consensus", consensus.decide(study_votes)) if study_votes else None
@@ -208,6 +211,30 @@ def resolve(aggregate: StudyAggregate) -> StudyAggregate:
         series=series,
         disagreements=tuple(found),
     )
+
+
+class _Tally:
+    """Instances per (generation, variant digest), with the smallest SOP Instance UID."""
+
+    __slots__ = ("_groups",)
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[int, str], list[Any]] = {}
+
+    def add(self, generation: int, sop: str, variant: str) -> None:
+        group = self._groups.get((generation, variant))
+        if group is None:
+            self._groups[(generation, variant)] = [sop, 1]
+        else:
+            group[1] += 1
+            if sop < group[0]:
+                group[0] = sop
+
+    def votes(self, variants: dict[str, Attributes]) -> list[consensus.Vote]:
+        return [
+            consensus.Vote(generation, sop, variants.get(variant, {}), count)
+            for (generation, variant), (sop, count) in self._groups.items()
+        ]
 
 
 def fold_all(summaries: Iterable[InstanceSummary]) -> dict[str, StudyAggregate]:

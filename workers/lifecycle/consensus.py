@@ -26,11 +26,22 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 Attributes = dict[str, Any]
-#: One instance's say: (generation, SOP Instance UID, its study- or series-level attributes).
-Vote = tuple[int, str, Attributes]
+
+
+class Vote(NamedTuple):
+    """What instances with the same attributes, received in the same generation, say."""
+
+    generation: int
+    #: SOP Instance UID of the instance (the smallest, when the vote stands for several)
+    sop: str
+    #: their study- or series-level attributes
+    attrs: Attributes
+    #: how many instances the vote stands for (they share one variant of the attributes)
+    count: int = 1
+
 
 #: key attribute -> the attributes that must come from a record carrying the winning key
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -128,8 +139,9 @@ def _present(value: Any) -> bool:
     return value is not None and value != "" and value != [] and value != {}
 
 
-#: (generation, SOP Instance UID, canonical text, value) of one vote for one attribute
-_Candidate = tuple[int, str, str, Any]
+#: (generation, SOP Instance UID, canonical text, value, instances, vote index) of one
+#: vote for one attribute
+_Candidate = tuple[int, str, str, Any, int, int]
 
 
 def _pick(candidates: Iterable[_Candidate]) -> Any:
@@ -138,11 +150,11 @@ def _pick(candidates: Iterable[_Candidate]) -> Any:
     newest: int | None = None
     counts: dict[str, int] = {}
     first: dict[str, tuple[str, Any]] = {}
-    for generation, sop, text, value in candidates:
+    for generation, sop, text, value, count, _ in candidates:
         if newest is None or generation > newest:
             newest, counts, first = generation, {}, {}
         if generation == newest:
-            counts[text] = counts.get(text, 0) + 1
+            counts[text] = counts.get(text, 0) + count
             known = first.get(text)
             if known is None or sop < known[0]:
                 first[text] = (sop, value)
@@ -153,13 +165,15 @@ def _pick(candidates: Iterable[_Candidate]) -> Any:
 
 
 def decide(votes: Sequence[Vote]) -> Attributes:
-    """The attributes the instances' ``votes`` decide (see the module's rule)."""
-    # One pass: per attribute, (generation, canonical text, value) of every vote carrying it.
+    """The attributes the instances' ``votes`` decide (see the module's rule). A vote for
+    several instances counts as many; linear in the number of votes and attributes."""
+    # One pass: per attribute, the candidate of every vote carrying it.
     table: dict[str, list[_Candidate]] = {}
-    for generation, sop, attrs in votes:
+    for index, (generation, sop, attrs, count) in enumerate(votes):
         for name, value in attrs.items():
             if _present(value):
-                table.setdefault(name, []).append((generation, sop, canonical(value), value))
+                candidate = (generation, sop, canonical(value), value, count, index)
+                table.setdefault(name, []).append(candidate)
     out: Attributes = {}
     grouped = {member for members in GROUPS.values() for member in members}
     for name, candidates in table.items():
@@ -172,10 +186,10 @@ def decide(votes: Sequence[Vote]) -> Attributes:
         # Companions come from records that carry the winning key (never another
         # patient's birth date); without any key, each is decided on its own.
         carriers = (
-            None if winner is None else {c[1] for c in table[key] if c[2] == canonical(winner)}
+            None if winner is None else {c[5] for c in table[key] if c[2] == canonical(winner)}
         )
         for member in members:
-            picked = _pick(c for c in table.get(member, []) if carriers is None or c[1] in carriers)
+            picked = _pick(c for c in table.get(member, []) if carriers is None or c[5] in carriers)
             if picked is not None:
                 out[member] = picked
     return dict(sorted(out.items()))
@@ -184,12 +198,12 @@ def decide(votes: Sequence[Vote]) -> Attributes:
 def disagreements(level: str, votes: Sequence[Vote]) -> list[Disagreement]:
     """Attributes whose carriers hold more than one value, with the counts per value."""
     table: dict[str, dict[str, int]] = {}
-    for _, _, attrs in votes:
+    for _, _, attrs, count in votes:
         for name, value in attrs.items():
             if _present(value):
                 per_value = table.setdefault(name, {})
                 text = canonical(value)
-                per_value[text] = per_value.get(text, 0) + 1
+                per_value[text] = per_value.get(text, 0) + count
     found = [
         Disagreement(level, name, tuple(sorted(per_value.values(), reverse=True)))
         for name, per_value in table.items()
