@@ -76,6 +76,14 @@ def test_rejection_notes_fold_in_redis_as_in_the_pure_fold(
     assert len(loaded.instances) == 3
     assert set(loaded.notes) == {str(pydicom.dcmread(p).SOPInstanceUID) for p in (note, single)}
     assert context.clients.data.hget(keys.INFLIGHT, study.study_uid) is None
+    # Every series its instances name is indexed to the study (for MPPS/IAN checks), with
+    # the retention as expiry; a note's own series is not (the note is no instance).
+    data = context.clients.data
+    for series_uid in study.series:
+        assert data.get(keys.series_study(series_uid)) == study.study_uid
+        assert 0 < data.pttl(keys.series_study(series_uid)) <= 7 * 86400 * 1000
+    note_series = str(pydicom.dcmread(note).SeriesInstanceUID)
+    assert data.get(keys.series_study(note_series)) is None
 
 
 def test_a_correction_after_emission_is_a_new_generation_in_redis(

@@ -25,13 +25,16 @@ from workers.summary import InstanceSummary
 
 logger = logging.getLogger(__name__)
 
-# ARGV: group, revive rejected ('1'/''), revive retracted ('1'/''), series index TTL (ms),
-# then one block per study:
-#   study, its keys (study, instances, variants, rejected, notes, retraction), n entries,
-#   n entries, each either
+# Every key the script touches is in KEYS (Redis requires it for ACLs and clusters):
+#   KEYS: stream, inflight, then per study its keys (study, instances, variants,
+#         rejected, notes, retraction) followed by the series index key of each series
+#         its instances name in this batch.
+#   ARGV: group, revive rejected ('1'/''), revive retracted ('1'/''), series index TTL
+#         (ms), then per study: study, number of series index keys, number of entries,
+#         then each entry, either
 #     'i', entry id, SOP, record (JSON object without "g"), study variant digest, its JSON
 #         (or '' if sent earlier in the batch), series variant digest, its JSON (or ''),
-#         series index key
+#         position of its series index key among the study's
 #     'n', entry id, SOP of the note, DCM code, count, the rejected SOPs
 _FOLD = """
 local stream, inflight = KEYS[1], KEYS[2]
@@ -49,12 +52,15 @@ local function settle(study)
   if redis.call('HINCRBY', inflight, study, -1) <= 0 then redis.call('HDEL', inflight, study) end
 end
 local applied = 0
-local i = 5
+local i, k = 5, 3
 while i <= #ARGV do
-  local study = ARGV[i]
-  local k_study, k_inst, k_var, k_rej = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local k_notes, k_retr, n = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
-  i = i + 8
+  local study, n_index, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  i = i + 3
+  local k_study, k_inst, k_var, k_rej = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local k_notes, k_retr = KEYS[k + 4], KEYS[k + 5]
+  local index_base = k + 5
+  k = k + 6 + n_index
+  local indexed = {}
   local generation = redis.call('HGET', k_study, 'generation') or '0'
   local retracted_at = revive_retracted and redis.call('HGET', k_retr, 'at')
   for _ = 1, n do
@@ -66,7 +72,7 @@ while i <= #ARGV do
         redis.call('HSET', k_inst, sop, '{"g":' .. generation .. ',' .. string.sub(ARGV[i + 3], 2))
         if ARGV[i + 5] ~= '' then redis.call('HSETNX', k_var, ARGV[i + 4], ARGV[i + 5]) end
         if ARGV[i + 7] ~= '' then redis.call('HSETNX', k_var, ARGV[i + 6], ARGV[i + 7]) end
-        redis.call('SET', ARGV[i + 8], study, 'PX', index_ttl)
+        indexed[tonumber(ARGV[i + 8])] = true
         if revive_rejected then
           local r = redis.call('HGET', k_rej, sop)
           if r then
@@ -106,6 +112,10 @@ while i <= #ARGV do
       end
       i = i + 5 + count
     end
+  end
+  -- The study each series was folded into (for MPPS/IAN checks): once per series.
+  for position in pairs(indexed) do
+    redis.call('SET', KEYS[index_base + position], study, 'PX', index_ttl)
   end
   -- A study that receives again keeps its aggregate until its next emission.
   for _, key in ipairs({k_study, k_inst, k_var, k_rej, k_notes}) do redis.call('PERSIST', key) end
@@ -208,6 +218,7 @@ class AggregateStore:
         by_study: dict[str, list[tuple[str, InstanceSummary]]] = {}
         for entry_id, summary in folded:
             by_study.setdefault(summary.study_uid, []).append((entry_id, summary))
+        script_keys = [keys.INBOX, keys.INFLIGHT]
         args: list[str | int] = [
             keys.INBOX_GROUP,
             "1" if revive_rejected else "",
@@ -215,12 +226,14 @@ class AggregateStore:
             index_ttl_ms,
         ]
         for study_uid, entries in by_study.items():
-            args += [
-                study_uid,
+            series_uids = sorted({s.series_uid for _, s in entries if s.rejection is None})
+            position = {uid: n for n, uid in enumerate(series_uids, start=1)}
+            script_keys += [
                 *keys.study_aggregate_keys(study_uid),
                 keys.study_retraction(study_uid),
-                len(entries),
+                *(keys.series_study(uid) for uid in series_uids),
             ]
+            args += [study_uid, len(series_uids), len(entries)]
             sent: set[str] = set()  # variants already in this batch go once
             for entry_id, s in entries:
                 if s.rejection is not None:
@@ -233,8 +246,8 @@ class AggregateStore:
                 for name, attrs in ((study_digest, s.study), (series_digest, s.series)):
                     args += [name, "" if name in sent else _dumps(attrs)]
                     sent.add(name)
-                args.append(keys.series_study(s.series_uid))
-        return int(self._fold(keys=[keys.INBOX, keys.INFLIGHT], args=args))
+                args.append(position[s.series_uid])
+        return int(self._fold(keys=script_keys, args=args))
 
     def reject(self, entries: Iterable[tuple[InboxEntry, str]]) -> int:
         """Move entries no worker can fold to the dead-letter list, with the reason."""
