@@ -29,6 +29,12 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
     scp2fhir:signal:ian:UID                HASH     an Instance Availability Notification
     scp2fhir:disagreements                 HASH     S -> attributes its instances disagree on at
                                                     its last emission (JSON: tags, counts)
+    scp2fhir:study:S:series:SE             HASH     written before generations and variants (the
+                                                    release before the study lifecycle): source,
+                                                    attrs of a series; read once and deleted by
+                                                    the upgrade (workers.aggregates)
+    scp2fhir:aggregate-layout              STRING   "2" once a worker has upgraded every
+                                                    aggregate of the earlier layout
     scp2fhir:study:S:check                 STRING   set while a quiet check for S is scheduled
     scp2fhir:study:S:lease                 STRING   held by the worker emitting S
     scp2fhir:emitted                       ZSET     S -> time (ms) of its last emission
@@ -82,6 +88,7 @@ METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
 DELIVER_PENDING = f"{PREFIX}:deliver-pending"
 DELIVER_FAILED = f"{PREFIX}:deliver-failed"
 DISAGREEMENTS = f"{PREFIX}:disagreements"
+AGGREGATE_LAYOUT = f"{PREFIX}:aggregate-layout"
 
 #: RQ queue for fold (drain) jobs; listed first so workers prefer folding.
 FOLD_QUEUE = "scp2fhir-fold"
@@ -147,6 +154,15 @@ def study_aggregate_keys(study_uid: str) -> list[str]:
         study_rejected(study_uid),
         study_notes(study_uid),
     ]
+
+
+def legacy_series(study_uid: str, series_uid: str) -> str:
+    """A series' attributes as the release before the study lifecycle kept them."""
+    return f"{PREFIX}:study:{study_uid}:series:{series_uid}"
+
+
+#: SCAN pattern of :func:`legacy_series` keys, of every study.
+LEGACY_SERIES_PATTERN = f"{PREFIX}:study:*:series:*"
 
 
 def study_pattern(study_uid: str) -> str:

@@ -253,7 +253,7 @@ def test_grouped_votes_decide_as_one_vote_per_instance(
         groups[key] = (
             vote
             if known is None
-            else Vote(vote.generation, min(vote.sop, known.sop), vote.attrs, known.count + 1)
+            else Vote(vote.generation, min(vote.sop, known.sop), vote.attrs, known.instances + 1)
         )
     grouped = list(groups.values())
     rng.shuffle(grouped)

@@ -25,6 +25,9 @@ from workers.summary import InstanceSummary
 
 logger = logging.getLogger(__name__)
 
+#: The layout of the aggregates this code writes (:data:`scp.keys.AGGREGATE_LAYOUT`).
+LAYOUT = "2"
+
 # Every key the script touches is in KEYS (Redis requires it for ACLs and clusters):
 #   KEYS: stream, inflight, then per study its keys (study, instances, variants,
 #         rejected, notes, retraction) followed by the series index key of each series
@@ -170,6 +173,36 @@ if redis.call('GET', lease) == token then redis.call('DEL', lease) end
 return closed
 """
 
+# Upgrade a study's records of the earlier layout (the release before the study
+# lifecycle: no generation, no variant digests; the study's attributes in the study hash,
+# each series' in a key of its own). KEYS: study, instances, variants, then the legacy
+# series keys. ARGV: the generation to start at, the number of records, then per record
+# its SOP, its stored text and its upgraded text, then variant digest/JSON pairs. A record
+# changed since it was read is left alone (compare and set); the upgraded keys keep the
+# aggregate's expiry.
+_UPGRADE = """
+local k_study, k_inst, k_var = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('EXISTS', k_inst) == 0 then return 0 end
+local n = tonumber(ARGV[2])
+local upgraded = 0
+for j = 0, n - 1 do
+  local sop, old, new = ARGV[3 + 3 * j], ARGV[4 + 3 * j], ARGV[5 + 3 * j]
+  if redis.call('HGET', k_inst, sop) == old then
+    redis.call('HSET', k_inst, sop, new)
+    upgraded = upgraded + 1
+  end
+end
+for j = 3 + 3 * n, #ARGV, 2 do redis.call('HSETNX', k_var, ARGV[j], ARGV[j + 1]) end
+redis.call('HSETNX', k_study, 'generation', ARGV[1])
+redis.call('HDEL', k_study, 'source', 'attrs')
+for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+local ttl = redis.call('PTTL', k_inst)
+for _, key in ipairs({k_study, k_var}) do
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+end
+return upgraded
+"""
+
 # Forget consumers of the inbox group that hold no entry and have been idle a while. Each
 # drain job reads under a name of its own (host and pid of its work horse), so without
 # this the group gains a consumer per job, forever. One script: a consumer with nothing
@@ -202,6 +235,7 @@ class AggregateStore:
         self._reject = connection.register_script(_REJECT)
         self._close = connection.register_script(_CLOSE)
         self._forget_consumers = connection.register_script(_FORGET_CONSUMERS)
+        self._upgrade = connection.register_script(_UPGRADE)
 
     def fold(
         self,
@@ -265,7 +299,16 @@ class AggregateStore:
         return int(self._reject(keys=[keys.INBOX, keys.INFLIGHT, keys.DEAD_LETTER], args=args))
 
     def load(self, study_uid: str) -> StudyAggregate:
-        """Read a study's aggregate (empty if nothing is stored)."""
+        """Read a study's aggregate (empty if nothing is stored). Records of the earlier
+        layout are upgraded first (:meth:`upgrade`), so a study received before an
+        upgrade keeps its attributes."""
+        aggregate, legacy = self._read(study_uid)
+        if legacy:
+            self.upgrade(study_uid)
+            aggregate, _ = self._read(study_uid)
+        return aggregate
+
+    def _read(self, study_uid: str) -> tuple[StudyAggregate, bool]:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hget(keys.study(study_uid), "generation")
         pipe.hgetall(keys.study_instances(study_uid))
@@ -275,8 +318,11 @@ class AggregateStore:
         pipe.hgetall(keys.study_retraction(study_uid))
         generation, instance_hash, variant_hash, rejected_hash, notes, retraction = pipe.execute()
         received: dict[str, Received] = {}
+        legacy = False
         for sop, text in instance_hash.items():
             record = json.loads(text)
+            if "sv" not in record:
+                legacy = True
             received[sop] = Received(
                 int(record.pop("g", 0)), record.pop("sv", ""), record.pop("ev", ""), record
             )
@@ -285,7 +331,7 @@ class AggregateStore:
             code, _, rest = text.partition(" ")
             note, _, seen = rest.partition(" ")
             rejected[sop] = Rejection(code, note, seen == "1")
-        return resolve(
+        aggregate = resolve(
             StudyAggregate(
                 study_uid=study_uid,
                 received=received,
@@ -296,6 +342,81 @@ class AggregateStore:
                 retraction=_retraction(retraction),
             )
         )
+        return aggregate, legacy
+
+    def upgrade(self, study_uid: str) -> int:
+        """Rewrite the study's records of the earlier layout (the release before the study
+        lifecycle) as records of generation 0 whose variants are the attributes that
+        release had decided for the study and for each series (so the study shows what
+        it showed before); deletes that release's series keys. A study it had emitted
+        starts at generation 1, so a correction re-sent from now on wins. Returns how
+        many records were rewritten; idempotent."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(keys.study(study_uid))
+        pipe.hgetall(keys.study_instances(study_uid))
+        pipe.zscore(keys.EMITTED, study_uid)
+        study_hash, instance_hash, emitted_at = pipe.execute()
+        legacy = {sop: text for sop, text in instance_hash.items() if "sv" not in json.loads(text)}
+        series_uids = sorted(
+            {str(json.loads(text).get("series_uid", "")) for text in legacy.values()}
+        )
+        series_keys = [keys.legacy_series(study_uid, uid) for uid in series_uids]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in series_keys:
+            pipe.hget(key, "attrs")
+        series_attrs = pipe.execute() if series_keys else []
+        variants: dict[str, str] = {}
+
+        def variant(text: str | None) -> str:
+            attrs = json.loads(text) if text else {}
+            name = digest(attrs)
+            variants[name] = _dumps(attrs)
+            return name
+
+        study_variant = variant(study_hash.get("attrs"))
+        series_variant = {
+            uid: variant(text) for uid, text in zip(series_uids, series_attrs, strict=True)
+        }
+        args: list[str | int] = [1 if emitted_at is not None else 0, len(legacy)]
+        for sop, text in sorted(legacy.items()):
+            record = json.loads(text)
+            upgraded = {
+                "g": 0,
+                **record,
+                "sv": study_variant,
+                "ev": series_variant[str(record.get("series_uid", ""))],
+            }
+            args += [sop, text, _dumps(upgraded)]
+        for name, attrs in sorted(variants.items()):
+            args += [name, attrs]
+        study_keys = [
+            keys.study(study_uid),
+            keys.study_instances(study_uid),
+            keys.study_variants(study_uid),
+        ]
+        upgraded_count = int(self._upgrade(keys=[*study_keys, *series_keys], args=args))
+        if upgraded_count:
+            logger.info(
+                "study=%s upgraded %d records of the earlier aggregate layout",
+                study_uid,
+                upgraded_count,
+            )
+        return upgraded_count
+
+    def upgrade_all(self) -> int:
+        """Upgrade every study still held in the earlier layout (once per Redis: the
+        :data:`scp.keys.AGGREGATE_LAYOUT` marker is set when none is left). Returns how
+        many studies were upgraded."""
+        if self._redis.get(keys.AGGREGATE_LAYOUT) == LAYOUT:
+            return 0
+        studies: set[str] = set()
+        for key in self._redis.scan_iter(match=keys.LEGACY_SERIES_PATTERN, count=1000):
+            studies.add(str(key).split(":")[2])
+        upgraded = sum(1 for uid in sorted(studies) if self.upgrade(uid))
+        self._redis.set(keys.AGGREGATE_LAYOUT, LAYOUT)
+        if upgraded:
+            logger.warning("upgraded %d studies held in the earlier aggregate layout", upgraded)
+        return upgraded
 
     def forget_idle_consumers(self, idle_ms: int) -> int:
         """Delete inbox consumers with nothing pending, idle for over ``idle_ms``."""

@@ -63,6 +63,9 @@ class _Worker(Worker):
 
 def run(settings: Settings, burst: bool = False) -> None:
     context = _context(settings)
+    # Aggregates an earlier release left in Redis (open, undelivered or retained studies)
+    # are read in today's layout from now on; once per Redis.
+    context.store.upgrade_all()
     ensure_sweep_scheduled(context)
     if settings.fhir_base_url is None:
         # Listed in order of preference: folding first.

@@ -40,7 +40,7 @@ class Vote(NamedTuple):
     #: their study- or series-level attributes
     attrs: Attributes
     #: how many instances the vote stands for (they share one variant of the attributes)
-    count: int = 1
+    instances: int = 1
 
 
 #: key attribute -> the attributes that must come from a record carrying the winning key
