@@ -4,11 +4,15 @@
   study's files as ``entered-in-error`` (from its aggregate, or from the file itself once
   the aggregate is past its retention) and, with a FHIR server, queues a delivery: the
   resource becomes ``entered-in-error`` through the usual If-Match path (only if scp2fhir
-  wrote it: :mod:`workers.lifecycle.origin`). Running it again changes nothing.
+  wrote it: :mod:`workers.lifecycle.origin`). It rewrites while holding the study's
+  emission lease, so an emission in progress never writes the file back as available.
+  Running it again changes nothing.
 * :func:`forget` removes everything scp2fhir holds in Redis for a retracted study
-  (aggregate, signals, delivery state, index entries, dead-lettered headers), for
-  erasure requests. Files in the output folder are listed, not deleted: like the
-  server's resource they are output, marked entered-in-error.
+  (aggregate, signals and the MPPS/IAN records they name, delivery state, index entries,
+  dead-lettered headers and delivery jobs), for erasure requests, once the FHIR server
+  has the retraction; the retraction record goes last, in one script with the rest, so
+  an interrupted ``forget`` can be run again. Files in the output folder are listed,
+  not deleted: like the server's resource they are output, marked entered-in-error.
 
 Each writes one audit line (who, when, which study, why; never patient data).
 """
@@ -20,6 +24,10 @@ import json
 import logging
 import re
 import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +95,17 @@ def _check_uid(study_uid: str) -> None:
         raise LifecycleError(f"{study_uid!r} is not a Study Instance UID")
 
 
+# KEYS: the study's retraction hash. ARGV: at (ms), by, reason. The first record stays.
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'at', ARGV[1], 'by', ARGV[2], 'reason', ARGV[3])
+return 1
+"""
+
+#: How often ``retract`` looks again while an emission holds the study's lease.
+LEASE_POLL_SECONDS = 0.1
+
+
 def retract(ctx: WorkerContext, study_uid: str, reason: str | None) -> Outcome:
     """Mark ``study_uid`` entered-in-error everywhere scp2fhir wrote it (idempotent)."""
     from workers.delivery import enqueue_delivery
@@ -99,24 +118,24 @@ def retract(ctx: WorkerContext, study_uid: str, reason: str | None) -> Outcome:
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     why = clean_reason(reason)
     by = operator()
-    fresh = data.hsetnx(keys.study_retraction(study_uid), "at", now_ms)
-    if fresh:
-        data.hset(keys.study_retraction(study_uid), mapping={"by": by, "reason": why})
-        outcome.done.append("retraction recorded")
-    else:
-        outcome.done.append("already retracted: recorded retraction kept")
-    aggregate = ctx.store.load(study_uid)
-    written = _rewrite_files(ctx, aggregate)
-    outcome.done += [f"wrote {path}" for path in written]
-    if settings.fhir_base_url is not None and (written or aggregate.emittable):
-        # Listed as pending (its aggregate kept) until the server has the new version.
-        pipe = data.pipeline(transaction=True)
-        pipe.zadd(keys.DELIVER_PENDING, {study_uid: now_ms})
-        for key in keys.study_aggregate_keys(study_uid):
-            pipe.persist(key)
-        pipe.execute()
-        enqueue_delivery(ctx, study_uid, force=True)
-        outcome.done.append(f"delivery to {settings.fhir_base_url} queued (workers send it)")
+    record = data.register_script(_RECORD)
+    fresh = bool(record(keys=[keys.study_retraction(study_uid)], args=[now_ms, by, why]))
+    outcome.done.append("retraction recorded" if fresh else "already retracted: record kept")
+    # An emission that read the aggregate before the record would write the file as
+    # available after us: rewrite only while holding the lease emissions hold.
+    with _study_lease(ctx, study_uid):
+        aggregate = ctx.store.load(study_uid)
+        written = _rewrite_files(ctx, aggregate)
+        outcome.done += [f"wrote {path}" for path in written]
+        if settings.fhir_base_url is not None and (written or aggregate.emittable):
+            # Listed as pending (its aggregate kept) until the server has the new version.
+            pipe = data.pipeline(transaction=True)
+            pipe.zadd(keys.DELIVER_PENDING, {study_uid: now_ms})
+            for key in keys.study_aggregate_keys(study_uid):
+                pipe.persist(key)
+            pipe.execute()
+            enqueue_delivery(ctx, study_uid, force=True)
+            outcome.done.append(f"delivery to {settings.fhir_base_url} queued (workers send it)")
     if not written and not aggregate.emittable:
         outcome.done.append("nothing of the study is held or was written here")
     audit.warning(
@@ -128,6 +147,32 @@ def retract(ctx: WorkerContext, study_uid: str, reason: str | None) -> Outcome:
         "recorded" if fresh else "unchanged",
     )
     return outcome
+
+
+@contextmanager
+def _study_lease(ctx: WorkerContext, study_uid: str) -> Iterator[None]:
+    """Hold the study's emission lease (waiting while an emission holds it; a dead
+    worker's lease expires after :data:`workers.jobs.LEASE_MS`)."""
+    from workers.jobs import LEASE_MS
+
+    data = ctx.clients.data
+    lease = keys.study_lease(study_uid)
+    token = f"retract-{uuid.uuid4().hex}"
+    waited = False
+    while not data.set(lease, token, nx=True, px=LEASE_MS):
+        if not waited:
+            logger.info("study=%s is being emitted: retract waits for it", study_uid)
+            waited = True
+        time.sleep(LEASE_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        data.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+            1,
+            lease,
+            token,
+        )
 
 
 def _rewrite_files(ctx: WorkerContext, aggregate: StudyAggregate) -> list[Path]:
@@ -153,8 +198,30 @@ def _rewrite_files(ctx: WorkerContext, aggregate: StudyAggregate) -> list[Path]:
     return [write_resource(settings.output_dir, with_origin(o)) for o in outputs]
 
 
+# KEYS: retraction, open, inflight, emitted, pending, failed, disagreements, then the
+# study's own keys, then series index keys. ARGV: study, number of series index keys.
+# Refuses (returns -1) unless the study is still retracted and not receiving; the
+# retraction goes with everything else, in this one step, so an interrupted forget can
+# always be run again.
+_FORGET = """
+local study, n_index = ARGV[1], tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('ZSCORE', KEYS[2], study) or redis.call('HGET', KEYS[3], study) then return -1 end
+for _, k in ipairs({KEYS[2], KEYS[4], KEYS[5]}) do redis.call('ZREM', k, study) end
+for _, k in ipairs({KEYS[3], KEYS[6], KEYS[7]}) do redis.call('HDEL', k, study) end
+local deleted = 0
+for i = #KEYS - n_index + 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == study then deleted = deleted + redis.call('DEL', KEYS[i]) end
+end
+for i = 8, #KEYS - n_index do deleted = deleted + redis.call('DEL', KEYS[i]) end
+return deleted + redis.call('DEL', KEYS[1])
+"""
+
+
 def forget(clients: RedisClients, settings: Settings, study_uid: str) -> Outcome:
-    """Remove everything scp2fhir holds in Redis for a retracted study."""
+    """Remove everything scp2fhir holds in Redis for a retracted study: its aggregate,
+    signals (and the MPPS/IAN records they name), delivery state, index entries,
+    dead-lettered headers and dead-lettered delivery jobs."""
     _check_uid(study_uid)
     data = clients.data
     if not data.exists(keys.study_retraction(study_uid)):
@@ -165,30 +232,56 @@ def forget(clients: RedisClients, settings: Settings, study_uid: str) -> Outcome
         raise LifecycleError(
             f"study {study_uid} is receiving instances: try again once it has been emitted"
         )
+    failed: Any = data.hget(keys.DELIVER_FAILED, study_uid)
+    if not failed and (
+        data.zscore(keys.DELIVER_PENDING, study_uid) is not None
+        or data.exists(keys.study_deliver_lock(study_uid))
+    ):
+        raise LifecycleError(
+            f"study {study_uid}: the FHIR server does not have the retraction yet; try again "
+            "once it is delivered (`scp2fhir status`)"
+        )
     outcome = Outcome(study_uid)
+    if failed:
+        outcome.done.append(
+            "its delivery was dead-lettered: the FHIR server may still show the study; "
+            "mark it entered-in-error there by hand"
+        )
+    # What holds data but no retraction goes first: if this stops half-way, the study is
+    # still retracted and `forget` can run again.
+    letters = _forget_dead_letters(data, study_uid)
+    jobs = _forget_failed_deliveries(clients, study_uid)
+    signal_names: Any = data.hkeys(keys.study_signals(study_uid))
+    own = {str(k) for k in data.scan_iter(match=keys.study_pattern(study_uid), count=500)}
+    own |= {keys.study(study_uid), *(keys.signal(str(name)) for name in signal_names)}
     records: Any = data.hvals(keys.study_instances(study_uid))
-    series = {json.loads(text).get("series_uid") for text in records}
-    doomed = [keys.study(study_uid)]
-    doomed += [str(k) for k in data.scan_iter(match=keys.study_pattern(study_uid), count=500)]
-    for series_uid in sorted(s for s in series if isinstance(s, str)):
-        if data.get(keys.series_study(series_uid)) == study_uid:
-            doomed.append(keys.series_study(series_uid))
-    deleted = int(data.delete(*doomed)) if doomed else 0
-    pipe = data.pipeline(transaction=True)
-    for index in (keys.OPEN_STUDIES, keys.EMITTED, keys.DELIVER_PENDING):
-        pipe.zrem(index, study_uid)
-    for table in (keys.INFLIGHT, keys.DELIVER_FAILED, keys.DISAGREEMENTS):
-        pipe.hdel(table, study_uid)
-    pipe.execute()
-    letters = 0
-    held: Any = data.lrange(keys.DEAD_LETTER, 0, -1)
-    for letter in held:  # dead-lettered headers hold patient data
-        try:
-            if json.loads(letter).get("study_uid") == study_uid:
-                letters += int(data.lrem(keys.DEAD_LETTER, 0, str(letter)))
-        except (ValueError, AttributeError):
-            continue
-    outcome.done.append(f"removed {deleted} keys and {letters} dead-lettered headers")
+    series = sorted({str(json.loads(text).get("series_uid", "")) for text in records})
+    index = [keys.series_study(uid) for uid in series if uid]
+    deleted = int(
+        data.register_script(_FORGET)(
+            keys=[
+                keys.study_retraction(study_uid),
+                keys.OPEN_STUDIES,
+                keys.INFLIGHT,
+                keys.EMITTED,
+                keys.DELIVER_PENDING,
+                keys.DELIVER_FAILED,
+                keys.DISAGREEMENTS,
+                *sorted(own - {keys.study_retraction(study_uid)}),
+                *index,
+            ],
+            args=[study_uid, len(index)],
+        )
+    )
+    if deleted < 0:
+        raise LifecycleError(
+            f"study {study_uid} changed meanwhile (receiving again, or not retracted): "
+            "nothing removed from the aggregate; try again"
+        )
+    outcome.done.append(
+        f"removed {deleted} keys, {letters} dead-lettered headers and {jobs} "
+        "dead-lettered delivery jobs"
+    )
     for kind in ("ImagingStudy", "Bundle"):
         path = resource_path(settings.output_dir, {"resourceType": kind, "id": fhir_id(study_uid)})
         if path.exists():
@@ -203,3 +296,35 @@ def forget(clients: RedisClients, settings: Settings, study_uid: str) -> Outcome
         letters,
     )
     return outcome
+
+
+def _forget_dead_letters(data: Any, study_uid: str) -> int:
+    """Dead-lettered headers of the study (they hold patient data)."""
+    letters = 0
+    held: Any = data.lrange(keys.DEAD_LETTER, 0, -1)
+    for letter in held:
+        try:
+            if json.loads(letter).get("study_uid") == study_uid:
+                letters += int(data.lrem(keys.DEAD_LETTER, 0, str(letter)))
+        except (ValueError, AttributeError):
+            continue
+    return letters
+
+
+def _forget_failed_deliveries(clients: RedisClients, study_uid: str) -> int:
+    """Dead-lettered delivery jobs of the study (``retry-failed`` would revive them)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from rq.registry import FailedJobRegistry
+
+    registry = FailedJobRegistry(keys.DELIVER_QUEUE, connection=clients.rq)
+    removed = 0
+    for job_id in registry.get_job_ids():
+        try:
+            job = Job.fetch(job_id, connection=clients.rq)
+        except NoSuchJobError:
+            continue
+        if job.args and str(job.args[0]) == study_uid:
+            registry.remove(job, delete_job=True)
+            removed += 1
+    return removed
