@@ -59,9 +59,12 @@ def test_retract_waits_for_an_emission_in_progress(redis_url: str, tmp_path: Pat
     # and is about to write the file as available.
     assert data.set(keys.study_lease(study.study_uid), "emitting", nx=True, px=60_000)
     done = threading.Event()
-    thread = threading.Thread(
-        target=lambda: (retract(ctx, study.study_uid, "wrong patient"), done.set())
-    )
+
+    def run_retract() -> None:
+        retract(ctx, study.study_uid, "wrong patient")
+        done.set()
+
+    thread = threading.Thread(target=run_retract)
     thread.start()
     time.sleep(1.0)
     assert not done.is_set(), "retract must not rewrite while an emission holds the lease"
