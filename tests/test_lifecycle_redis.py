@@ -125,3 +125,32 @@ def test_revive_in_redis_as_in_the_pure_fold(redis_url: str, tmp_path: Path) -> 
     loaded = ctx.store.load(study.study_uid)
     assert loaded == pure
     assert len(loaded.instances) == 2, "the re-sent one is back, the other stays rejected"
+
+
+def test_a_signalled_emission_leaves_one_quiet_check_per_study(
+    context: WorkerContext, tmp_path: Path
+) -> None:
+    """The study's quiet check stays scheduled past an emission its completion signal
+    triggered; a late instance must not start a second chain of checks beside it."""
+    from rq.job import Job
+    from rq.registry import ScheduledJobRegistry
+
+    from scp.signals import COMPLETED, Signal, SignalStore
+    from workers.jobs import CHECK_JOB, check_signal
+
+    study = make_study(tmp_path / "s", [("CT", 3)])
+    sent = headers(study.files)
+    push_and_fold(context, sent)
+    data = context.clients.data
+    ian = Signal("ian", COMPLETED, tuple(sorted(study.sop_uids)), (study.study_uid,))
+    SignalStore(data, context.clients.rq, 3_600_000).create("ian:1.2.3.9", ian)
+    assert check_signal(study.study_uid) == "emitted on completion signal"
+    push_and_fold(context, sent[:1])  # a late copy re-opens the study
+
+    registry = ScheduledJobRegistry(keys.EMIT_QUEUE, connection=context.clients.rq)  # type: ignore[no-untyped-call]
+    checks = [
+        job
+        for job in Job.fetch_many(registry.get_job_ids(), connection=context.clients.rq)
+        if job is not None and job.func_name == CHECK_JOB and job.args == (study.study_uid,)
+    ]
+    assert len(checks) == 1

@@ -156,7 +156,10 @@ local score = redis.call('ZSCORE', open, study)
 if score and tonumber(score) == tonumber(seen) and not redis.call('HGET', inflight, study) then
   redis.call('ZREM', open, study)
   redis.call('ZADD', emitted, now, study)
-  redis.call('DEL', check)
+  -- The quiet check that runs this close ends here. A signalled close leaves the study's
+  -- own quiet check scheduled: it finds the study closed, or re-opened by a late
+  -- instance (and then goes on as that study's one check).
+  if not consume_signals then redis.call('DEL', check) end
   -- Records folded from now on are the next generation (a re-send after this emission).
   redis.call('HINCRBY', k_study, 'generation', 1)
   -- The completion signal that triggered this emission is used up.
