@@ -204,6 +204,73 @@ def test_a_correction_resent_in_part_wins_after_the_resend() -> None:
     assert aggregate.disagreements == ()
 
 
+WRONG: dict[str, object] = {"patient_id": "WRONG", "accession_number": "A1"}
+RIGHT: dict[str, object] = {"patient_id": "RIGHT", "accession_number": "A1"}
+FIRST_SEND = [inst(f"1.2.3.1.{n}", "1.2.3.1", n, WRONG) for n in range(1, 11)]
+
+
+def patient(aggregate: StudyAggregate) -> object:
+    assert aggregate.study is not None
+    return aggregate.study.attrs.get("patient_id")
+
+
+def test_a_late_original_never_overrides_a_correction() -> None:
+    aggregate = emitted(fold(StudyAggregate(STUDY), FIRST_SEND))
+    aggregate = emitted(fold(aggregate, [replace(s, study=RIGHT) for s in FIRST_SEND[:3]]))
+    assert patient(aggregate) == "RIGHT"
+    # An image the modality had failed to send arrives now, with the old patient (its
+    # retry queue never saw the PACS's correction): it is no correction.
+    missed = inst("1.2.3.1.99", "1.2.3.1", 99, WRONG)
+    assert patient(fold(aggregate, [missed])) == "RIGHT"
+    # Nor is an unchanged copy of an uncorrected instance.
+    assert patient(fold(aggregate, FIRST_SEND[5:])) == "RIGHT"
+    # A second correction outranks the first.
+    again = {"patient_id": "THIRD", "accession_number": "A1"}
+    assert patient(fold(aggregate, [replace(FIRST_SEND[9], study=again)])) == "THIRD"
+
+
+def test_a_correction_before_the_first_emission_wins_too() -> None:
+    aggregate = fold(StudyAggregate(STUDY), FIRST_SEND)
+    assert patient(fold(aggregate, [replace(FIRST_SEND[0], study=RIGHT)])) == "RIGHT"
+
+
+def test_a_late_new_instance_only_votes() -> None:
+    """A workstation's key object or report, arriving after the emission with its own
+    Institution Name, is one more vote, not a correction."""
+    study = [inst(f"1.2.3.1.{n}", "1.2.3.1", n, {"institution": "GENERAL"}) for n in range(3)]
+    aggregate = emitted(fold(StudyAggregate(STUDY), study))
+    late = inst("1.2.3.4.1", "1.2.3.4", 1, {"institution": "READING SITE"})
+    aggregate = fold(aggregate, [late])
+    assert aggregate.study is not None and aggregate.study.attrs["institution"] == "GENERAL"
+
+
+# Order independence extends to a correction: after an emission, the PACS re-sends part
+# of the study corrected, with duplicates, a rejection note and a missed original among
+# it, in any order and in any batches: one result.
+RESEND = [
+    *(replace(s, study=RIGHT) for s in FIRST_SEND[:4]),
+    note("1.2.3.99.8", "113001", FIRST_SEND[9].sop_uid),
+    inst("1.2.3.1.42", "1.2.3.1", 42, WRONG),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(min_value=1, max_value=3))
+def test_a_correction_with_notes_is_order_independent(rng: random.Random, copies: int) -> None:
+    first_send = [*FIRST_SEND, REJECT_B, *SERIES_B]
+    rng.shuffle(first_send)
+    before = emitted(fold(StudyAggregate(STUDY), first_send))
+    assert before == emitted(fold(StudyAggregate(STUDY), [*FIRST_SEND, REJECT_B, *SERIES_B]))
+    expected = fold(before, RESEND)
+    sends = RESEND * copies
+    rng.shuffle(sends)
+    cut = rng.randrange(len(sends) + 1)
+    assert fold(before, sends) == expected
+    assert fold(fold(before, sends[:cut]), sends[cut:]) == expected
+    assert patient(expected) == "RIGHT"
+    assert FIRST_SEND[9].sop_uid not in expected.instances
+
+
 def test_patient_attributes_never_mix_two_patients() -> None:
     votes: list[Vote] = [
         Vote(0, "1.1", {"patient_id": "OLD", "patient_birth_date": "1950-01-01"}),
@@ -230,7 +297,7 @@ def test_consensus_is_linear_enough_for_a_big_study() -> None:
     assert found.counts == (6667, 6667, 6666)
 
 
-# Instances that share a generation and a variant vote once, counted as many (what
+# Instances that share a rank and a variant vote once, counted as many (what
 # resolve() does): the same decision and the same counts as one vote per instance.
 _VALUES = st.sampled_from(["", "A", "B", "C"])
 _VARIANTS = st.fixed_dictionaries(
@@ -248,12 +315,12 @@ def test_grouped_votes_decide_as_one_vote_per_instance(
     single = [Vote(g, sop, attrs) for sop, (g, attrs) in zip(sops, instances, strict=True)]
     groups: dict[tuple[int, str], Vote] = {}
     for vote in single:
-        key = (vote.generation, json.dumps(vote.attrs, sort_keys=True))
+        key = (vote.rank, json.dumps(vote.attrs, sort_keys=True))
         known = groups.get(key)
         groups[key] = (
             vote
             if known is None
-            else Vote(vote.generation, min(vote.sop, known.sop), vote.attrs, known.instances + 1)
+            else Vote(vote.rank, min(vote.sop, known.sop), vote.attrs, known.instances + 1)
         )
     grouped = list(groups.values())
     rng.shuffle(grouped)

@@ -49,12 +49,14 @@ def push_and_fold(ctx: WorkerContext, sent: list[dict[str, Any]]) -> None:
     drain_inbox()
 
 
-def close_now(ctx: WorkerContext, study_uid: str) -> None:
+def close_now(ctx: WorkerContext, study_uid: str, consume_signals: bool = False) -> None:
     """What an emission does to the aggregate: close the study (next generation)."""
     data = ctx.clients.data
     seen = int(data.zscore(keys.OPEN_STUDIES, study_uid) or 0)
     aggregate = ctx.store.load(study_uid)
-    assert ctx.store.close(aggregate, seen, "t", redis_now_ms(data), 3_600_000)
+    assert ctx.store.close(
+        aggregate, seen, "t", redis_now_ms(data), 3_600_000, consume_signals=consume_signals
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -65,7 +67,10 @@ def test_rejection_notes_fold_in_redis_as_in_the_pure_fold(
     mr = study.files[4:]
     note = rejection_note(tmp_path / "n", mr, "113001")
     single = rejection_note(tmp_path / "n2", study.files[:1], "113038")
-    sent = headers([*study.files, note, single]) * 2
+    # A third note naming an instance the first one names too: the smaller note's SOP
+    # Instance UID (byte order) wins in Redis as in the pure fold.
+    overlap = rejection_note(tmp_path / "n3", mr[:1], "113039")
+    sent = headers([*study.files, note, single, overlap]) * 2
     random.Random(seed).shuffle(sent)
     push_and_fold(context, sent)
 
@@ -74,7 +79,9 @@ def test_rejection_notes_fold_in_redis_as_in_the_pure_fold(
     assert loaded == expected
     assert loaded.series_uids() == [next(iter(study.series))]
     assert len(loaded.instances) == 3
-    assert set(loaded.notes) == {str(pydicom.dcmread(p).SOPInstanceUID) for p in (note, single)}
+    assert set(loaded.notes) == {
+        str(pydicom.dcmread(p).SOPInstanceUID) for p in (note, single, overlap)
+    }
     assert context.clients.data.hget(keys.INFLIGHT, study.study_uid) is None
     # Every series its instances name is indexed to the study (for MPPS/IAN checks), with
     # the retention as expiry; a note's own series is not (the note is no instance).
@@ -86,7 +93,7 @@ def test_rejection_notes_fold_in_redis_as_in_the_pure_fold(
     assert data.get(keys.series_study(note_series)) is None
 
 
-def test_a_correction_after_emission_is_a_new_generation_in_redis(
+def test_a_correction_after_emission_outranks_the_rest_in_redis(
     context: WorkerContext, tmp_path: Path
 ) -> None:
     study = make_study(tmp_path / "s", [("CT", 5)], patient_id="WRONG-PID")
@@ -101,16 +108,23 @@ def test_a_correction_after_emission_is_a_new_generation_in_redis(
         ds.save_as(path, enforce_file_format=True)
         corrected.append(read_header(path).json)
     push_and_fold(context, corrected)
+    close_now(context, study.study_uid)
+    # Then an image the modality had failed to send (the old patient), and an unchanged
+    # copy of an uncorrected one: neither is a correction.
+    missed = make_study(tmp_path / "m", [("CT", 1)], study.study_uid, patient_id="WRONG-PID")
+    late = [*headers(missed.files), first[4]]
+    push_and_fold(context, late)
 
     loaded = context.store.load(study.study_uid)
-    pure = fold(
-        emitted(fold(StudyAggregate(study.study_uid), [summarize(h) for h in first])),
-        [summarize(h) for h in corrected],
-    )
+    pure = StudyAggregate(study.study_uid)
+    for batch in (first, corrected, late):
+        pure = fold(pure, [summarize(h) for h in batch])
+        if batch is not late:
+            pure = emitted(pure)
     assert loaded == pure
-    assert loaded.generation == 1
+    assert loaded.generation == 2
     assert loaded.study is not None and loaded.study.attrs["patient_id"] == "RIGHT-PID"
-    assert [(d.keyword, d.counts) for d in loaded.disagreements] == [("PatientID", (3, 2))]
+    assert [(d.keyword, d.counts) for d in loaded.disagreements] == [("PatientID", (4, 2))]
 
 
 def test_revive_in_redis_as_in_the_pure_fold(redis_url: str, tmp_path: Path) -> None:
@@ -154,3 +168,41 @@ def test_a_signalled_emission_leaves_one_quiet_check_per_study(
         if job is not None and job.func_name == CHECK_JOB and job.args == (study.study_uid,)
     ]
     assert len(checks) == 1
+
+
+def test_completion_readiness_rules(context: WorkerContext, tmp_path: Path) -> None:
+    """workers.lifecycle.completion on a real Redis: every rule that may hold the
+    shortcut back, one at a time."""
+    from scp.signals import COMPLETED, IN_PROGRESS, Signal, SignalStore
+    from workers.lifecycle.completion import readiness
+
+    data = context.clients.data
+    store = SignalStore(data, context.clients.rq, 3_600_000)
+    study = make_study(tmp_path / "s", [("CT", 3)])
+    other = make_study(tmp_path / "o", [("MR", 1)])
+    sops = tuple(sorted(study.sop_uids))
+    uid = study.study_uid
+    assert readiness(data, uid).why == "no completion signal that lists instances"
+
+    push_and_fold(context, headers(study.files[:2]))
+    step = Signal("mpps", IN_PROGRESS, sops, (uid,))
+    store.create("mpps:1.9.1", step)
+    assert not readiness(data, uid).ready and "in progress" in readiness(data, uid).why
+    store.update("mpps:1.9.1", Signal("mpps", COMPLETED, sops, (uid,)))
+    assert readiness(data, uid).why == "1 of 3 listed instances not folded yet"
+    # Pushed, not yet folded: still waits.
+    Inbox(data, context.clients.rq).push(uid, read_header(study.files[2]).json)
+    assert not readiness(data, uid).ready
+    drain_inbox()
+    assert readiness(data, uid).ready
+    # A step of two studies: its instances may be folded into either.
+    both = (uid, other.study_uid)
+    listed = tuple(sorted({*sops, *other.sop_uids}))
+    store.create("mpps:1.9.2", Signal("mpps", COMPLETED, listed, both))
+    assert not readiness(data, uid).ready
+    push_and_fold(context, headers(other.files))
+    assert readiness(data, uid).ready and readiness(data, other.study_uid).ready
+    # The emission it allows uses the study's signals up.
+    close_now(context, uid, consume_signals=True)
+    assert data.exists(keys.study_signals(uid)) == 0
+    assert not readiness(data, uid).ready

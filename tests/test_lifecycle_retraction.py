@@ -143,3 +143,25 @@ def test_forget_leaves_nothing_of_the_study(redis_url: str, tmp_path: Path) -> N
     assert all_mentions(ctx, other.study_uid)
     with pytest.raises(LifecycleError, match="not retracted"):
         forget(ctx.clients, ctx.settings, study.study_uid)
+
+
+@pytest.mark.parametrize("policy", ["stay", "revive"])
+def test_a_store_after_retraction_follows_the_setting(
+    redis_url: str, tmp_path: Path, policy: str
+) -> None:
+    ctx = context_for(redis_url, tmp_path, SCP2FHIR_RETRACTED_ON_STORE=policy)
+    study = make_study(tmp_path / "s", [("CT", 3)])
+    receive(ctx, study.files[:2], study.study_uid)
+    emit_now(ctx, study.study_uid)
+    retract(ctx, study.study_uid, None)
+    assert ctx.store.load(study.study_uid).status == "entered-in-error"
+    receive(ctx, study.files[2:], study.study_uid)  # a C-STORE after the retraction
+    aggregate = ctx.store.load(study.study_uid)
+    assert len(aggregate.instances) == 3, "folded either way"
+    if policy == "stay":
+        assert aggregate.retraction is not None and aggregate.status == "entered-in-error"
+    else:
+        assert aggregate.retraction is None and aggregate.status == "available"
+    emit_now(ctx, study.study_uid)
+    written = read_json(tmp_path / "out" / "ImagingStudy" / f"{study.study_uid}.json")
+    assert written["status"] == aggregate.status

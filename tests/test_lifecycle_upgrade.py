@@ -87,7 +87,7 @@ def test_an_open_study_of_the_earlier_release_loads_with_its_attributes(
     assert len(aggregate.instances) == 5 and aggregate.generation == 0
     # Upgraded in place: no key of the earlier layout is left, none grows.
     assert data.exists(*(keys.legacy_series(study.study_uid, uid) for uid in study.series)) == 0
-    assert data.hkeys(keys.study(study.study_uid)) == ["generation"]
+    assert data.hkeys(keys.study(study.study_uid)) == [], "its source and attrs are gone"
     records = data.hvals(keys.study_instances(study.study_uid))
     assert all({"g", "sv", "ev"} <= set(json.loads(r)) for r in records)
     assert data.ttl(keys.study_variants(study.study_uid)) == -1, "open: kept, like the rest"
@@ -105,10 +105,10 @@ def test_a_retained_study_upgrades_at_worker_start_keeps_its_expiry_and_takes_co
     assert context.store.upgrade_all() == 1
     assert data.get(keys.AGGREGATE_LAYOUT) == "2"
     assert context.store.upgrade_all() == 0, "once per Redis"
-    for key in keys.study_aggregate_keys(study.study_uid)[:3]:
+    for key in (keys.study_instances(study.study_uid), keys.study_variants(study.study_uid)):
         assert 0 < data.pttl(key) <= RETENTION_MS, key
-    # It had been emitted: what arrives now is a newer generation, so a correction that
-    # the PACS re-sends in part wins over the earlier records.
+    # A correction re-sent after the upgrade outranks the earlier records, even when the
+    # PACS re-sends only part of the study.
     path = study.files[0]
     ds = pydicom.dcmread(path)
     ds.PatientID = "RIGHT-PID"
@@ -128,7 +128,7 @@ def test_a_study_waiting_for_delivery_stays_kept(context: WorkerContext, tmp_pat
     assert aggregate.study is not None and aggregate.study.attrs["patient_id"] == "PID-PENDING"
     data = context.clients.data
     assert data.ttl(keys.study_variants(study.study_uid)) == -1
-    assert data.ttl(keys.study(study.study_uid)) == -1
+    assert data.ttl(keys.study_instances(study.study_uid)) == -1
 
 
 def test_a_worker_process_emits_a_study_the_earlier_release_received(

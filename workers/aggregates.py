@@ -21,7 +21,7 @@ import redis
 
 from scp import keys
 from workers.fold import Received, Rejection, Retraction, StudyAggregate, digest, resolve
-from workers.summary import InstanceSummary
+from workers.summary import Attributes, InstanceSummary
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,10 @@ LAYOUT = "2"
 #   ARGV: group, revive rejected ('1'/''), revive retracted ('1'/''), series index TTL
 #         (ms), then per study: study, number of series index keys, number of entries,
 #         then each entry, either
-#     'i', entry id, SOP, record (JSON object without "g"), study variant digest, its JSON
-#         (or '' if sent earlier in the batch), series variant digest, its JSON (or ''),
-#         position of its series index key among the study's
+#     'i', entry id, SOP, record (the members of its JSON object, without braces: the
+#         script puts rank "g" and the digests "sv", "ev" first), study variant digest,
+#         its JSON (or '' if sent earlier in the batch), series variant digest, its JSON
+#         (or ''), position of its series index key among the study's
 #     'n', entry id, SOP of the note, DCM code, count, the rejected SOPs
 _FOLD = """
 local stream, inflight = KEYS[1], KEYS[2]
@@ -72,7 +73,21 @@ while i <= #ARGV do
     if kind == 'i' then
       if fresh then
         redis.call('XDEL', stream, id)
-        redis.call('HSET', k_inst, sop, '{"g":' .. generation .. ',' .. string.sub(ARGV[i + 3], 2))
+        -- Rank (workers.fold.record_rank): 0 when first received; a re-send keeps its
+        -- rank unless its variants changed, then it is a correction: generation + 1.
+        local rank, old = 0, redis.call('HGET', k_inst, sop)
+        if old then
+          local g, sv, ev = string.match(old, '^{"g":(%d+),"sv":"(%w*)","ev":"(%w*)"')
+          if not g then
+            local decoded = cjson.decode(old)
+            g, sv, ev = decoded['g'] or 0, decoded['sv'] or '', decoded['ev'] or ''
+          end
+          if sv == ARGV[i + 4] and ev == ARGV[i + 6] then rank = g else rank = generation + 1 end
+        end
+        local record = '{"g":' .. rank .. ',"sv":"' .. ARGV[i + 4]
+        record = record .. '","ev":"' .. ARGV[i + 6] .. '"'
+        if ARGV[i + 3] ~= '' then record = record .. ',' .. ARGV[i + 3] end
+        redis.call('HSET', k_inst, sop, record .. '}')
         if ARGV[i + 5] ~= '' then redis.call('HSETNX', k_var, ARGV[i + 4], ARGV[i + 5]) end
         if ARGV[i + 7] ~= '' then redis.call('HSETNX', k_var, ARGV[i + 6], ARGV[i + 7]) end
         indexed[tonumber(ARGV[i + 8])] = true
@@ -179,24 +194,23 @@ return closed
 # Upgrade a study's records of the earlier layout (the release before the study
 # lifecycle: no generation, no variant digests; the study's attributes in the study hash,
 # each series' in a key of its own). KEYS: study, instances, variants, then the legacy
-# series keys. ARGV: the generation to start at, the number of records, then per record
-# its SOP, its stored text and its upgraded text, then variant digest/JSON pairs. A record
+# series keys. ARGV: the number of records, then per record its SOP, its stored text
+# and its upgraded text, then variant digest/JSON pairs. A record
 # changed since it was read is left alone (compare and set); the upgraded keys keep the
 # aggregate's expiry.
 _UPGRADE = """
 local k_study, k_inst, k_var = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('EXISTS', k_inst) == 0 then return 0 end
-local n = tonumber(ARGV[2])
+local n = tonumber(ARGV[1])
 local upgraded = 0
 for j = 0, n - 1 do
-  local sop, old, new = ARGV[3 + 3 * j], ARGV[4 + 3 * j], ARGV[5 + 3 * j]
+  local sop, old, new = ARGV[2 + 3 * j], ARGV[3 + 3 * j], ARGV[4 + 3 * j]
   if redis.call('HGET', k_inst, sop) == old then
     redis.call('HSET', k_inst, sop, new)
     upgraded = upgraded + 1
   end
 end
-for j = 3 + 3 * n, #ARGV, 2 do redis.call('HSETNX', k_var, ARGV[j], ARGV[j + 1]) end
-redis.call('HSETNX', k_study, 'generation', ARGV[1])
+for j = 2 + 3 * n, #ARGV, 2 do redis.call('HSETNX', k_var, ARGV[j], ARGV[j + 1]) end
 redis.call('HDEL', k_study, 'source', 'attrs')
 for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
 local ttl = redis.call('PTTL', k_inst)
@@ -272,14 +286,14 @@ class AggregateStore:
             ]
             args += [study_uid, len(series_uids), len(entries)]
             sent: set[str] = set()  # variants already in this batch go once
+            named = _Digests()
             for entry_id, s in entries:
                 if s.rejection is not None:
                     rejected = s.rejection.rejected
                     args += ["n", entry_id, s.sop_uid, s.rejection.code, len(rejected), *rejected]
                     continue
-                study_digest, series_digest = digest(s.study), digest(s.series)
-                record = {**s.instance, "sv": study_digest, "ev": series_digest}
-                args += ["i", entry_id, s.sop_uid, _dumps(record)]
+                study_digest, series_digest = named(s.study), named(s.series)
+                args += ["i", entry_id, s.sop_uid, _dumps(s.instance)[1:-1]]
                 for name, attrs in ((study_digest, s.study), (series_digest, s.series)):
                     args += [name, "" if name in sent else _dumps(attrs)]
                     sent.add(name)
@@ -349,16 +363,14 @@ class AggregateStore:
 
     def upgrade(self, study_uid: str) -> int:
         """Rewrite the study's records of the earlier layout (the release before the study
-        lifecycle) as records of generation 0 whose variants are the attributes that
-        release had decided for the study and for each series (so the study shows what
-        it showed before); deletes that release's series keys. A study it had emitted
-        starts at generation 1, so a correction re-sent from now on wins. Returns how
-        many records were rewritten; idempotent."""
+        lifecycle) as records of rank 0 whose variants are the attributes that release
+        had decided for the study and for each series (so the study shows what it showed
+        before; a correction re-sent from now on outranks them); deletes that release's
+        series keys. Returns how many records were rewritten; idempotent."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(keys.study(study_uid))
         pipe.hgetall(keys.study_instances(study_uid))
-        pipe.zscore(keys.EMITTED, study_uid)
-        study_hash, instance_hash, emitted_at = pipe.execute()
+        study_hash, instance_hash = pipe.execute()
         legacy = {sop: text for sop, text in instance_hash.items() if "sv" not in json.loads(text)}
         series_uids = sorted(
             {str(json.loads(text).get("series_uid", "")) for text in legacy.values()}
@@ -380,16 +392,11 @@ class AggregateStore:
         series_variant = {
             uid: variant(text) for uid, text in zip(series_uids, series_attrs, strict=True)
         }
-        args: list[str | int] = [1 if emitted_at is not None else 0, len(legacy)]
+        args: list[str | int] = [len(legacy)]
         for sop, text in sorted(legacy.items()):
             record = json.loads(text)
-            upgraded = {
-                "g": 0,
-                **record,
-                "sv": study_variant,
-                "ev": series_variant[str(record.get("series_uid", ""))],
-            }
-            args += [sop, text, _dumps(upgraded)]
+            series = series_variant[str(record.get("series_uid", ""))]
+            args += [sop, text, _record_text(0, study_variant, series, record)]
         for name, attrs in sorted(variants.items()):
             args += [name, attrs]
         study_keys = [
@@ -465,8 +472,35 @@ class AggregateStore:
         return bool(closed)
 
 
+class _Digests:
+    """:func:`workers.fold.digest` for one batch: the instances of a study mostly carry
+    equal attributes, and comparing dicts costs less than serialising and hashing them.
+    Remembers a few recent variants only, so a batch of all-different ones stays linear.
+    (Equal dicts have equal JSON here: each attribute has one type.)"""
+
+    RECENT = 4
+
+    def __init__(self) -> None:
+        self._recent: list[tuple[Attributes, str]] = []
+
+    def __call__(self, attrs: Attributes) -> str:
+        for known, name in self._recent:
+            if known == attrs:
+                return name
+        name = digest(attrs)
+        self._recent = [(attrs, name), *self._recent[: self.RECENT - 1]]
+        return name
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _record_text(rank: int, study_variant: str, series_variant: str, record: object) -> str:
+    """An instance record as the fold script writes it: rank and digests first."""
+    members = _dumps(record)[1:-1]
+    head = f'{{"g":{rank},"sv":"{study_variant}","ev":"{series_variant}"'
+    return f"{head},{members}}}" if members else f"{head}}}"
 
 
 def _retraction(h: dict[str, str]) -> Retraction | None:

@@ -1,15 +1,19 @@
 """Pure: study- and series-level attributes from the values the instances carry.
 
-Every instance record names the *generation* it was received in: the number of times
-the study had been emitted before (0 for the first send; a re-send after the first
-emission is generation 1, and so on). The rule, per attribute:
+Every instance record has a *rank* (:mod:`workers.fold`): 0 for an instance as first
+received, whenever it arrives; a re-send of a known instance with changed study- or
+series-level attributes is a correction and ranks one more than the number of times the
+study had been emitted before it (a correction before the first emission ranks 1, one
+after it 2, ...). The rule, per attribute:
 
 1. Only instances that carry a value vote (an empty Patient ID never outvotes a real one).
-2. The newest generation among them wins: a PACS that re-sends instances (a correction)
-   speaks after its earlier records, even when it re-sends only some of them.
-3. Within that generation the value most instances carry wins; a tie goes to the value
-   of the instance with the smallest SOP Instance UID (byte order) among them, so the
-   result never depends on the order in which instances arrived.
+2. The highest rank among them wins: a PACS that re-sends instances (a correction)
+   speaks after its earlier records, even when it re-sends only some of them; an
+   instance that only arrives late (a missed image, a workstation's key object) ranks 0
+   and never overrides a correction.
+3. Within that rank the value most instances carry wins; a tie goes to the value of the
+   instance with the smallest SOP Instance UID (byte order) among them, so the result
+   never depends on the order in which instances arrived.
 
 Attributes that describe one thing are decided together, so a study never mixes two
 records: the patient (Patient ID with its issuer, name, birth date, sex, weight, size)
@@ -32,9 +36,9 @@ Attributes = dict[str, Any]
 
 
 class Vote(NamedTuple):
-    """What instances with the same attributes, received in the same generation, say."""
+    """What instances with the same attributes and the same rank say."""
 
-    generation: int
+    rank: int
     #: SOP Instance UID of the instance (the smallest, when the vote stands for several)
     sop: str
     #: their study- or series-level attributes
@@ -139,21 +143,21 @@ def _present(value: Any) -> bool:
     return value is not None and value != "" and value != [] and value != {}
 
 
-#: (generation, SOP Instance UID, canonical text, value, instances, vote index) of one
-#: vote for one attribute
+#: (rank, SOP Instance UID, canonical text, value, instances, vote index) of one vote
+#: for one attribute
 _Candidate = tuple[int, str, str, Any, int, int]
 
 
 def _pick(candidates: Iterable[_Candidate]) -> Any:
-    """The winning value: newest generation, then most instances, then the value of the
+    """The winning value: highest rank, then most instances, then the value of the
     smallest SOP Instance UID. ``None`` without candidates."""
-    newest: int | None = None
+    highest: int | None = None
     counts: dict[str, int] = {}
     first: dict[str, tuple[str, Any]] = {}
-    for generation, sop, text, value, count, _ in candidates:
-        if newest is None or generation > newest:
-            newest, counts, first = generation, {}, {}
-        if generation == newest:
+    for rank, sop, text, value, count, _ in candidates:
+        if highest is None or rank > highest:
+            highest, counts, first = rank, {}, {}
+        if rank == highest:
             counts[text] = counts.get(text, 0) + count
             known = first.get(text)
             if known is None or sop < known[0]:
@@ -169,10 +173,10 @@ def decide(votes: Sequence[Vote]) -> Attributes:
     several instances counts as many; linear in the number of votes and attributes."""
     # One pass: per attribute, the candidate of every vote carrying it.
     table: dict[str, list[_Candidate]] = {}
-    for index, (generation, sop, attrs, count) in enumerate(votes):
+    for index, (rank, sop, attrs, count) in enumerate(votes):
         for name, value in attrs.items():
             if _present(value):
-                candidate = (generation, sop, canonical(value), value, count, index)
+                candidate = (rank, sop, canonical(value), value, count, index)
                 table.setdefault(name, []).append(candidate)
     out: Attributes = {}
     grouped = {member for members in GROUPS.values() for member in members}
