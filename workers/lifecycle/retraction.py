@@ -121,6 +121,15 @@ def retract(ctx: WorkerContext, study_uid: str, reason: str | None) -> Outcome:
     record = data.register_script(_RECORD)
     fresh = bool(record(keys=[keys.study_retraction(study_uid)], args=[now_ms, by, why]))
     outcome.done.append("retraction recorded" if fresh else "already retracted: record kept")
+    # Audited as soon as it is recorded: what follows may fail and be run again.
+    audit.warning(
+        "audit: retract study=%s by=%s at=%s reason=%s result=%s",
+        study_uid,
+        by,
+        datetime.fromtimestamp(now_ms / 1000, tz=UTC).isoformat(timespec="seconds"),
+        json.dumps(why, ensure_ascii=True),
+        "recorded" if fresh else "unchanged",
+    )
     # An emission that read the aggregate before the record would write the file as
     # available after us: rewrite only while holding the lease emissions hold.
     with _study_lease(ctx, study_uid):
@@ -138,14 +147,6 @@ def retract(ctx: WorkerContext, study_uid: str, reason: str | None) -> Outcome:
             outcome.done.append(f"delivery to {settings.fhir_base_url} queued (workers send it)")
     if not written and not aggregate.emittable:
         outcome.done.append("nothing of the study is held or was written here")
-    audit.warning(
-        "audit: retract study=%s by=%s at=%s reason=%s result=%s",
-        study_uid,
-        by,
-        datetime.fromtimestamp(now_ms / 1000, tz=UTC).isoformat(timespec="seconds"),
-        json.dumps(why, ensure_ascii=True),
-        "recorded" if fresh else "unchanged",
-    )
     return outcome
 
 
