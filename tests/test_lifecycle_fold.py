@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, replace
+from pathlib import Path
 
+import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scp.header import read_header
 from tests.golden import assert_golden
 from workers.fold import (
     ENTERED_IN_ERROR,
@@ -326,3 +329,58 @@ def test_grouped_votes_decide_as_one_vote_per_instance(
     rng.shuffle(grouped)
     assert decide(grouped) == decide(single)
     assert disagreements("study", grouped) == disagreements("study", single)
+
+
+# --- what is a rejection note (real KOS documents written by highdicom) ---------------
+
+
+def test_only_a_kos_titled_with_a_rejection_code_is_a_note(tmp_path: Path) -> None:
+    from pydicom.sr.codedict import codes
+
+    from tests.lifecycle_support import rejection_note
+    from tests.support import make_study
+    from workers.summary import summarize
+
+    study = make_study(tmp_path / "s", [("CT", 2)])
+    path = rejection_note(tmp_path / "n", study.files, "113001")
+    note_summary = summarize(read_header(path).json)
+    assert note_summary.rejection is not None
+    assert note_summary.rejection.rejected == tuple(sorted(study.sop_uids))
+    # The same document titled "Of Interest" (a key image note) is an instance.
+    ds = pydicom.dcmread(path)
+    ds.ConceptNameCodeSequence[0].CodeValue = codes.DCM.OfInterest.value
+    ds.ConceptNameCodeSequence[0].CodeMeaning = codes.DCM.OfInterest.meaning
+    ds.save_as(path, enforce_file_format=True)
+    assert summarize(read_header(path).json).rejection is None
+    # A rejection code of another coding scheme is no IOCM title either.
+    ds.ConceptNameCodeSequence[0].CodeValue = "113001"
+    ds.ConceptNameCodeSequence[0].CodingSchemeDesignator = "99LOCAL"
+    ds.save_as(path, enforce_file_format=True)
+    assert summarize(read_header(path).json).rejection is None
+
+
+def test_a_note_naming_another_studys_instances_does_not_reject_them(tmp_path: Path) -> None:
+    from tests.lifecycle_support import rejection_note
+    from tests.support import make_study
+    from workers.summary import summarize
+
+    study = make_study(tmp_path / "s", [("CT", 2)])
+    other = make_study(tmp_path / "o", [("MR", 1)])
+    path = rejection_note(tmp_path / "n", study.files, "113001")
+    # Point the note's first evidence item at the other study (as a PACS in error would).
+    ds = pydicom.dcmread(path)
+    (evidence,) = ds.CurrentRequestedProcedureEvidenceSequence
+    moved = pydicom.Dataset()
+    moved.StudyInstanceUID = other.study_uid
+    series = pydicom.Dataset()
+    series.SeriesInstanceUID = next(iter(other.series))
+    ref = pydicom.Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ref.ReferencedSOPInstanceUID = next(iter(other.sop_uids))
+    series.ReferencedSOPSequence = [ref]
+    moved.ReferencedSeriesSequence = [series]
+    ds.CurrentRequestedProcedureEvidenceSequence = [evidence, moved]
+    ds.save_as(path, enforce_file_format=True)
+    rejection = summarize(read_header(path).json).rejection
+    assert rejection is not None
+    assert rejection.rejected == tuple(sorted(study.sop_uids)) and rejection.elsewhere == 1

@@ -206,3 +206,43 @@ def test_completion_readiness_rules(context: WorkerContext, tmp_path: Path) -> N
     close_now(context, uid, consume_signals=True)
     assert data.exists(keys.study_signals(uid)) == 0
     assert not readiness(data, uid).ready
+
+
+def test_disagreements_are_reported_by_keyword_and_counts_never_values(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13.2: in the log, in `status` and as a metric; tags and counts only."""
+    import json
+    import logging
+
+    from scp import metrics
+    from scp.status import render_text, snapshot
+    from workers.jobs import emit
+
+    ctx = context_for(redis_url, tmp_path)
+    data = ctx.clients.data
+    metrics.install(metrics.Recorder(data))
+    study = make_study(tmp_path / "s", [("CT", 3)])
+    ds = pydicom.dcmread(study.files[0])
+    ds.InstitutionName = "MINORITY HOSPITAL"
+    ds.save_as(study.files[0], enforce_file_format=True)
+    try:
+        push_and_fold(ctx, headers(study.files))
+        with caplog.at_level(logging.WARNING, logger="workers.jobs"):
+            seen = int(data.zscore(keys.OPEN_STUDIES, study.study_uid) or 0)
+            assert emit(ctx, study.study_uid, seen, "t")
+    finally:
+        metrics.install(metrics.Recorder(None))
+    (line,) = [r.getMessage() for r in caplog.records if "disagree" in r.getMessage()]
+    assert "InstitutionName: 2 values among 3 instances (2/1)" in line
+    stored = json.loads(data.hget(keys.DISAGREEMENTS, study.study_uid) or "[]")
+    found = {"level": "study", "attribute": "institution", "keyword": "InstitutionName"}
+    assert stored == [{**found, "counts": [2, 1]}]
+    snap = snapshot(data, ctx.clients.rq, ctx.settings.quiet_seconds)
+    (emitted,) = [e for e in snap.emitted if e.study_uid == study.study_uid]
+    assert emitted.disagreements == stored
+    assert "instances disagree on InstitutionName (study): 2/1" in render_text(snap)
+    counters = data.hgetall(keys.METRICS_COUNTERS)
+    assert counters["attribute_disagreements_total|keyword=InstitutionName"] == "1"
+    everything = line + render_text(snap) + json.dumps(stored) + json.dumps(counters)
+    assert "MINORITY" not in everything
