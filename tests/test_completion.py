@@ -101,6 +101,9 @@ def test_mpps_completed_emits_before_the_quiet_period(running: Running, tmp_path
         refused = scu.set_status(step, mpps_set("DISCONTINUED", study.files))
         assert refused.Status == 0x0110 and refused.ErrorID == 0xA710
         assert refused.ErrorComment == "Performed Procedure Step Object may no longer be updated"
+        # ... whatever the N-SET holds: the step's state is checked first.
+        refused = scu.set_status(step, mpps_set("FINISHED", study.files))
+        assert refused.Status == 0x0110 and refused.ErrorID == 0xA710
     finally:
         scu.close()
 

@@ -168,12 +168,16 @@ def test_fold_with_rejection_notes_is_order_independent(rng: random.Random, copi
 
 def test_an_empty_patient_id_never_outvotes_a_real_one() -> None:
     # The smallest SOP Instance UID has no Patient ID (the real-corpus case).
+    # Empty ones outnumber it, as empty elements or left out: they do not vote.
     study = [
         inst("1.2.3.1.1", "1.2.3.1", 1, {"accession_number": "A1"}),
         inst("1.2.3.1.2", "1.2.3.1", 2, {"patient_id": "P7", "accession_number": "A1"}),
+        inst("1.2.3.1.0", "1.2.3.1", 3, {"patient_id": "", "accession_number": "A1"}),
+        inst("1.2.3.1.3", "1.2.3.1", 4, {"patient_id": "", "accession_number": "A1"}),
     ]
     aggregate = fold(StudyAggregate(STUDY), study)
     assert aggregate.study is not None and aggregate.study.attrs["patient_id"] == "P7"
+    assert aggregate.disagreements == (), "an empty value is no disagreement"
 
 
 def test_a_value_held_by_one_of_three_loses_and_is_reported_by_counts() -> None:

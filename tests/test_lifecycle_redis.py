@@ -195,6 +195,12 @@ def test_completion_readiness_rules(context: WorkerContext, tmp_path: Path) -> N
     assert not readiness(data, uid).ready
     drain_inbox()
     assert readiness(data, uid).ready
+    # Every listed one is folded, but the study has another instance waiting to be.
+    extra = make_study(tmp_path / "x", [("CT", 1)], study_uid=uid)
+    Inbox(data, context.clients.rq).push(uid, read_header(extra.files[0]).json)
+    assert readiness(data, uid).why == "instances wait to be folded"
+    drain_inbox()
+    assert readiness(data, uid).ready
     # A step of two studies: its instances may be folded into either.
     both = (uid, other.study_uid)
     listed = tuple(sorted({*sops, *other.sop_uids}))
