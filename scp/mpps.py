@@ -18,6 +18,7 @@ patient data); nothing is stored for a refused request:
                                      (Error ID A710, PS3.4 Table F.7.2-2)
     0x0111 duplicate SOP instance    an N-CREATE for a step or notification already known
     0x0112 no such object instance   an N-SET for an unknown step
+    0x0117 invalid object instance   an N-CREATE whose Affected SOP Instance UID is invalid
     0x0120 missing attribute         N-CREATE: no status, no study, no series list (IAN)
     0x0121 missing attribute value   a listed series without its Series Instance UID
     0x0213 resource limitation       Redis did not take it (the SCU may retry)
@@ -52,6 +53,7 @@ INVALID_ATTRIBUTE_VALUE = 0x0106
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
 NO_SUCH_OBJECT_INSTANCE = 0x0112
+INVALID_OBJECT_INSTANCE = 0x0117
 MISSING_ATTRIBUTE = 0x0120
 MISSING_ATTRIBUTE_VALUE = 0x0121
 #: Error ID (0000,0903) and Error Comment of an N-SET of a completed or discontinued step.
@@ -59,6 +61,8 @@ NO_LONGER_UPDATABLE_ID = 0xA710
 NO_LONGER_UPDATABLE = "Performed Procedure Step Object may no longer be updated"
 RESOURCE_LIMITATION = 0x0213
 
+#: Logged (and looked up) in place of a UID that is not one: never the raw bytes.
+INVALID = "<invalid>"
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 #: Instance Availability values an IAN may report; UNAVAILABLE ones are not waited for.
 _AVAILABLE = frozenset({"ONLINE", "NEARLINE", "OFFLINE"})
@@ -127,9 +131,14 @@ class CompletionSignals:
         request: Any = event.request
         sop_class = str(request.AffectedSOPClassUID or "")
         given = _uid(request.AffectedSOPInstanceUID)
-        instance_uid = given or generate_uid()
+        supplied = request.AffectedSOPInstanceUID is not None
+        instance_uid = given or (INVALID if supplied else generate_uid())
         kind = "ian" if sop_class == IAN_SOP_CLASS else "mpps"
         try:
+            if supplied and given is None:
+                # The response carries the request's UID (PS3.7 10.1.5): a step stored
+                # under another one could never be found by the N-SET that follows.
+                raise Refused(INVALID_OBJECT_INSTANCE, "Affected SOP Instance UID is invalid")
             ds = _attributes(event, "attribute_list")
             signal = self._ian(ds) if kind == "ian" else self._created_step(ds)
             self._check_series(ds, signal)
@@ -141,7 +150,7 @@ class CompletionSignals:
             return self._unavailable(event, kind, instance_uid, exc), None
         self._log(event, kind, "N-CREATE", instance_uid, signal)
         if signal.final:
-            self.store.request_checks(signal.studies)
+            self._request_checks(kind, instance_uid, signal)
         reply = Dataset()
         if given is None:
             reply.AffectedSOPInstanceUID = instance_uid  # pynetdicom moves it to the response
@@ -149,9 +158,7 @@ class CompletionSignals:
 
     def handle_n_set(self, event: events.Event) -> tuple[Dataset, Dataset | None]:
         request: Any = event.request
-        instance_uid = _uid(request.RequestedSOPInstanceUID) or str(
-            request.RequestedSOPInstanceUID or ""
-        )
+        instance_uid = _uid(request.RequestedSOPInstanceUID) or INVALID
         name = f"mpps:{instance_uid}"
         try:
             known = self.store.load(name)
@@ -173,8 +180,23 @@ class CompletionSignals:
             return self._unavailable(event, "mpps", instance_uid, exc), None
         self._log(event, "mpps", "N-SET", instance_uid, signal)
         if signal.final:
-            self.store.request_checks(signal.studies)
+            self._request_checks("mpps", instance_uid, signal)
         return status(SUCCESS), None
+
+    def _request_checks(self, kind: str, uid: str, signal: Signal) -> None:
+        """Queue the completion checks of a final signal. The signal is stored, so this
+        failing must not fail the request (the SCU would retry an N-SET the step now
+        refuses): the quiet period, or the next fold of the study, checks instead."""
+        try:
+            self.store.request_checks(signal.studies)
+        except redis.RedisError as exc:
+            logger.warning(
+                "%s uid=%s stored, but its completion check was not queued (%s): the "
+                "quiet period decides",
+                kind,
+                uid,
+                type(exc).__name__,
+            )
 
     # --- reading the requests ----------------------------------------------------------
 

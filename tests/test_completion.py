@@ -228,3 +228,58 @@ def test_mpps_and_ian_are_accepted_in_the_scp_role_only(running: Running, sop_cl
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def test_an_invalid_step_uid_is_refused_and_never_logged(
+    running: Running, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import warnings
+
+    study = make_study(tmp_path / "s", [("CT", 1)])
+    scu = Scu(running.port)
+    bad = "1.2.PATIENT-ID-1234"
+    try:
+        with caplog.at_level(logging.INFO, logger="scp.mpps"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns the SCU side about the bad UID
+            # The response would carry the request's UID: a step stored under another
+            # could never be found again. PS3.7: 0x0117 invalid object instance.
+            assert scu.create(MPPS, bad, mpps_create(study.study_uid))[0] == 0x0117
+            assert scu.set(bad, mpps_set("COMPLETED", study.files)) == 0x0112
+    finally:
+        scu.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "scp.mpps"]
+    assert len(lines) == 2 and all("uid=<invalid>" in line for line in lines)
+    assert "PATIENT" not in " ".join(lines)
+
+
+def test_a_completed_step_is_answered_success_when_its_check_cannot_be_queued(
+    running: Running, tmp_path: Path
+) -> None:
+    """The step is stored; failing the N-SET would make the modality retry one the step
+    now refuses (A710). The quiet period decides instead."""
+    study = make_study(tmp_path / "s", [("CT", 2)])
+    storescu(running.port, study.files)
+    data = redis.Redis.from_url(running.redis_url, decode_responses=True)
+    scu = Scu(running.port)
+    step = generate_uid()
+    try:
+        assert scu.create(MPPS, step, mpps_create(study.study_uid))[0] == 0x0000
+        # A real Redis error on the queue the check goes to (WRONGTYPE).
+        queue_key = f"rq:queue:{keys.EMIT_QUEUE}"
+        raw = redis.Redis.from_url(running.redis_url)
+        saved = raw.dump(queue_key)
+        raw.delete(queue_key)
+        raw.set(queue_key, "not a list")
+        try:
+            assert scu.set(step, mpps_set("COMPLETED", study.files)) == 0x0000
+        finally:
+            raw.delete(queue_key)
+            if isinstance(saved, bytes):
+                raw.restore(queue_key, 0, saved)
+            raw.close()
+        assert '"state":"COMPLETED"' in data.hget(keys.signal(f"mpps:{step}"), "signal")
+        assert data.get(keys.study_signal_check(study.study_uid)) is None, "may be tried again"
+    finally:
+        scu.close()
+        data.close()
