@@ -278,7 +278,7 @@ def test_a_completed_step_is_answered_success_when_its_check_cannot_be_queued(
             if isinstance(saved, bytes):
                 raw.restore(queue_key, 0, saved)
             raw.close()
-        assert '"state":"COMPLETED"' in data.hget(keys.signal(f"mpps:{step}"), "signal")
+        assert '"state":"COMPLETED"' in str(data.hget(keys.signal(f"mpps:{step}"), "signal"))
         assert data.get(keys.study_signal_check(study.study_uid)) is None, "may be tried again"
     finally:
         scu.close()
