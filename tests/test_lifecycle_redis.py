@@ -11,31 +11,19 @@ import pydicom
 import pytest
 
 from scp import keys
-from scp.connections import connect
 from scp.header import read_header
 from scp.inbox import Inbox
-from scp.settings import Settings
-from tests.lifecycle_support import rejection_note
+from tests.lifecycle_support import rejection_note, worker_context
 from tests.support import make_study
-from workers.context import WorkerContext, install
+from workers.context import WorkerContext
 from workers.fold import StudyAggregate, emitted, fold
-from workers.jobs import drain_inbox, ensure_group, redis_now_ms
+from workers.jobs import drain_inbox, redis_now_ms
 from workers.summary import summarize
-
-
-def context_for(redis_url: str, tmp_path: Path, **env: str) -> WorkerContext:
-    settings = Settings.from_env(
-        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out"), **env}
-    )
-    ctx = WorkerContext.build(settings, connect(redis_url))
-    ensure_group(ctx.clients.data)
-    install(ctx)
-    return ctx
 
 
 @pytest.fixture
 def context(redis_url: str, tmp_path: Path) -> WorkerContext:
-    return context_for(redis_url, tmp_path)
+    return worker_context(redis_url, tmp_path)
 
 
 def headers(paths: list[Path]) -> list[dict[str, Any]]:
@@ -128,7 +116,7 @@ def test_a_correction_after_emission_outranks_the_rest_in_redis(
 
 
 def test_revive_in_redis_as_in_the_pure_fold(redis_url: str, tmp_path: Path) -> None:
-    ctx = context_for(redis_url, tmp_path, SCP2FHIR_REJECTED_ON_RESEND="revive")
+    ctx = worker_context(redis_url, tmp_path, SCP2FHIR_REJECTED_ON_RESEND="revive")
     study = make_study(tmp_path / "s", [("CT", 3)])
     note = headers([rejection_note(tmp_path / "n", study.files[:2])])
     batches = [headers(study.files), note, headers(study.files[:1])]
@@ -225,7 +213,7 @@ def test_disagreements_are_reported_by_keyword_and_counts_never_values(
     from scp.status import render_text, snapshot
     from workers.jobs import emit
 
-    ctx = context_for(redis_url, tmp_path)
+    ctx = worker_context(redis_url, tmp_path)
     data = ctx.clients.data
     metrics.install(metrics.Recorder(data))
     study = make_study(tmp_path / "s", [("CT", 3)])

@@ -15,25 +15,14 @@ from rq import SimpleWorker
 from rq.registry import FailedJobRegistry
 
 from scp import keys
-from scp.connections import connect
 from scp.header import read_header
 from scp.inbox import Inbox
-from scp.settings import Settings
 from scp.signals import COMPLETED, Signal, SignalStore
+from tests.lifecycle_support import worker_context
 from tests.support import free_port, make_study, read_json
-from workers.context import WorkerContext, install
-from workers.jobs import drain_inbox, emit, ensure_group
+from workers.context import WorkerContext
+from workers.jobs import drain_inbox, emit
 from workers.lifecycle.retraction import LifecycleError, forget, retract
-
-
-def context_for(redis_url: str, tmp_path: Path, **env: str) -> WorkerContext:
-    settings = Settings.from_env(
-        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out"), **env}
-    )
-    ctx = WorkerContext.build(settings, connect(redis_url))
-    ensure_group(ctx.clients.data)
-    install(ctx)
-    return ctx
 
 
 def receive(ctx: WorkerContext, files: list[Path], study_uid: str) -> None:
@@ -49,7 +38,7 @@ def emit_now(ctx: WorkerContext, study_uid: str) -> None:
 
 
 def test_retract_waits_for_an_emission_in_progress(redis_url: str, tmp_path: Path) -> None:
-    ctx = context_for(redis_url, tmp_path)
+    ctx = worker_context(redis_url, tmp_path)
     study = make_study(tmp_path / "s", [("CT", 2)])
     receive(ctx, study.files, study.study_uid)
     emit_now(ctx, study.study_uid)
@@ -104,7 +93,7 @@ def all_mentions(ctx: WorkerContext, *uids: str) -> list[str]:
 
 def test_forget_leaves_nothing_of_the_study(redis_url: str, tmp_path: Path) -> None:
     # A FHIR server that never answers: the retraction's delivery is dead-lettered.
-    ctx = context_for(
+    ctx = worker_context(
         redis_url,
         tmp_path,
         SCP2FHIR_FHIR_BASE_URL=f"http://127.0.0.1:{free_port()}/fhir",
@@ -149,7 +138,7 @@ def test_forget_leaves_nothing_of_the_study(redis_url: str, tmp_path: Path) -> N
 def test_a_store_after_retraction_follows_the_setting(
     redis_url: str, tmp_path: Path, policy: str
 ) -> None:
-    ctx = context_for(redis_url, tmp_path, SCP2FHIR_RETRACTED_ON_STORE=policy)
+    ctx = worker_context(redis_url, tmp_path, SCP2FHIR_RETRACTED_ON_STORE=policy)
     study = make_study(tmp_path / "s", [("CT", 3)])
     receive(ctx, study.files[:2], study.study_uid)
     emit_now(ctx, study.study_uid)

@@ -4,19 +4,15 @@ an MPPS COMPLETED emits the study long before the quiet period."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from tests.conftest import ROOT
 from tests.lifecycle_support import mpps_create, mpps_set, rejection_note
-from tests.support import free_port, make_study, read_json, storescu, wait_for
+from tests.support import make_study, read_json, storescu, wait_for
+from tests.test_dashboard_up import running_up, up_env
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
 #: Long enough that an emission within it can only come from the completion signal.
@@ -24,35 +20,15 @@ QUIET_SECONDS = 60.0
 
 
 def test_rejection_and_mpps_through_up(tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCP2FHIR_")}
-    env.update(
-        {
-            "SCP2FHIR_PORT": str(port),
-            "SCP2FHIR_QUIET_SECONDS": str(QUIET_SECONDS),
-            "SCP2FHIR_DASHBOARD_PORT": "0",
-            "SCP2FHIR_WEB_PORT": "0",
-            "SCP2FHIR_WORKERS": "1",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    log_path = tmp_path / "up.log"
-    log = log_path.open("wb")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "scp.cli", "up"],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for(lambda: b"ready:" in log_path.read_bytes(), 60, "up to be ready")
+    env = up_env(0, SCP2FHIR_QUIET_SECONDS=str(QUIET_SECONDS))
+    port = int(env["SCP2FHIR_PORT"])
+    with running_up(tmp_path, env):
         study = make_study(tmp_path / "study", [("CT", 3), ("MR", 2)])
         mr = study.files[3:]
         note = rejection_note(tmp_path / "note", mr, "113001")
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(MPPS)
-        assoc = wait_for(
+        assoc = wait_for(  # "ready" is said before the SCP processes listen
             lambda: (
                 (a := ae.associate("127.0.0.1", port, ae_title="SCP2FHIR")).is_established and a
             ),
@@ -75,8 +51,3 @@ def test_rejection_and_mpps_through_up(tmp_path: Path) -> None:
         assert resource["numberOfSeries"] == 1 and resource["numberOfInstances"] == 3
         assert [m["code"] for m in resource["modality"]] == ["CT"]
         assert resource["meta"]["tag"][0]["system"] == "urn:scp2fhir"
-    finally:
-        up.send_signal(signal.SIGTERM)
-        code = up.wait(60)
-        log.close()
-    assert code == 0, log_path.read_text(errors="replace")[-3000:]

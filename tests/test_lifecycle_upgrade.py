@@ -12,15 +12,14 @@ import pydicom
 import pytest
 
 from scp import keys
-from scp.connections import connect
 from scp.header import read_header
 from scp.inbox import Inbox
-from scp.settings import Settings
 from tests.conftest import pipeline_env, start_worker, stop_process
 from tests.legacy_aggregates import legacy_close, legacy_fold
+from tests.lifecycle_support import worker_context
 from tests.support import GeneratedStudy, free_port, make_study, read_json, wait_for
-from workers.context import WorkerContext, install
-from workers.jobs import CHECK_JOB, drain_inbox, ensure_group, redis_now_ms
+from workers.context import WorkerContext
+from workers.jobs import CHECK_JOB, drain_inbox, redis_now_ms
 from workers.summary import InstanceSummary, summarize
 
 RETENTION_MS = 3_600_000
@@ -28,13 +27,7 @@ RETENTION_MS = 3_600_000
 
 @pytest.fixture
 def context(redis_url: str, tmp_path: Path) -> WorkerContext:
-    settings = Settings.from_env(
-        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out")}
-    )
-    ctx = WorkerContext.build(settings, connect(redis_url))
-    ensure_group(ctx.clients.data)
-    install(ctx)
-    return ctx
+    return worker_context(redis_url, tmp_path)
 
 
 def legacy_receive(ctx: WorkerContext, files: list[Path]) -> list[InstanceSummary]:
