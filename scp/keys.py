@@ -8,10 +8,11 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
     scp2fhir:drain-requested               STRING   set while a drain job is queued (SET NX)
     scp2fhir:open                          ZSET     S -> arrival (ms, Redis clock) of its newest
     scp2fhir:inflight                      HASH     S -> instances pushed but not yet folded
-    scp2fhir:study:S                       HASH     generation: emissions so far (records folded
-                                                    from now on carry it)
-    scp2fhir:study:S:instances             HASH     SOP -> instance record (JSON: names its series,
-                                                    "g" generation, "sv"/"ev" variant digests)
+    scp2fhir:study:S                       HASH     generation: emissions so far (a correction
+                                                    folded from now on ranks one more)
+    scp2fhir:study:S:instances             HASH     SOP -> instance record (JSON: "g" its rank,
+                                                    "sv"/"ev" its variant digests first, then
+                                                    the record, which names its series)
     scp2fhir:study:S:variants              HASH     digest -> study- or series-level attributes
                                                     (JSON), shared by the instances that carry them
     scp2fhir:study:S:rejected              HASH     SOP -> "<DCM code> <note SOP> <seen 0|1>": named
