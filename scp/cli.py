@@ -334,7 +334,7 @@ def _lifecycle(
             context = WorkerContext.build(settings, clients, delivery)
             outcome = retract(context, study_uid, reason)
         else:
-            outcome = forget(clients, settings, study_uid)
+            outcome = forget(clients, settings, study_uid, delivery.names)
     except LifecycleError as exc:
         print(f"scp2fhir {verb}: {exc}", file=sys.stderr)
         return 1

@@ -8,10 +8,11 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
     scp2fhir:drain-requested               STRING   set while a drain job is queued (SET NX)
     scp2fhir:open                          ZSET     S -> arrival (ms, Redis clock) of its newest
     scp2fhir:inflight                      HASH     S -> instances pushed but not yet folded
-    scp2fhir:study:S                       HASH     generation: emissions so far (records folded
-                                                    from now on carry it)
-    scp2fhir:study:S:instances             HASH     SOP -> instance record (JSON: names its series,
-                                                    "g" generation, "sv"/"ev" variant digests)
+    scp2fhir:study:S                       HASH     generation: emissions so far (a correction
+                                                    folded from now on ranks one more)
+    scp2fhir:study:S:instances             HASH     SOP -> instance record (JSON: "g" its rank,
+                                                    "sv"/"ev" its variant digests first, then
+                                                    the record, which names its series)
     scp2fhir:study:S:variants              HASH     digest -> study- or series-level attributes
                                                     (JSON), shared by the instances that carry them
     scp2fhir:study:S:rejected              HASH     SOP -> "<DCM code> <note SOP> <seen 0|1>": named
@@ -29,6 +30,12 @@ Layout (``S`` = Study Instance UID, ``SE`` = Series Instance UID, ``SOP`` = SOP 
     scp2fhir:signal:ian:UID                HASH     an Instance Availability Notification
     scp2fhir:disagreements                 HASH     S -> attributes its instances disagree on at
                                                     its last emission (JSON: tags, counts)
+    scp2fhir:study:S:series:SE             HASH     written before generations and variants (the
+                                                    release before the study lifecycle): source,
+                                                    attrs of a series; read once and deleted by
+                                                    the upgrade (workers.aggregates)
+    scp2fhir:aggregate-layout              STRING   "2" once a worker has upgraded every
+                                                    aggregate of the earlier layout
     scp2fhir:study:S:check                 STRING   set while a quiet check for S is scheduled
     scp2fhir:study:S:lease                 STRING   held by the worker emitting S
     scp2fhir:emitted                       ZSET     S -> time (ms) of its last emission
@@ -116,6 +123,7 @@ DEFAULT_DESTINATION = "default"
 DELIVER_PENDING = f"{PREFIX}:deliver-pending"  # the default destination's
 DELIVER_FAILED = f"{PREFIX}:deliver-failed"  # the default destination's
 DISAGREEMENTS = f"{PREFIX}:disagreements"
+AGGREGATE_LAYOUT = f"{PREFIX}:aggregate-layout"
 
 #: RQ queue for fold (drain) jobs; listed first so workers prefer folding.
 FOLD_QUEUE = "scp2fhir-fold"
@@ -210,6 +218,15 @@ def study_aggregate_keys(study_uid: str) -> list[str]:
         study_rejected(study_uid),
         study_notes(study_uid),
     ]
+
+
+def legacy_series(study_uid: str, series_uid: str) -> str:
+    """A series' attributes as the release before the study lifecycle kept them."""
+    return f"{PREFIX}:study:{study_uid}:series:{series_uid}"
+
+
+#: SCAN pattern of :func:`legacy_series` keys, of every study.
+LEGACY_SERIES_PATTERN = f"{PREFIX}:study:*:series:*"
 
 
 def study_pattern(study_uid: str) -> str:

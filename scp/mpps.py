@@ -15,10 +15,17 @@ patient data); nothing is stored for a refused request:
 
     0x0106 invalid attribute value   status not allowed, a listed series of another study
     0x0110 processing failure        the dataset cannot be decoded; a final step updated
+                                     (Error ID A710, PS3.4 Table F.7.2-2)
     0x0111 duplicate SOP instance    an N-CREATE for a step or notification already known
     0x0112 no such object instance   an N-SET for an unknown step
-    0x0120 missing attribute         no status, no study, nothing that lists instances
+    0x0117 invalid object instance   an N-CREATE whose Affected SOP Instance UID is invalid
+    0x0120 missing attribute         N-CREATE: no status, no study, no series list (IAN)
+    0x0121 missing attribute value   a listed series without its Series Instance UID
     0x0213 resource limitation       Redis did not take it (the SCU may retry)
+
+A final step that lists no instance (its series items reference none: Type 2 in PS3.4
+Table F.7.2-1) is valid and accepted; it only cannot shorten the quiet period
+(:mod:`workers.lifecycle.completion`).
 """
 
 from __future__ import annotations
@@ -46,19 +53,27 @@ INVALID_ATTRIBUTE_VALUE = 0x0106
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
 NO_SUCH_OBJECT_INSTANCE = 0x0112
+INVALID_OBJECT_INSTANCE = 0x0117
 MISSING_ATTRIBUTE = 0x0120
+MISSING_ATTRIBUTE_VALUE = 0x0121
+#: Error ID (0000,0903) and Error Comment of an N-SET of a completed or discontinued step.
+NO_LONGER_UPDATABLE_ID = 0xA710
+NO_LONGER_UPDATABLE = "Performed Procedure Step Object may no longer be updated"
 RESOURCE_LIMITATION = 0x0213
 
+#: Logged (and looked up) in place of a UID that is not one: never the raw bytes.
+INVALID = "<invalid>"
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 #: Instance Availability values an IAN may report; UNAVAILABLE ones are not waited for.
 _AVAILABLE = frozenset({"ONLINE", "NEARLINE", "OFFLINE"})
 
 
 class Refused(Exception):
-    def __init__(self, status: int, comment: str) -> None:
+    def __init__(self, status: int, comment: str, error_id: int | None = None) -> None:
         super().__init__(comment)
         self.status = status
         self.comment = comment
+        self.error_id = error_id
 
 
 def _uid(value: Any) -> str | None:
@@ -87,7 +102,7 @@ def _listed(items: Sequence[Dataset], sop_sequences: Sequence[str]) -> dict[str,
     for item in items:
         series_uid = _uid(item.get("SeriesInstanceUID"))
         if series_uid is None:
-            raise Refused(MISSING_ATTRIBUTE, "a series item has no valid SeriesInstanceUID")
+            raise Refused(MISSING_ATTRIBUTE_VALUE, "a series item has no valid SeriesInstanceUID")
         sops = listed.setdefault(series_uid, [])
         for name in sop_sequences:
             for ref in item.get(name) or []:
@@ -116,9 +131,14 @@ class CompletionSignals:
         request: Any = event.request
         sop_class = str(request.AffectedSOPClassUID or "")
         given = _uid(request.AffectedSOPInstanceUID)
-        instance_uid = given or generate_uid()
+        supplied = request.AffectedSOPInstanceUID is not None
+        instance_uid = given or (INVALID if supplied else generate_uid())
         kind = "ian" if sop_class == IAN_SOP_CLASS else "mpps"
         try:
+            if supplied and given is None:
+                # The response carries the request's UID (PS3.7 10.1.5): a step stored
+                # under another one could never be found by the N-SET that follows.
+                raise Refused(INVALID_OBJECT_INSTANCE, "Affected SOP Instance UID is invalid")
             ds = _attributes(event, "attribute_list")
             signal = self._ian(ds) if kind == "ian" else self._created_step(ds)
             self._check_series(ds, signal)
@@ -130,7 +150,7 @@ class CompletionSignals:
             return self._unavailable(event, kind, instance_uid, exc), None
         self._log(event, kind, "N-CREATE", instance_uid, signal)
         if signal.final:
-            self.store.request_checks(signal.studies)
+            self._request_checks(kind, instance_uid, signal)
         reply = Dataset()
         if given is None:
             reply.AffectedSOPInstanceUID = instance_uid  # pynetdicom moves it to the response
@@ -138,14 +158,14 @@ class CompletionSignals:
 
     def handle_n_set(self, event: events.Event) -> tuple[Dataset, Dataset | None]:
         request: Any = event.request
-        instance_uid = _uid(request.RequestedSOPInstanceUID) or str(
-            request.RequestedSOPInstanceUID or ""
-        )
+        instance_uid = _uid(request.RequestedSOPInstanceUID) or INVALID
         name = f"mpps:{instance_uid}"
         try:
             known = self.store.load(name)
             if known is None:
                 raise Refused(NO_SUCH_OBJECT_INSTANCE, "no such Performed Procedure Step")
+            if known.final:  # PS3.4 F.7.2.2.3: only a step IN PROGRESS takes an N-SET
+                raise Refused(PROCESSING_FAILURE, NO_LONGER_UPDATABLE, NO_LONGER_UPDATABLE_ID)
             ds = _attributes(event, "modification_list")
             signal = self._updated_step(ds, known)
             self._check_series(ds, signal)
@@ -153,15 +173,30 @@ class CompletionSignals:
             if result == "unknown":
                 raise Refused(NO_SUCH_OBJECT_INSTANCE, "no such Performed Procedure Step")
             if result == "final":
-                raise Refused(PROCESSING_FAILURE, "step may no longer be updated (0xA710)")
+                raise Refused(PROCESSING_FAILURE, NO_LONGER_UPDATABLE, NO_LONGER_UPDATABLE_ID)
         except Refused as refused:
             return self._refuse(event, "mpps", "N-SET", instance_uid, refused), None
         except redis.RedisError as exc:
             return self._unavailable(event, "mpps", instance_uid, exc), None
         self._log(event, "mpps", "N-SET", instance_uid, signal)
         if signal.final:
-            self.store.request_checks(signal.studies)
+            self._request_checks("mpps", instance_uid, signal)
         return status(SUCCESS), None
+
+    def _request_checks(self, kind: str, uid: str, signal: Signal) -> None:
+        """Queue the completion checks of a final signal. The signal is stored, so this
+        failing must not fail the request (the SCU would retry an N-SET the step now
+        refuses): the quiet period, or the next fold of the study, checks instead."""
+        try:
+            self.store.request_checks(signal.studies)
+        except redis.RedisError as exc:
+            logger.warning(
+                "%s uid=%s stored, but its completion check was not queued (%s): the "
+                "quiet period decides",
+                kind,
+                uid,
+                type(exc).__name__,
+            )
 
     # --- reading the requests ----------------------------------------------------------
 
@@ -191,8 +226,6 @@ class CompletionSignals:
         sops = known.sops
         if "PerformedSeriesSequence" in ds:
             sops = _sops(_listed(ds.PerformedSeriesSequence or [], _STEP_SOPS))
-        if state == COMPLETED and not sops:
-            raise Refused(MISSING_ATTRIBUTE, "a COMPLETED step lists no instances")
         return Signal("mpps", state, sops, known.studies)
 
     @staticmethod
@@ -249,7 +282,10 @@ class CompletionSignals:
             refused.comment,
         )
         _count(kind, f"0x{refused.status:04X}")
-        return status(refused.status, refused.comment)
+        answer = status(refused.status, refused.comment)
+        if refused.error_id is not None:
+            answer.ErrorID = refused.error_id
+        return answer
 
     def _unavailable(
         self, event: events.Event, kind: str, uid: str, exc: redis.RedisError

@@ -145,10 +145,14 @@ def study_signals(data: redis.Redis, study_uid: str) -> dict[str, Signal]:
 def request_checks(data: redis.Redis, queue: Queue, study_uids: Iterable[str]) -> None:
     for uid in sorted(set(study_uids)):
         if data.set(keys.study_signal_check(uid), "1", nx=True, px=CHECK_FLAG_MS):
-            queue.enqueue(
-                SIGNAL_CHECK_JOB,
-                uid,
-                description=f"completion check study={uid}",
-                result_ttl=300,
-                job_timeout=600,
-            )
+            try:
+                queue.enqueue(
+                    SIGNAL_CHECK_JOB,
+                    uid,
+                    description=f"completion check study={uid}",
+                    result_ttl=300,
+                    job_timeout=600,
+                )
+            except BaseException:
+                data.delete(keys.study_signal_check(uid))  # the next request may try
+                raise

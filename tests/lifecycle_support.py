@@ -1,5 +1,5 @@
 """Real objects for the lifecycle tests: IOCM rejection notes written by highdicom, MPPS
-and IAN requests sent with pynetdicom's SCU."""
+and IAN requests sent with pynetdicom's SCU, and an inline worker's context."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+
+from scp.connections import connect
+from scp.settings import Settings
+from workers.context import WorkerContext, install
+from workers.jobs import ensure_group
 
 TITLES = {
     "113001": codes.DCM.RejectedForQualityReasons,
@@ -121,3 +126,14 @@ def ian(study_uid: str, files: Sequence[Path]) -> Dataset:
         series.append(entry)
     ds.ReferencedSeriesSequence = series
     return ds
+
+
+def worker_context(redis_url: str, tmp_path: Path, **env: str) -> WorkerContext:
+    """A worker's context, installed for jobs run inline (output in ``tmp_path/out``)."""
+    settings = Settings.from_env(
+        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out"), **env}
+    )
+    ctx = WorkerContext.build(settings, connect(redis_url))
+    ensure_group(ctx.clients.data)
+    install(ctx)
+    return ctx

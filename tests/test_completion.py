@@ -67,8 +67,13 @@ class Scu:
         return int(status.Status), reply
 
     def set(self, uid: str, ds: Dataset) -> int:
+        return int(self.set_status(uid, ds).Status)
+
+    def set_status(self, uid: str, ds: Dataset) -> Dataset:
+        """The whole N-SET-RSP status (Status, Error Comment, Error ID)."""
         status, _ = self.assoc.send_n_set(ds, MPPS, uid)
-        return int(status.Status)
+        assert status is not None, "no N-SET-RSP"
+        return status
 
     def close(self) -> None:
         self.assoc.release()
@@ -92,8 +97,13 @@ def test_mpps_completed_emits_before_the_quiet_period(running: Running, tmp_path
         )
         assert time.monotonic() - sent < LONG_QUIET / 2
         assert resource["numberOfInstances"] == 8
-        # The step is final: a further N-SET is refused, nothing changes.
-        assert scu.set(step, mpps_set("DISCONTINUED", study.files)) == 0x0110
+        # The step is final: a further N-SET is refused as PS3.4 Table F.7.2-2 says.
+        refused = scu.set_status(step, mpps_set("DISCONTINUED", study.files))
+        assert refused.Status == 0x0110 and refused.ErrorID == 0xA710
+        assert refused.ErrorComment == "Performed Procedure Step Object may no longer be updated"
+        # ... whatever the N-SET holds: the step's state is checked first.
+        refused = scu.set_status(step, mpps_set("FINISHED", study.files))
+        assert refused.Status == 0x0110 and refused.ErrorID == 0xA710
     finally:
         scu.close()
 
@@ -162,6 +172,114 @@ def test_bad_mpps_input_gets_dimse_statuses_and_stores_nothing(
         assert '"state":"IN PROGRESS"' in signals[f"mpps:{step}"]
         # The association still works.
         assert scu.set(step, mpps_set("COMPLETED", study.files)) == 0x0000
+    finally:
+        scu.close()
+        data.close()
+
+
+def test_a_final_step_listing_no_instance_is_accepted_but_shortens_nothing(
+    running: Running, tmp_path: Path
+) -> None:
+    """PS3.4 Table F.7.2-1: a Performed Series Sequence item may reference no instance
+    (Type 2). Such a COMPLETED step is valid: Success, but it proves nothing about what
+    the study holds, so the quiet period decides."""
+    from workers.lifecycle.completion import readiness
+
+    study = make_study(tmp_path / "s", [("CT", 2)])
+    storescu(running.port, study.files)
+    data = redis.Redis.from_url(running.redis_url, decode_responses=True)
+    wait_for(lambda: data.hlen(keys.study_instances(study.study_uid)) == 2, 20, "the fold")
+    scu = Scu(running.port)
+    step = generate_uid()
+    try:
+        assert scu.create(MPPS, step, mpps_create(study.study_uid))[0] == 0x0000
+        completed = mpps_set("COMPLETED", study.files)
+        for item in completed.PerformedSeriesSequence:
+            item.ReferencedImageSequence = []
+        assert scu.set(step, completed) == 0x0000
+        assert not readiness(data, study.study_uid).ready
+        time.sleep(3)
+        assert not running.file(study.study_uid).exists()
+        assert data.zscore(keys.OPEN_STUDIES, study.study_uid) is not None
+    finally:
+        scu.close()
+        data.close()
+
+
+@pytest.mark.parametrize("sop_class", [MPPS, IAN])
+def test_mpps_and_ian_are_accepted_in_the_scp_role_only(running: Running, sop_class: str) -> None:
+    """A peer that proposes to be the SCP of MPPS/IAN itself (SCP/SCU Role Selection,
+    PS3.7 D.3.3.4) gets no such role: scp2fhir is their SCP, never their SCU."""
+    from pynetdicom import build_role
+
+    ae = AE(ae_title="INVERTED")
+    ae.add_requested_context(sop_class)
+    assoc = ae.associate(
+        "127.0.0.1",
+        running.port,
+        ae_title="SCP2FHIR",
+        ext_neg=[build_role(sop_class, scu_role=False, scp_role=True)],
+    )
+    try:
+        assert assoc.is_established
+        (context,) = [c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class]
+        # The requestor stays the SCU (the default roles); it is never made the SCP.
+        assert context.as_scu is True and context.as_scp is False
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_an_invalid_step_uid_is_refused_and_never_logged(
+    running: Running, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import warnings
+
+    study = make_study(tmp_path / "s", [("CT", 1)])
+    scu = Scu(running.port)
+    bad = "1.2.PATIENT-ID-1234"
+    try:
+        with caplog.at_level(logging.INFO, logger="scp.mpps"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns the SCU side about the bad UID
+            # The response would carry the request's UID: a step stored under another
+            # could never be found again. PS3.7: 0x0117 invalid object instance.
+            assert scu.create(MPPS, bad, mpps_create(study.study_uid))[0] == 0x0117
+            assert scu.set(bad, mpps_set("COMPLETED", study.files)) == 0x0112
+    finally:
+        scu.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "scp.mpps"]
+    assert len(lines) == 2 and all("uid=<invalid>" in line for line in lines)
+    assert "PATIENT" not in " ".join(lines)
+
+
+def test_a_completed_step_is_answered_success_when_its_check_cannot_be_queued(
+    running: Running, tmp_path: Path
+) -> None:
+    """The step is stored; failing the N-SET would make the modality retry one the step
+    now refuses (A710). The quiet period decides instead."""
+    study = make_study(tmp_path / "s", [("CT", 2)])
+    storescu(running.port, study.files)
+    data = redis.Redis.from_url(running.redis_url, decode_responses=True)
+    scu = Scu(running.port)
+    step = generate_uid()
+    try:
+        assert scu.create(MPPS, step, mpps_create(study.study_uid))[0] == 0x0000
+        # A real Redis error on the queue the check goes to (WRONGTYPE).
+        queue_key = f"rq:queue:{keys.EMIT_QUEUE}"
+        raw = redis.Redis.from_url(running.redis_url)
+        saved = raw.dump(queue_key)
+        raw.delete(queue_key)
+        raw.set(queue_key, "not a list")
+        try:
+            assert scu.set(step, mpps_set("COMPLETED", study.files)) == 0x0000
+        finally:
+            raw.delete(queue_key)
+            if isinstance(saved, bytes):
+                raw.restore(queue_key, 0, saved)
+            raw.close()
+        assert '"state":"COMPLETED"' in str(data.hget(keys.signal(f"mpps:{step}"), "signal"))
+        assert data.get(keys.study_signal_check(study.study_uid)) is None, "may be tried again"
     finally:
         scu.close()
         data.close()

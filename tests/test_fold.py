@@ -87,10 +87,14 @@ def test_changed_resend_replaces_the_instance() -> None:
     )
     after = fold(aggregate, [changed])
     assert after.instances["1.2.3.1.1"]["instance_number"] == 10
-    # One of three instances of the series says "new": the other two outvote it.
-    assert after.series["1.2.3.1"].attrs["series_description"] == "series 1.2.3.1"
+    # A re-send of a known instance with changed series attributes is a correction: it
+    # wins over the two that still carry the old description, which is reported.
+    assert after.series["1.2.3.1"].attrs["series_description"] == "new"
+    assert ("SeriesDescription", (2, 1)) in [(d.keyword, d.counts) for d in after.disagreements]
     assert len(after.instances) == 5
-    assert len(after.instances) == 5
+    # A re-send that changes nothing at study or series level is no correction.
+    same = replace(INSTANCES[2], instance=INSTANCES[2].instance | {"instance_number": 11})
+    assert fold(aggregate, [same]).series == aggregate.series
 
 
 def test_resend_into_another_series_moves_the_instance() -> None:

@@ -5,12 +5,16 @@ them with the same :func:`resolve`):
 
 * An instance is keyed by its SOP Instance UID: sent twice it counts once, and a
   changed resend replaces the earlier record (even if it moved to another series).
-  Each record remembers the *generation* it arrived in: how many times the study had
-  been emitted before (:func:`emitted` counts one up).
+* Each record has a *rank*: 0 for an instance as first received (whenever it arrives);
+  a re-send of a known instance whose study- or series-level attributes changed is a
+  correction and ranks ``generation + 1``, where the *generation* is how many times the
+  study had been emitted before (:func:`emitted` counts one up); an unchanged re-send
+  keeps the rank it replaces.
 * Study- and series-level attributes are decided per attribute from the values the
-  instances carry (:mod:`workers.lifecycle.consensus`): the newest generation wins,
-  then the value most of its instances carry. Arrival order within a generation does
-  not matter.
+  instances carry (:mod:`workers.lifecycle.consensus`): the highest rank wins (the
+  newest correction), then the value most of its instances carry. Arrival order within
+  a generation does not matter, and an instance that merely arrives late (a missed
+  image, a workstation's report) never overrides a correction.
 * IOCM rejection notes (:mod:`workers.lifecycle.rejection`) are not instances: the
   instances they name are hidden, whether they arrived before the note or after it,
   and a series left empty disappears. With ``revive_rejected`` a copy of a rejected
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from workers.lifecycle import consensus
 from workers.lifecycle.consensus import Disagreement
@@ -44,10 +49,11 @@ class Sourced:
 
 @dataclass(frozen=True)
 class Received:
-    """One instance as last received: the generation it arrived in, digests of its study-
-    and series-level attributes (in :attr:`StudyAggregate.variants`) and its record."""
+    """One instance as last received: its rank (see the module's rules), digests of its
+    study- and series-level attributes (in :attr:`StudyAggregate.variants`) and its
+    record."""
 
-    generation: int
+    rank: int
     study: str
     series: str
     record: Attributes
@@ -91,7 +97,7 @@ class StudyAggregate:
     rejected: dict[str, Rejection] = field(default_factory=dict)
     #: SOP Instance UID of each rejection note -> its DCM code
     notes: dict[str, str] = field(default_factory=dict)
-    #: emissions so far; records folded from now on belong to this generation
+    #: emissions so far; a correction folded from now on ranks one more
     generation: int = 0
     retraction: Retraction | None = None
     #: attributes the instances shown disagree on (counts only)
@@ -155,7 +161,10 @@ def fold(
         variants[study_digest] = summary.study
         variants[series_digest] = summary.series
         received[sop] = Received(
-            aggregate.generation, study_digest, series_digest, summary.instance
+            record_rank(received.get(sop), study_digest, series_digest, aggregate.generation),
+            study_digest,
+            series_digest,
+            summary.instance,
         )
         rejection = rejected.get(sop)
         if revive_rejected and rejection is not None:
@@ -168,36 +177,47 @@ def fold(
     )
 
 
+def record_rank(previous: Received | None, study: str, series: str, generation: int) -> int:
+    """The rank of a record with these variant digests that replaces ``previous``."""
+    if previous is None:
+        return 0
+    if previous.study == study and previous.series == series:
+        return previous.rank
+    return generation + 1
+
+
 def emitted(aggregate: StudyAggregate) -> StudyAggregate:
-    """The aggregate after an emission closed the study: later records are a new
-    generation (what the Redis close script does)."""
+    """The aggregate after an emission closed the study: the next generation, so a later
+    correction outranks the earlier ones (what the Redis close script does)."""
     return replace(aggregate, generation=aggregate.generation + 1)
 
 
 def resolve(aggregate: StudyAggregate) -> StudyAggregate:
     """Derive what is shown (instances, decided attributes, disagreements) from what was
-    received, rejected and retracted. Linear in the number of instances."""
+    received, rejected and retracted. Linear in the number of instances: instances that
+    share a rank and a variant of their attributes vote once, counted as many."""
     instances: dict[str, Attributes] = {}
-    study_votes: list[consensus.Vote] = []
-    series_votes: dict[str, list[consensus.Vote]] = {}
+    study_tally = _Tally()
+    series_tally: dict[str, _Tally] = {}
     for sop, got in aggregate.received.items():
         if sop in aggregate.rejected:
             continue
         instances[sop] = got.record
-        study_votes.append((got.generation, sop, aggregate.variants.get(got.study, {})))
-        series_votes.setdefault(got.record["series_uid"], []).append(
-            (got.generation, sop, aggregate.variants.get(got.series, {}))
-        )
+        study_tally.add(got.rank, sop, got.study)
+        series_uid = got.record["series_uid"]
+        tally = series_tally.get(series_uid)
+        if tally is None:
+            tally = series_tally[series_uid] = _Tally()
+        tally.add(got.rank, sop, got.series)
     if not instances:
         # Everything rejected: the study keeps what it said, to mark that in error.
-        study_votes = [
-            (got.generation, sop, aggregate.variants.get(got.study, {}))
-            for sop, got in aggregate.received.items()
-        ]
+        for sop, got in aggregate.received.items():
+            study_tally.add(got.rank, sop, got.study)
+    study_votes = study_tally.votes(aggregate.variants)
     found = consensus.disagreements("study", study_votes) if instances else []
     series: dict[str, Sourced] = {}
-    for series_uid in sorted(series_votes):
-        votes = series_votes[series_uid]
+    for series_uid in sorted(series_tally):
+        votes = series_tally[series_uid].votes(aggregate.variants)
         series[series_uid] = Sourced("consensus", consensus.decide(votes))
         found += consensus.disagreements(f"series {series_uid}", votes)
     study = Sourced("consensus", consensus.decide(study_votes)) if study_votes else None
@@ -208,6 +228,30 @@ def resolve(aggregate: StudyAggregate) -> StudyAggregate:
         series=series,
         disagreements=tuple(found),
     )
+
+
+class _Tally:
+    """Instances per (rank, variant digest), with the smallest SOP Instance UID."""
+
+    __slots__ = ("_groups",)
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[int, str], list[Any]] = {}
+
+    def add(self, rank: int, sop: str, variant: str) -> None:
+        group = self._groups.get((rank, variant))
+        if group is None:
+            self._groups[(rank, variant)] = [sop, 1]
+        else:
+            group[1] += 1
+            if sop < group[0]:
+                group[0] = sop
+
+    def votes(self, variants: dict[str, Attributes]) -> list[consensus.Vote]:
+        return [
+            consensus.Vote(rank, sop, variants.get(variant, {}), count)
+            for (rank, variant), (sop, count) in self._groups.items()
+        ]
 
 
 def fold_all(summaries: Iterable[InstanceSummary]) -> dict[str, StudyAggregate]:

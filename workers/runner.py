@@ -76,6 +76,9 @@ def run(
 ) -> None:
     delivery = delivery or DeliverySettings()
     context = _context(settings, delivery)
+    # Aggregates an earlier release left in Redis (open, undelivered or retained studies)
+    # are read in today's layout from now on; once per Redis.
+    context.store.upgrade_all()
     ensure_sweep_scheduled(context)
     if pacs is not None:  # the scheduled reconcile (off unless configured), on the emit queue
         schedule.install(pacs)

@@ -4,7 +4,8 @@
 A study may be emitted before its quiet period is over when:
 
 * it has at least one signal, and every one is final (an MPPS step COMPLETED or
-  DISCONTINUED, an IAN); a step still IN PROGRESS means more may come;
+  DISCONTINUED, an IAN); a step still IN PROGRESS means more may come; a final signal
+  that lists no instance does not count (it proves nothing about the study);
 * every SOP Instance UID the signals list has been folded (into one of the studies the
   signal names; a rejected instance counts: it arrived);
 * nothing of the study waits to be folded.
@@ -32,9 +33,15 @@ class Readiness:
 
 def readiness(data: redis.Redis, study_uid: str) -> Readiness:
     """Whether ``study_uid``'s completion signals let it be emitted now, and why not."""
-    signals = study_signals(data, study_uid)
+    # A final step that lists no instance (valid: its series may reference none) says
+    # nothing about what the study holds: it cannot shorten the quiet period.
+    signals = {
+        name: signal
+        for name, signal in study_signals(data, study_uid).items()
+        if signal.sops or not signal.final
+    }
     if not signals:
-        return Readiness(False, "no completion signal")
+        return Readiness(False, "no completion signal that lists instances")
     waiting = sorted(name for name, signal in signals.items() if not signal.final)
     if waiting:
         return Readiness(False, f"procedure step in progress ({', '.join(waiting)})")

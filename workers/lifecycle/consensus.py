@@ -1,15 +1,19 @@
 """Pure: study- and series-level attributes from the values the instances carry.
 
-Every instance record names the *generation* it was received in: the number of times
-the study had been emitted before (0 for the first send; a re-send after the first
-emission is generation 1, and so on). The rule, per attribute:
+Every instance record has a *rank* (:mod:`workers.fold`): 0 for an instance as first
+received, whenever it arrives; a re-send of a known instance with changed study- or
+series-level attributes is a correction and ranks one more than the number of times the
+study had been emitted before it (a correction before the first emission ranks 1, one
+after it 2, ...). The rule, per attribute:
 
 1. Only instances that carry a value vote (an empty Patient ID never outvotes a real one).
-2. The newest generation among them wins: a PACS that re-sends instances (a correction)
-   speaks after its earlier records, even when it re-sends only some of them.
-3. Within that generation the value most instances carry wins; a tie goes to the value
-   of the instance with the smallest SOP Instance UID (byte order) among them, so the
-   result never depends on the order in which instances arrived.
+2. The highest rank among them wins: a PACS that re-sends instances (a correction)
+   speaks after its earlier records, even when it re-sends only some of them; an
+   instance that only arrives late (a missed image, a workstation's key object) ranks 0
+   and never overrides a correction.
+3. Within that rank the value most instances carry wins; a tie goes to the value of the
+   instance with the smallest SOP Instance UID (byte order) among them, so the result
+   never depends on the order in which instances arrived.
 
 Attributes that describe one thing are decided together, so a study never mixes two
 records: the patient (Patient ID with its issuer, name, birth date, sex, weight, size)
@@ -26,11 +30,22 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 Attributes = dict[str, Any]
-#: One instance's say: (generation, SOP Instance UID, its study- or series-level attributes).
-Vote = tuple[int, str, Attributes]
+
+
+class Vote(NamedTuple):
+    """What instances with the same attributes and the same rank say."""
+
+    rank: int
+    #: SOP Instance UID of the instance (the smallest, when the vote stands for several)
+    sop: str
+    #: their study- or series-level attributes
+    attrs: Attributes
+    #: how many instances the vote stands for (they share one variant of the attributes)
+    instances: int = 1
+
 
 #: key attribute -> the attributes that must come from a record carrying the winning key
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -128,21 +143,22 @@ def _present(value: Any) -> bool:
     return value is not None and value != "" and value != [] and value != {}
 
 
-#: (generation, SOP Instance UID, canonical text, value) of one vote for one attribute
-_Candidate = tuple[int, str, str, Any]
+#: (rank, SOP Instance UID, canonical text, value, instances, vote index) of one vote
+#: for one attribute
+_Candidate = tuple[int, str, str, Any, int, int]
 
 
 def _pick(candidates: Iterable[_Candidate]) -> Any:
-    """The winning value: newest generation, then most instances, then the value of the
+    """The winning value: highest rank, then most instances, then the value of the
     smallest SOP Instance UID. ``None`` without candidates."""
-    newest: int | None = None
+    highest: int | None = None
     counts: dict[str, int] = {}
     first: dict[str, tuple[str, Any]] = {}
-    for generation, sop, text, value in candidates:
-        if newest is None or generation > newest:
-            newest, counts, first = generation, {}, {}
-        if generation == newest:
-            counts[text] = counts.get(text, 0) + 1
+    for rank, sop, text, value, count, _ in candidates:
+        if highest is None or rank > highest:
+            highest, counts, first = rank, {}, {}
+        if rank == highest:
+            counts[text] = counts.get(text, 0) + count
             known = first.get(text)
             if known is None or sop < known[0]:
                 first[text] = (sop, value)
@@ -153,13 +169,15 @@ def _pick(candidates: Iterable[_Candidate]) -> Any:
 
 
 def decide(votes: Sequence[Vote]) -> Attributes:
-    """The attributes the instances' ``votes`` decide (see the module's rule)."""
-    # One pass: per attribute, (generation, canonical text, value) of every vote carrying it.
+    """The attributes the instances' ``votes`` decide (see the module's rule). A vote for
+    several instances counts as many; linear in the number of votes and attributes."""
+    # One pass: per attribute, the candidate of every vote carrying it.
     table: dict[str, list[_Candidate]] = {}
-    for generation, sop, attrs in votes:
+    for index, (rank, sop, attrs, count) in enumerate(votes):
         for name, value in attrs.items():
             if _present(value):
-                table.setdefault(name, []).append((generation, sop, canonical(value), value))
+                candidate = (rank, sop, canonical(value), value, count, index)
+                table.setdefault(name, []).append(candidate)
     out: Attributes = {}
     grouped = {member for members in GROUPS.values() for member in members}
     for name, candidates in table.items():
@@ -172,10 +190,10 @@ def decide(votes: Sequence[Vote]) -> Attributes:
         # Companions come from records that carry the winning key (never another
         # patient's birth date); without any key, each is decided on its own.
         carriers = (
-            None if winner is None else {c[1] for c in table[key] if c[2] == canonical(winner)}
+            None if winner is None else {c[5] for c in table[key] if c[2] == canonical(winner)}
         )
         for member in members:
-            picked = _pick(c for c in table.get(member, []) if carriers is None or c[1] in carriers)
+            picked = _pick(c for c in table.get(member, []) if carriers is None or c[5] in carriers)
             if picked is not None:
                 out[member] = picked
     return dict(sorted(out.items()))
@@ -184,12 +202,12 @@ def decide(votes: Sequence[Vote]) -> Attributes:
 def disagreements(level: str, votes: Sequence[Vote]) -> list[Disagreement]:
     """Attributes whose carriers hold more than one value, with the counts per value."""
     table: dict[str, dict[str, int]] = {}
-    for _, _, attrs in votes:
+    for _, _, attrs, count in votes:
         for name, value in attrs.items():
             if _present(value):
                 per_value = table.setdefault(name, {})
                 text = canonical(value)
-                per_value[text] = per_value.get(text, 0) + 1
+                per_value[text] = per_value.get(text, 0) + count
     found = [
         Disagreement(level, name, tuple(sorted(per_value.values(), reverse=True)))
         for name, per_value in table.items()
