@@ -12,9 +12,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from scp import config
 from scp.connections import connect
-from scp.settings import Settings
 from workers.context import WorkerContext, install
+from workers.delivery.settings import delivery_settings
 from workers.jobs import ensure_group
 
 TITLES = {
@@ -129,11 +130,13 @@ def ian(study_uid: str, files: Sequence[Path]) -> Dataset:
 
 
 def worker_context(redis_url: str, tmp_path: Path, **env: str) -> WorkerContext:
-    """A worker's context, installed for jobs run inline (output in ``tmp_path/out``)."""
-    settings = Settings.from_env(
+    """A worker's context (settings and destinations, as ``scp2fhir worker`` builds them),
+    installed for jobs run inline (output in ``tmp_path/out``)."""
+    loaded = config.load(
         {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out"), **env}
     )
-    ctx = WorkerContext.build(settings, connect(redis_url))
+    settings = config.settings(loaded)
+    ctx = WorkerContext.build(settings, connect(redis_url), delivery_settings(loaded, settings))
     ensure_group(ctx.clients.data)
     install(ctx)
     return ctx

@@ -249,6 +249,8 @@ def test_a_destination_that_never_answers_delays_no_other(
             # The bound is how long the test runs, not a speed: ehr's request is still
             # waiting, so a research delivery queued behind it would never come.
             wait_delivered(research_server.base_url, study.study_uid, 2, timeout=60)
+            if index == 0:  # ehr's delivery process may start after research's delivered
+                wait_for(lambda: silent.waiting() >= 1, 60, "ehr's first delivery to wait")
             assert silent.waiting() >= 1, "ehr's first delivery still waits for its answer"
         assert "no answer within" not in worker.text()
         assert len(pending_of(redis_url, "ehr")) == 3

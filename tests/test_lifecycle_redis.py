@@ -10,7 +10,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from scp import keys
+from scp import keys, metrics
 from scp.header import read_header
 from scp.inbox import Inbox
 from tests.lifecycle_support import rejection_note, worker_context
@@ -209,7 +209,6 @@ def test_disagreements_are_reported_by_keyword_and_counts_never_values(
     import json
     import logging
 
-    from scp import metrics
     from scp.status import render_text, snapshot
     from workers.jobs import emit
 
@@ -237,6 +236,7 @@ def test_disagreements_are_reported_by_keyword_and_counts_never_values(
     assert emitted.disagreements == stored
     assert "instances disagree on InstitutionName (study): 2/1" in render_text(snap)
     counters = data.hgetall(keys.METRICS_COUNTERS)
-    assert counters["attribute_disagreements_total|keyword=InstitutionName"] == "1"
+    field = metrics.encode_field("attribute_disagreements_total", {"keyword": "InstitutionName"})
+    assert counters[field] == "1"
     everything = line + render_text(snap) + json.dumps(stored) + json.dumps(counters)
     assert "MINORITY" not in everything

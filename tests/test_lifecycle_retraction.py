@@ -91,6 +91,10 @@ def all_mentions(ctx: WorkerContext, *uids: str) -> list[str]:
     return sorted(found)
 
 
+#: The deliver queue of the environment's one destination.
+DEFAULT_QUEUE = keys.deliver_queue(keys.DEFAULT_DESTINATION)
+
+
 def test_forget_leaves_nothing_of_the_study(redis_url: str, tmp_path: Path) -> None:
     # A FHIR server that never answers: the retraction's delivery is dead-lettered.
     ctx = worker_context(
@@ -116,15 +120,15 @@ def test_forget_leaves_nothing_of_the_study(redis_url: str, tmp_path: Path) -> N
     retract(ctx, study.study_uid, "erasure request")
     with pytest.raises(LifecycleError, match="does not have the retraction yet"):
         forget(ctx.clients, ctx.settings, study.study_uid)
-    SimpleWorker([keys.DELIVER_QUEUE], connection=ctx.clients.rq).work(burst=True)
+    SimpleWorker([DEFAULT_QUEUE], connection=ctx.clients.rq).work(burst=True)
     assert data.hget(keys.DELIVER_FAILED, study.study_uid), "dead-lettered"
-    assert len(FailedJobRegistry(keys.DELIVER_QUEUE, connection=ctx.clients.rq)) >= 1
+    assert len(FailedJobRegistry(DEFAULT_QUEUE, connection=ctx.clients.rq)) >= 1
 
     outcome = forget(ctx.clients, ctx.settings, study.study_uid)
     assert any("by hand" in line for line in outcome.done)
     uids = [study.study_uid, *study.series, *study.sop_uids]
     assert all_mentions(ctx, *uids) == []
-    failed = FailedJobRegistry(keys.DELIVER_QUEUE, connection=ctx.clients.rq)
+    failed = FailedJobRegistry(DEFAULT_QUEUE, connection=ctx.clients.rq)
     assert study.study_uid not in json.dumps([failed.get_job_ids()])
     for job_id in failed.get_job_ids():
         assert study.study_uid not in str(ctx.clients.rq.hgetall(f"rq:job:{job_id}"))

@@ -245,8 +245,7 @@ def pseudonymize(
         # retracted): which instances were received, no content; a retraction without who
         # and why.
         received={
-            uid(sop): Received(got.rank, "", "", {})
-            for sop, got in aggregate.received.items()
+            uid(sop): Received(got.rank, "", "", {}) for sop, got in aggregate.received.items()
         },
         retraction=(
             Retraction(aggregate.retraction.at_ms, "", "")

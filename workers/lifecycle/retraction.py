@@ -211,7 +211,8 @@ def _rewrite_files(ctx: WorkerContext, aggregate: StudyAggregate) -> list[Path]:
     return [write_resource(settings.output_dir, with_origin(o)) for o in outputs]
 
 
-# KEYS: retraction, open, inflight, emitted, disagreements, then each destination's
+# KEYS: retraction, open, inflight, emitted, disagreements, ledger, ledger dates (the
+# reconcile's record of what was emitted: workers/ledger.py), then each destination's
 # pending set and then each one's failed hash (ARGV[2] of each), then the study's own keys,
 # then series index keys (ARGV[3]). ARGV[1]: the study. Refuses (returns -1) unless the
 # study is still retracted and not receiving; the retraction goes with everything else,
@@ -220,17 +221,15 @@ _FORGET = """
 local study, n_dest, n_index = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('ZSCORE', KEYS[2], study) or redis.call('HGET', KEYS[3], study) then return -1 end
-redis.call('ZREM', KEYS[2], study)
-redis.call('ZREM', KEYS[4], study)
-redis.call('HDEL', KEYS[3], study)
-redis.call('HDEL', KEYS[5], study)
-for i = 6, 5 + n_dest do redis.call('ZREM', KEYS[i], study) end
-for i = 6 + n_dest, 5 + 2 * n_dest do redis.call('HDEL', KEYS[i], study) end
+for _, k in ipairs({KEYS[2], KEYS[4], KEYS[7]}) do redis.call('ZREM', k, study) end
+for _, k in ipairs({KEYS[3], KEYS[5], KEYS[6]}) do redis.call('HDEL', k, study) end
+for i = 8, 7 + n_dest do redis.call('ZREM', KEYS[i], study) end
+for i = 8 + n_dest, 7 + 2 * n_dest do redis.call('HDEL', KEYS[i], study) end
 local deleted = 0
 for i = #KEYS - n_index + 1, #KEYS do
   if redis.call('GET', KEYS[i]) == study then deleted = deleted + redis.call('DEL', KEYS[i]) end
 end
-for i = 6 + 2 * n_dest, #KEYS - n_index do deleted = deleted + redis.call('DEL', KEYS[i]) end
+for i = 8 + 2 * n_dest, #KEYS - n_index do deleted = deleted + redis.call('DEL', KEYS[i]) end
 return deleted + redis.call('DEL', KEYS[1])
 """
 
@@ -291,6 +290,8 @@ def forget(
                 keys.INFLIGHT,
                 keys.EMITTED,
                 keys.DISAGREEMENTS,
+                keys.LEDGER,
+                keys.LEDGER_DATES,
                 *(keys.deliver_pending(name) for name in destinations),
                 *(keys.deliver_failed(name) for name in destinations),
                 *sorted(own - {keys.study_retraction(study_uid)}),
