@@ -13,6 +13,7 @@ import redis
 
 from scp.server import serve
 from scp.settings import Settings
+from tests.hapi.harness import HapiServer, Validator
 from tests.support import RedisProcess, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,30 @@ def redis_server() -> Iterator[RedisProcess]:
     server = RedisProcess().start()
     yield server
     server.stop()
+
+
+# The Java test servers (tests/hapi): each started once per test run, on first use.
+
+
+@pytest.fixture(scope="session")
+def hapi_r4() -> Iterator[HapiServer]:
+    server = HapiServer("R4").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def hapi_r5() -> Iterator[HapiServer]:
+    server = HapiServer("R5").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def validator() -> Iterator[Validator]:
+    engine = Validator().start()
+    yield engine
+    engine.stop()
 
 
 @pytest.fixture

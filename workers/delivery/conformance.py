@@ -8,8 +8,9 @@ for each thing missing, with what delivery does instead:
 * no conditional update (``conditionalUpdate``) -> search ImagingStudy by identifier,
   then update the match or create (conditional create when offered, so two workers
   cannot both create);
-* no client ids (``updateCreate``) with ``SCP2FHIR_FHIR_WRITE_MODE=client-id`` ->
-  conditional update, or search as above;
+* no client ids (``updateCreate: false``; a statement that does not say is taken at its
+  word for ``update``) with ``SCP2FHIR_FHIR_WRITE_MODE=client-id`` -> conditional update,
+  or search as above;
 * no ImagingStudy ``update`` -> create only: a study already on the server cannot be
   updated, and such a delivery is dead-lettered with that reason;
 * no ``transaction`` -> a study Bundle is delivered as the ImagingStudy alone;
@@ -79,7 +80,9 @@ class Capabilities:
             fhir_version=version if isinstance(version, str) else None,
             create="create" in interactions,
             update="update" in interactions,
-            update_create=study.get("updateCreate") is True,
+            # Only an explicit "no" counts: HAPI FHIR accepts client ids (its
+            # client_id_strategy) but never states updateCreate in its statement.
+            update_create=study.get("updateCreate") is not False,
             conditional_create=study.get("conditionalCreate") is True,
             conditional_update=study.get("conditionalUpdate") is True,
             # A server listing no search parameters at all may still search; one that

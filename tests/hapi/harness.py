@@ -1,0 +1,266 @@
+"""Start and stop the Java test servers of ``tests/hapi`` from Python tests.
+
+    with HapiServer("R4") as hapi:            # HAPI FHIR JPA, embedded H2
+        httpx.put(f"{hapi.base_url}/ImagingStudy/1.2.3", json=study)
+        hapi.reset()                          # $expunge everything between tests
+    with Validator() as validator:            # the HL7 validator engine, offline
+        outcome = validator.validate(resource, "R4", guide="mii-bildgebung-2026.0.0")
+
+Each is one ``java`` process on a free port of 127.0.0.1 (it prints ``LISTENING <port>``
+once it serves), stopped by its PID. Needs Java 17 and Maven; the first start builds the
+program (``mvn -B -q package``: Maven Central into ~/.m2 once, then offline) unless
+``tests/run.sh`` already did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import quote
+
+HAPI_DIR = Path(__file__).resolve().parent
+CLASSPATH_FILE = HAPI_DIR / "target" / "classpath.txt"
+#: ../shared/profiles beside the clone (README "Development"): the validator's guides.
+PROFILES_DIR = HAPI_DIR.parent.parent.parent / "shared" / "profiles"
+
+#: Heap per role: a JPA server holds its H2 database in memory; the validator holds the R4
+#: and R5 core definitions and every guide's snapshots.
+HEAP = {"server": "1g", "validator": "1536m"}
+#: Two shared cores: a serial collector leaves them to the tests, at a small cost in pauses.
+JVM_FLAGS = ["-XX:+UseSerialGC", "-Djava.awt.headless=true", "-XX:+ExitOnOutOfMemoryError"]
+
+
+def build(timeout: float = 1200.0) -> None:
+    """``mvn -B -q package`` when the program is missing or older than its sources."""
+    sources = [HAPI_DIR / "pom.xml", *HAPI_DIR.glob("src/**/*")]
+    newest = max(p.stat().st_mtime for p in sources if p.is_file())
+    if CLASSPATH_FILE.exists() and CLASSPATH_FILE.stat().st_mtime >= newest:
+        return
+    mvn = shutil.which("mvn")
+    if mvn is None or shutil.which("java") is None:
+        raise RuntimeError(
+            "the HAPI test server needs Java 17 and Maven (apt-get install openjdk-17-jdk-headless "
+            "maven; tests/run.sh installs them)"
+        )
+    result = subprocess.run(
+        [mvn, "-B", "-q", "package"],
+        cwd=HAPI_DIR,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0 or not CLASSPATH_FILE.exists():
+        raise RuntimeError(f"mvn package failed in {HAPI_DIR}:\n{result.stdout}\n{result.stderr}")
+    CLASSPATH_FILE.touch()
+
+
+class JavaProcess:
+    """One ``org.scp2fhir.hapi.Main`` process (see Main.java for the roles)."""
+
+    def __init__(self, role: str, argument: str, startup_timeout: float = 600.0) -> None:
+        self.role = role
+        self.argument = argument
+        self.startup_timeout = startup_timeout
+        self.port: int | None = None
+        #: Seconds from spawning java to its LISTENING line (the build excluded).
+        self.startup_seconds: float | None = None
+        self.process: subprocess.Popen[str] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    @property
+    def root_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError(f"the {self.role} is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> JavaProcess:
+        build()
+        classpath = f"{HAPI_DIR / 'target' / 'classes'}:{CLASSPATH_FILE.read_text().strip()}"
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives until stop())
+        began = time.monotonic()
+        self.process = subprocess.Popen(
+            [
+                "java",
+                f"-Xmx{HEAP[self.role]}",
+                *JVM_FLAGS,
+                "-cp",
+                classpath,
+                "org.scp2fhir.hapi.Main",
+                self.role,
+                self.argument,
+                "0",
+            ],
+            cwd=HAPI_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+        )
+        line = self._first_stdout_line()
+        if not line.startswith("LISTENING "):
+            error = self._stderr_text()
+            self.stop()
+            raise RuntimeError(f"the {self.role} did not start (stdout {line!r}):\n{error}")
+        self.port = int(line.split()[1])
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(10)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            self.process = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        self.port = None
+
+    def stderr_text(self) -> str:
+        return self._stderr_text()
+
+    def __enter__(self) -> JavaProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _first_stdout_line(self) -> str:
+        """The first stdout line, or '' on timeout or exit (read in a thread: a pipe read
+        cannot time out; the thread then drains stdout until the process exits)."""
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+        lines: list[str] = []
+        got_line = threading.Event()
+
+        def drain() -> None:
+            try:
+                for line in stdout:
+                    if not got_line.is_set():
+                        lines.append(line.strip())
+                        got_line.set()
+            except (ValueError, OSError):  # stdout closed by stop()
+                pass
+            got_line.set()
+
+        threading.Thread(target=drain, name=f"hapi-{self.role}-stdout", daemon=True).start()
+        got_line.wait(self.startup_timeout)
+        return lines[0] if lines else ""
+
+    def _stderr_text(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace")[-4000:]
+
+    def _post(self, path: str, body: bytes, content_type: str, timeout: float) -> Any:
+        request = urllib.request.Request(
+            f"{self.root_url}{path}",
+            data=body,
+            method="POST",
+            headers={"Content-Type": content_type, "Accept": "application/fhir+json"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+
+class HapiServer(JavaProcess):
+    """HAPI FHIR JPA (R4 or R5) with compose's settings: client ids of any form, external
+    references; base ``http://127.0.0.1:PORT/fhir``."""
+
+    #: What a version conflict (If-Match on an older version) is answered with.
+    conflict_status = 409
+
+    def __init__(self, fhir_version: str = "R4", startup_timeout: float = 600.0) -> None:
+        super().__init__("server", fhir_version, startup_timeout)
+        self.fhir_version = fhir_version
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root_url}/fhir"
+
+    def start(self) -> HapiServer:
+        super().start()
+        return self
+
+    def __enter__(self) -> HapiServer:
+        return self.start()
+
+    def reset(self) -> None:
+        """Drop every resource and its history (HAPI's ``$expunge`` of everything)."""
+        parameters = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "expungeEverything", "valueBoolean": True}],
+        }
+        self._post("/fhir/$expunge", json.dumps(parameters).encode(), "application/fhir+json", 120)
+
+    def install_package(self, name: str, version: str, tgz: bytes) -> int:
+        """Install an NPM package (its StructureDefinitions, ValueSets, CodeSystems) into the
+        server, as ``hapi.fhir.implementationguides`` would; returns resources installed.
+        A reset removes them again."""
+        query = f"?name={name}&version={version}"
+        answer = self._post(f"/$install-package{query}", tgz, "application/gzip", 300)
+        return int(answer["installed"])
+
+
+class Validator(JavaProcess):
+    """The HL7 validator engine with the guides of ``profiles`` (one folder per guide)."""
+
+    def __init__(self, profiles: Path = PROFILES_DIR, startup_timeout: float = 600.0) -> None:
+        super().__init__("validator", str(profiles), startup_timeout)
+
+    def start(self) -> Validator:
+        super().start()
+        return self
+
+    def __enter__(self) -> Validator:
+        return self.start()
+
+    def guides(self) -> dict[str, int]:
+        """Guide folder -> conformance resources loaded from it."""
+        with urllib.request.urlopen(f"{self.root_url}/guides", timeout=30) as response:
+            loaded: dict[str, int] = json.loads(response.read())
+            return loaded
+
+    def validate(
+        self,
+        resource: dict[str, Any],
+        fhir_version: str,
+        guide: str | None = None,
+        profile: str | None = None,
+    ) -> dict[str, Any]:
+        """The validator's OperationOutcome for ``resource``."""
+        query = f"?fhirVersion={fhir_version}"
+        if guide:
+            query += f"&guide={guide}"
+        if profile:
+            query += f"&profile={quote(profile, safe='')}"
+        body = json.dumps(resource, ensure_ascii=False).encode("utf-8")
+        outcome: dict[str, Any] = self._post(
+            f"/validate{query}", body, "application/fhir+json", 300
+        )
+        return outcome
