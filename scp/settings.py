@@ -118,8 +118,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SCP2FHIR_PROFILE": (
         "base",
         "Implementation-guide profile of the output: base (FHIR ImagingStudy), mii (MII "
-        "Bildgebung), osiris (Osiris onco-imagingstudy) or qicore (QI-Core); the three "
-        'guides are R4 only. README "Profiles".',
+        "Bildgebung 2026.0.0, the current release), mii-2027 (its 2027.0.0-ballot), osiris "
+        "(Osiris onco-imagingstudy) or qicore (QI-Core); the guides are R4 only. README "
+        '"Profiles".',
     ),
     "SCP2FHIR_ALLOWED_CALLING_AETS": (
         "(any)",

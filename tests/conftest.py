@@ -68,6 +68,14 @@ def data(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The HL7 validator's counts and warnings, when tests/test_conformance.py ran."""
+    conformance = sys.modules.get("tests.conformance")
+    if conformance is not None and conformance.LAST:
+        terminalreporter.write_sep("=", "conformance: the HL7 validator's warnings")
+        terminalreporter.write_line(conformance.report(conformance.LAST))
+
+
 def pipeline_env(redis_url: str, output_dir: Path, port: int, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,

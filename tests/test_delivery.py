@@ -136,10 +136,11 @@ def test_answers_slower_than_the_timeout_are_retried_without_extra_versions(
         worker.stop()
 
 
-def test_400_is_dead_lettered_visible_and_requeued_by_retry_failed(
+def test_another_fhir_version_is_dead_lettered_visible_and_requeued_by_retry_failed(
     fhir: RealServer, redis_url: str, data: redis.Redis, tmp_path: Path
 ) -> None:
-    # A real rejection: R5 content sent to an R4 server fails its validation.
+    # R5 output for an R4 server: medplum would refuse it (400), HAPI would store what its
+    # lenient parser reads of it and drop the rest. Nothing is sent to either.
     env = delivery_env(redis_url, tmp_path / "out", fhir.base_url, SCP2FHIR_FHIR_VERSION="R5")
     worker = Worker(env, tmp_path / "w1.log")
     study, headers = study_headers(tmp_path / "s", [("CT", 2), ("MR", 1)])
@@ -151,10 +152,9 @@ def test_400_is_dead_lettered_visible_and_requeued_by_retry_failed(
     finally:
         worker.stop()
     assert studies_by_identifier(fhir.base_url, study.study_uid) == []
-    assert "speaks FHIR 4.0.1 but SCP2FHIR_FHIR_VERSION=R5" in log
+    assert "speaks FHIR 4.0.1 but SCP2FHIR_FHIR_VERSION=R5: nothing is sent" in log
     assert f"study={study.study_uid} delivery dead-lettered" in log
-    assert "Rejected: PUT ImagingStudy: HTTP 400: error" in log
-    # Issue codes and paths only: no patient data from the headers or the outcome.
+    assert "Unsupported: the server speaks FHIR 4.0.1, but SCP2FHIR_FHIR_VERSION=R5" in log
     for phi in ("CompressedSamples", "TEST-PID-1"):
         assert phi not in log
     assert data.hget(keys.DELIVER_FAILED, study.study_uid) == failed.get_job_ids()[0]

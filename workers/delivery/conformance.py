@@ -14,8 +14,9 @@ for each thing missing, with what delivery does instead:
 * no ImagingStudy ``update`` -> create only: a study already on the server cannot be
   updated, and such a delivery is dead-lettered with that reason;
 * no ``transaction`` -> a study Bundle is delivered as the ImagingStudy alone;
-* another ``fhirVersion`` than configured -> an error line (deliveries will likely be
-  rejected and dead-lettered);
+* another ``fhirVersion`` than configured -> an error line, and deliveries are
+  dead-lettered without sending anything: a lenient server (HAPI FHIR parses leniently)
+  would store what it can read of another version's resource and drop the rest;
 * no readable CapabilityStatement -> a warning; the configured mode is used as is.
 """
 
@@ -92,6 +93,12 @@ class Capabilities:
             transaction="transaction" in system,
         )
 
+    def speaks(self, fhir_version: str) -> bool:
+        """Whether the server's FHIR version is ``fhir_version`` (R4, R5); an unknown
+        version counts as yes."""
+        expected = "5.0" if fhir_version == "R5" else "4.0"
+        return not self.fhir_version or self.fhir_version.startswith(expected)
+
     def first_write(self, mode: str, has_identifier: bool) -> FirstWrite:
         """How to write a study the bridge has no server id for yet."""
         if not has_identifier:
@@ -163,11 +170,10 @@ def report(base_url: str, caps: Capabilities, settings: Settings) -> None:
         yes(caps.transaction),
         way,
     )
-    expected = "5.0" if settings.fhir_version == "R5" else "4.0"
-    if caps.fhir_version and not caps.fhir_version.startswith(expected):
+    if not caps.speaks(settings.fhir_version):
         logger.error(
-            "server=%s speaks FHIR %s but SCP2FHIR_FHIR_VERSION=%s: it will likely reject "
-            "what is sent (dead-lettered until fixed, then `scp2fhir retry-failed`)",
+            "server=%s speaks FHIR %s but SCP2FHIR_FHIR_VERSION=%s: nothing is sent "
+            "(deliveries are dead-lettered until fixed, then `scp2fhir retry-failed`)",
             base_url,
             caps.fhir_version,
             settings.fhir_version,

@@ -12,7 +12,8 @@
         ├── Rejected                 any other 4xx; its OperationOutcome summarised
         ├── AuthenticationFailed     401/403 after one token refresh; the token endpoint
         │                            refused the client (invalid_client, bad assertion...)
-        ├── Unsupported              the server lacks what delivery needs (no update)
+        ├── Unsupported              the server lacks what delivery needs (no update,
+        │                            another FHIR version)
         ├── NothingToDeliver         neither aggregate nor output file is left
         └── GaveUp                   transient failures on every allowed attempt
 

@@ -49,6 +49,7 @@ from workers.delivery.errors import (
     NothingToDeliver,
     PermanentDeliveryError,
     TransientDeliveryError,
+    Unsupported,
 )
 from workers.delivery.retry import backoff_seconds
 from workers.delivery.state import Delivered, DeliveryState
@@ -198,6 +199,11 @@ def _deliver_locked(ctx: WorkerContext, study_uid: str, attempt: int, build: Bui
     began = time.monotonic()
     client = get_client(settings, data)
     caps = conformance.load(client, settings, data)
+    if not caps.speaks(settings.fhir_version):
+        raise Unsupported(
+            f"the server speaks FHIR {caps.fhir_version}, but SCP2FHIR_FHIR_VERSION="
+            f"{settings.fhir_version}: nothing sent"
+        )
     aggregate = ctx.store.load(study_uid)
     output = _output(settings, aggregate, study_uid, build, standalone=not caps.transaction)
     digest = hashlib.sha256(

@@ -1,9 +1,19 @@
 """MII Bildgebung: the German Medical Informatics Initiative's imaging module (FHIR R4).
 
-Profile ``mii-pr-bildgebung-bildgebungsstudie`` (version 2027.0.0-ballot) with
+Profile ``mii-pr-bildgebung-bildgebungsstudie`` in two versions, which share their
+canonical URLs:
 
-* study: reason for imaging (``bildgebungsgrund``) and the patient's weight and height
-  (``gewicht`` / ``groesse``), which the profile wants as references to vital-sign
+* ``mii``: the current release **2026.0.0** (what data integration centres run);
+* ``mii-2027``: the **2027.0.0-ballot**, which adds the study-level weight and height
+  extensions (``gewicht`` / ``groesse``); everything else scp2fhir writes is the same in
+  both (the StructureDefinitions of the two versions differ there, and in bindings that
+  do not change the output: tests/test_profiles.py compares them, the validator checks
+  each version's output against that version).
+
+What the profile adds:
+
+* study: reason for imaging (``bildgebungsgrund``); with 2027.0.0-ballot also the
+  patient's weight and height, which the profile wants as references to vital-sign
   Observations: they are contained in the ImagingStudy, dated by the study;
 * series: one modality extension (CT, MG/CR/DX, MR, PT, NM, US), contrast
   (``kontrastmittel``) and slice thickness (``serie-schichtdicke``) -- each value only
@@ -344,10 +354,16 @@ MODALITY_EXTENSIONS.update(dict.fromkeys(("MG", "CR", "DX"), _PROJECTION))
 
 
 class MiiProfile(Profile):
-    name = "mii"
     url = STUDY_PROFILE
     fhir_versions = frozenset({"R4"})
     needs_technique = True
+
+    def __init__(self, name: str, version: str, vital_signs: bool) -> None:
+        self.name = name
+        #: The guide's version (``StructureDefinition.version``).
+        self.version = version
+        #: Whether the study profile has the weight and height extensions.
+        self.vital_signs = vital_signs
 
     def refine_study(self, study: Resource, aggregate: StudyAggregate, gaps: Gaps) -> None:
         self.claim(study)
@@ -355,7 +371,8 @@ class MiiProfile(Profile):
         reasons = [t for t in attrs.get("reason_texts") or [] if isinstance(t, str) and t]
         if reasons:
             add_extension(study, extension(REASON, valueString="; ".join(reasons)))
-        _vital_signs(study, attrs, gaps)
+        if self.vital_signs:
+            _vital_signs(study, attrs, gaps)
         members = aggregate.members_by_series()
         for series in study.get("series") or []:
             facts = SeriesFacts(members.get(series["uid"], []))
@@ -589,6 +606,15 @@ def _vital_signs(study: Resource, attrs: dict[str, Any], gaps: Gaps) -> None:
         add_extension(study, extension(url, valueReference={"reference": f"#{local_id}"}))
 
 
-__all__ = ["MODALITY_EXTENSIONS", "PROFILE", "MiiProfile", "image_type_concept"]
+__all__ = [
+    "MODALITY_EXTENSIONS",
+    "PROFILE",
+    "PROFILE_2027",
+    "MiiProfile",
+    "image_type_concept",
+]
 
-PROFILE = MiiProfile()
+#: ``mii``: the current release.
+PROFILE = MiiProfile("mii", "2026.0.0", vital_signs=False)
+#: ``mii-2027``: the ballot of the next release.
+PROFILE_2027 = MiiProfile("mii-2027", "2027.0.0-ballot", vital_signs=True)

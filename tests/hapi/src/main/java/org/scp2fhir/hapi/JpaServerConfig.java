@@ -21,9 +21,9 @@ import org.springframework.transaction.annotation.EnableTransactionManagement;
 /**
  * The Spring configuration of one HAPI FHIR JPA server: an in-memory H2 database and the
  * storage settings of docker/compose.yaml's HAPI (client ids of any form, references to
- * other servers allowed), plus what the tests need of a test server: expunge (the reset
- * between tests) and no reuse of cached search results (the tests search right after a
- * write and must see it). {@link JpaServer} imports it beside HAPI's configuration of the
+ * other servers allowed; the hapiproject/hapi image's defaults otherwise), plus what the
+ * tests need of a test server: expunge (the reset between tests) and no reuse of cached
+ * search results (the image reuses them for 60 s; the tests search right after a write). {@link JpaServer} imports it beside HAPI's configuration of the
  * FHIR version.
  */
 @Configuration
@@ -36,11 +36,9 @@ public class JpaServerConfig {
         // docker/compose.yaml: hapi.fhir.client_id_strategy=ANY, allow_external_references=true
         settings.setResourceClientIdStrategy(JpaStorageSettings.ClientIdStrategyEnum.ANY);
         settings.setAllowExternalReferences(true);
-        // The hapiproject/hapi image's defaults that matter to delivery.
-        settings.setAllowMultipleDelete(true);
-        settings.setEnforceReferentialIntegrityOnWrite(false);
-        settings.setEnforceReferentialIntegrityOnDelete(false);
-        // Tests: POST [base]/$expunge (expungeEverything) resets the server between tests.
+        // Everything else as the hapiproject/hapi image has it (referential integrity on
+        // write and delete enforced, ...), except for the tests' own needs:
+        // POST [base]/$expunge (expungeEverything) resets the server between tests.
         settings.setExpungeEnabled(true);
         settings.setDeleteExpungeEnabled(true);
         // A search answers from the database, never from a cached earlier search.

@@ -100,6 +100,9 @@ final class ValidatorService {
         FhirInstanceValidator engine = new FhirInstanceValidator(chain);
         // As the HL7 validator CLI: an extension must be defined somewhere we know.
         engine.setAnyExtensionsAllowed(false);
+        // As the HL7 validator CLI: a meta.profile it does not know (QI-Core, the German
+        // base profiles: no package at hand) is a warning, not an error.
+        engine.setErrorForUnknownProfiles(false);
         FhirValidator validator = context.newValidator();
         validator.registerValidatorModule(engine);
         if (guide != null) {
