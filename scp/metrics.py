@@ -47,6 +47,8 @@ COUNTERS: dict[str, str] = {
     "emissions_total": "ImagingStudy resources written.",
     "delivery_attempts_total": "Requests sent to the FHIR server, by outcome.",
     "delivery_failures_total": "Deliveries given up (dead-lettered).",
+    "delivery_validation_warnings_total": "Warnings of the server's $validate "
+    "(SCP2FHIR_FHIR_VALIDATE=1), summed over deliveries.",
 }
 
 

@@ -265,6 +265,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "Request bodies at least this large are sent gzip-compressed (0 = never); once the "
         "server refuses one, bodies go plain for an hour.",
     ),
+    # Conformance: the FHIR server's own validator before each write.
+    "SCP2FHIR_FHIR_VALIDATE": (
+        "0",
+        "1: before writing, ask the server's $validate (with the profile's URL); errors "
+        "dead-letter the study, warnings are counted.",
+    ),
 }
 
 FhirWriteMode = Literal["conditional", "client-id"]
@@ -347,6 +353,7 @@ class Settings:
     fhir_retry_max_seconds: float = 600.0
     fhir_conflict_retries: int = 3
     fhir_gzip_min_bytes: int = 65536
+    fhir_validate: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -524,6 +531,7 @@ class _FhirDelivery(TypedDict):
     fhir_retry_max_seconds: float
     fhir_conflict_retries: int
     fhir_gzip_min_bytes: int
+    fhir_validate: bool
 
 
 def _fhir_delivery(env: Mapping[str, str], base_url: str | None) -> _FhirDelivery:
@@ -646,6 +654,7 @@ def _fhir_delivery(env: Mapping[str, str], base_url: str | None) -> _FhirDeliver
         fhir_retry_max_seconds=retry_max,
         fhir_conflict_retries=_int(env, "SCP2FHIR_FHIR_CONFLICT_RETRIES", 3, 0, 20),
         fhir_gzip_min_bytes=_int(env, "SCP2FHIR_FHIR_GZIP_MIN_BYTES", 65536, 0, 10**9),
+        fhir_validate=_flag(env, "SCP2FHIR_FHIR_VALIDATE"),
     )
 
 

@@ -74,6 +74,8 @@ class Result:
     resources: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: Counter[str] = field(default_factory=Counter)
+    #: One whole message (and where) per kind of warning.
+    examples: dict[str, str] = field(default_factory=dict)
     information: int = 0
 
     @property
@@ -88,6 +90,10 @@ class Result:
             "warnings": self.warning_count,
             "information": self.information,
             "warnings_by_kind": dict(self.warnings.most_common()),
+            "examples": self.examples,
+            "errors_by_kind": dict(
+                Counter(_VARIABLE.sub("…", e) for e in self.errors).most_common()
+            ),
             "first_errors": self.errors[:20],
         }
 
@@ -155,7 +161,11 @@ def validate_run(validator: Validator, run: Run, studies: dict[str, StudyAggrega
                         f"{uid} {what}: {issue.get('diagnostics')} @ {where(issue)}"
                     )
                 elif severity == "warning":
-                    result.warnings[kind_of(issue)] += 1
+                    kind = kind_of(issue)
+                    result.warnings[kind] += 1
+                    result.examples.setdefault(
+                        kind, f"{issue.get('diagnostics')} @ {where(issue)} ({uid} {what})"
+                    )
                 else:
                     result.information += 1
     return result

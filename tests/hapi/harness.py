@@ -14,14 +14,17 @@ program (``mvn -B -q package``: Maven Central into ~/.m2 once, then offline) unl
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -63,6 +66,35 @@ def build(timeout: float = 1200.0) -> None:
     if result.returncode != 0 or not CLASSPATH_FILE.exists():
         raise RuntimeError(f"mvn package failed in {HAPI_DIR}:\n{result.stdout}\n{result.stderr}")
     CLASSPATH_FILE.touch()
+
+
+def npm_package(
+    folder: Path,
+    name: str,
+    version: str,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+) -> bytes:
+    """An NPM package (.tgz, as FHIR implementation guides are published) of the
+    conformance resources (StructureDefinition, CodeSystem, ValueSet) in ``folder``, built
+    in memory; ``edit`` may change each resource first (a stricter local copy of a guide)."""
+    manifest = {"name": name, "version": version, "fhirVersions": ["4.0.1"]}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+
+        def add(member: str, data: bytes) -> None:
+            info = tarfile.TarInfo(f"package/{member}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add("package.json", json.dumps(manifest).encode())
+        for path in sorted(folder.glob("*.json")):
+            if not path.name.startswith(("StructureDefinition-", "CodeSystem-", "ValueSet-")):
+                continue
+            resource = json.loads(path.read_text(encoding="utf-8"))
+            if edit is not None:
+                edit(resource)
+            add(path.name, json.dumps(resource, ensure_ascii=False).encode("utf-8"))
+    return buffer.getvalue()
 
 
 class JavaProcess:

@@ -12,6 +12,8 @@ checks, and a redelivery always sends the newest output. One module per noun:
 * :mod:`~workers.delivery.auth` -- none, bearer, OAuth2 client credentials, SMART
   Backend Services;
 * :mod:`~workers.delivery.conformance` -- the CapabilityStatement and the fallbacks;
+* :mod:`~workers.delivery.validation` -- the server's ``$validate`` before a write
+  (``SCP2FHIR_FHIR_VALIDATE=1``);
 * :mod:`~workers.delivery.retry` -- which failures are transient, backoff, Retry-After;
 * :mod:`~workers.delivery.state` -- per-study records in Redis, retention after delivery;
 * :mod:`~workers.delivery.errors` -- the exception tree.
@@ -22,6 +24,7 @@ from workers.delivery.errors import (
     ConflictPersists,
     DeliveryError,
     GaveUp,
+    Invalid,
     NothingToDeliver,
     PermanentDeliveryError,
     Rejected,
@@ -46,6 +49,7 @@ __all__ = [
     "ConflictPersists",
     "DeliveryError",
     "GaveUp",
+    "Invalid",
     "NothingToDeliver",
     "PermanentDeliveryError",
     "Rejected",

@@ -8,7 +8,9 @@
    emission from now on queues a fresh job;
 2. skips a study that is receiving again (its next emission delivers it);
 3. builds the output from the *current* aggregate (the newest content, whichever
-   emission queued the job) and skips it if the server already has exactly that;
+   emission queued the job) and skips it if the server already has exactly that; with
+   ``SCP2FHIR_FHIR_VALIDATE=1`` the server's ``$validate`` checks it first
+   (:mod:`workers.delivery.validation`);
 4. writes it (:class:`workers.delivery.writer.StudyWriter`) and records id, version and
    content hash; the retention clock of the aggregate starts (unless newer output waits).
 
@@ -42,7 +44,7 @@ from scp import keys, metrics
 from scp.connections import RedisClients
 from scp.settings import Settings
 from workers.context import WorkerContext
-from workers.delivery import conformance
+from workers.delivery import conformance, validation
 from workers.delivery.client import get_client
 from workers.delivery.errors import (
     GaveUp,
@@ -53,7 +55,7 @@ from workers.delivery.errors import (
 )
 from workers.delivery.retry import backoff_seconds
 from workers.delivery.state import Delivered, DeliveryState
-from workers.delivery.writer import StudyWriter
+from workers.delivery.writer import StudyWriter, imaging_study_of
 from workers.fold import StudyAggregate
 from workers.mapping import fhir_id
 from workers.output import resource_path
@@ -221,6 +223,8 @@ def _deliver_locked(ctx: WorkerContext, study_uid: str, attempt: int, build: Bui
             known.resource_id,
         )
         return f"unchanged: ImagingStudy/{known.resource_id} version {known.version}"
+    if settings.fhir_validate:
+        validation.check(client, settings, study_uid, imaging_study_of(output)[0])
     result = StudyWriter(client, settings, caps).write(study_uid, output, known)
     now_ms = int(time.time() * 1000)
     record = Delivered(result.resource_id, result.version, digest, now_ms)

@@ -152,6 +152,31 @@ IMAGE_TYPE_CODES = frozenset(
         "0400",
     ]
 )
+#: The codes of the MII CodeSystems for DICOM's defined terms (tests compare them with the
+#: CodeSystems of both versions).
+SCANNING_SEQUENCE_CODES = frozenset(["SE", "IR", "GR", "EP", "RM"])
+SEQUENCE_VARIANT_CODES = frozenset(["SK", "MTC", "SS", "TRSS", "SP", "MP", "OSP", "NONE"])
+SERIES_TYPE_CODES = frozenset(["STATIC", "DYNAMIC", "GATED", "WHOLEBODY", "IMAGE", "REPROJECTION"])
+TRANSDUCER_TYPE_CODES = frozenset(
+    [
+        "SECTOR_PHASED",
+        "SECTOR_MECH",
+        "SECTOR_ANNULAR",
+        "LINEAR",
+        "CURVED_LINEAR",
+        "SINGLE_CRYSTAL",
+        "SPLIT_XTAL_CWD",
+        "IV_PHASED",
+        "IV_ROT_XTAL",
+        "IV_ROT_MIRROR",
+        "ENDOCAV_PA",
+        "ENDOCAV_MECH",
+        "ENDOCAV_CLA",
+        "ENDOCAV_AA",
+        "ENDOCAV_LINEAR",
+        "VECTOR_PHASED",
+    ]
+)
 #: The US image type's 4th value is a hexadecimal bit map of these flags (PS3.3
 #: C.8.5.6.1.1); the CodeSystem has one code per flag.
 _US_FLAGS = ("0001", "0002", "0004", "0008", "0010", "0020", "0040", "0100", "0200", "0400")
@@ -193,9 +218,13 @@ def _boolean(value: Any) -> dict[str, Any] | None:
     return {"valueBoolean": value} if isinstance(value, bool) else None
 
 
-def _codes(system: str, separator: str = "") -> Callable[[Any], dict[str, Any] | None]:
-    """Defined terms of a CS element (one or several values) as codes of an MII CodeSystem,
-    whose codes write DICOM's spaces as ``separator`` (``CURVED LINEAR``: ``CURVED_LINEAR``)."""
+def _codes(
+    system: str, codes: frozenset[str], separator: str = ""
+) -> Callable[[Any], dict[str, Any] | None]:
+    """Defined terms of a CS element (one or several values) as codes of an MII CodeSystem
+    (``codes``), whose codes write DICOM's spaces as ``separator`` (``CURVED LINEAR``:
+    ``CURVED_LINEAR``). A term the CodeSystem lacks (``OTHER``, a vendor's) is no code:
+    ``text`` then keeps the whole DICOM value."""
 
     def build(value: Any) -> dict[str, Any] | None:
         values = [value] if isinstance(value, str) else value
@@ -203,8 +232,14 @@ def _codes(system: str, separator: str = "") -> Callable[[Any], dict[str, Any] |
             return None
         if not values:
             return None
-        codings = [{"system": system, "code": v.replace(" ", separator)} for v in values]
-        return {"valueCodeableConcept": {"coding": codings}}
+        terms = [v.replace(" ", separator) for v in values]
+        concept: dict[str, Any] = {}
+        codings = [{"system": system, "code": t} for t in dict.fromkeys(terms) if t in codes]
+        if codings:
+            concept["coding"] = codings
+        if len(codings) < len(set(terms)):
+            concept["text"] = "\\".join(values)
+        return {"valueCodeableConcept": concept}
 
     return build
 
@@ -281,13 +316,13 @@ MODALITY_EXTENSIONS: dict[str, tuple[str, list[Part]]] = {
                 "scanningSequence",
                 "scanning_sequence",
                 "(0018,0020)",
-                _codes(SCANNING_SEQUENCE_SYSTEM),
+                _codes(SCANNING_SEQUENCE_SYSTEM, SCANNING_SEQUENCE_CODES),
             ),
             (
                 "scanningSequenceVariant",
                 "sequence_variant",
                 "(0018,0021)",
-                _codes(SEQUENCE_VARIANT_SYSTEM),
+                _codes(SEQUENCE_VARIANT_SYSTEM, SEQUENCE_VARIANT_CODES),
             ),
             ("echoTime", "echo_time", "(0018,0081)", _q("ms", "milliseconds")),
             ("repetitionTime", "repetition_time", "(0018,0080)", _q("ms", "milliseconds")),
@@ -307,7 +342,12 @@ MODALITY_EXTENSIONS: dict[str, tuple[str, list[Part]]] = {
                 _q("Bq", "Becquerel"),
             ),
             _HALF_LIFE,
-            ("seriesType", "series_type", "(0054,1000)", _codes(SERIES_TYPE_SYSTEM)),
+            (
+                "seriesType",
+                "series_type",
+                "(0054,1000)",
+                _codes(SERIES_TYPE_SYSTEM, SERIES_TYPE_CODES),
+            ),
         ],
     ),
     "NM": (
@@ -331,7 +371,7 @@ MODALITY_EXTENSIONS: dict[str, tuple[str, list[Part]]] = {
                 "transducerType",
                 "transducer_type",
                 "(0018,6031)",
-                _codes(TRANSDUCER_TYPE_SYSTEM, "_"),
+                _codes(TRANSDUCER_TYPE_SYSTEM, TRANSDUCER_TYPE_CODES, "_"),
             ),
             (
                 "transducerFrequency",

@@ -5,6 +5,8 @@ import ca.uhn.fhir.context.support.DefaultProfileValidationSupport;
 import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.parser.IParser;
 import ca.uhn.fhir.validation.FhirValidator;
+import ca.uhn.fhir.validation.ResultSeverityEnum;
+import ca.uhn.fhir.validation.SingleValidationMessage;
 import ca.uhn.fhir.validation.ValidationOptions;
 import ca.uhn.fhir.validation.ValidationResult;
 import jakarta.servlet.http.HttpServlet;
@@ -15,9 +17,12 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.TreeMap;
+import java.util.regex.Pattern;
 import java.util.stream.Stream;
 import org.eclipse.jetty.ee10.servlet.ServletContextHandler;
 import org.eclipse.jetty.ee10.servlet.ServletHolder;
@@ -42,7 +47,9 @@ import org.hl7.fhir.instance.model.api.IBaseResource;
  *       with snapshots generated from the differentials;
  *   <li>no terminology server: codes of the CodeSystems at hand (the guide's, FHIR's own,
  *       UCUM, mime types, languages...) are checked; a code of any other system is reported
- *       as a warning ("unknown code system"), never dropped.
+ *       as a warning ("unknown code system"), never dropped ({@link OfflineTerminology});
+ *   <li>likewise a profile a guide refers to from a package that is not at hand is a
+ *       warning ({@link #notAtHand}).
  * </ul>
  *
  * <pre>
@@ -158,11 +165,45 @@ final class ValidatorService {
             synchronized (validator) {
                 result = validator.validateWithResult(body, options);
             }
+            result = new ValidationResult(context, notAtHand(result.getMessages()));
             String outcome = context.newJsonParser().encodeResourceToString(result.toOperationOutcome());
             response.setStatus(200);
             response.setContentType("application/fhir+json");
             response.getOutputStream().write(outcome.getBytes(StandardCharsets.UTF_8));
         }
+    }
+
+    private static final Pattern UNRESOLVED = Pattern.compile("^Unable to resolve the profile reference '([^']+)'");
+    private static final Pattern NO_TARGET_TYPES = Pattern.compile(
+            "^Invalid Resource target type\\. Found \\w+, but expected one of \\(\\[\\]\\)");
+
+    /**
+     * A profile the guide refers to but does not define (the 2027 ballot's weight and
+     * height want Observations of the German base profiles, package de.basisprofil.r4,
+     * which is not at hand) cannot be checked here: like a code of a code system we do not
+     * have, that is a warning, named as such, not an error. So is the empty list of target
+     * types that follows from it at the same place. Everything else stays as it is.
+     */
+    static List<SingleValidationMessage> notAtHand(List<SingleValidationMessage> messages) {
+        Set<String> places = new HashSet<>();
+        for (SingleValidationMessage message : messages) {
+            if (message.getSeverity() == ResultSeverityEnum.ERROR
+                    && UNRESOLVED.matcher(message.getMessage()).find()) {
+                message.setSeverity(ResultSeverityEnum.WARNING);
+                message.setMessage("Not checked, its package is not at hand: " + message.getMessage());
+                places.add(message.getLocationString());
+            }
+        }
+        for (SingleValidationMessage message : messages) {
+            if (message.getSeverity() == ResultSeverityEnum.ERROR
+                    && places.contains(message.getLocationString())
+                    && NO_TARGET_TYPES.matcher(message.getMessage()).find()) {
+                message.setSeverity(ResultSeverityEnum.WARNING);
+                message.setMessage("Not checked, the target profile's package is not at hand: "
+                        + message.getMessage());
+            }
+        }
+        return messages;
     }
 
     private final class Guides extends HttpServlet {
