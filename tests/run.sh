@@ -13,6 +13,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+# Java 17 and Maven build the HAPI FHIR test server and the HL7 validator (tests/hapi).
+command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} from Debian's packages"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -22,6 +25,12 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
   | grep -v -e "^WARNING: Location" -e "Running pip as the 'root' user" || true
+# tests/hapi: Maven Central into ~/.m2 on the first run (README "Development": time, disk),
+# offline from there on. Quiet and non-interactive in CI.
+mvn_flags=(-B -ntp)
+if [ "${CI:-}" = "true" ] || [ ! -t 0 ]; then mvn_flags=(-B -q); fi
+mvn "${mvn_flags[@]}" -f tests/hapi/pom.xml package
+
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy

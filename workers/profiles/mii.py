@@ -223,8 +223,9 @@ def _codes(
 ) -> Callable[[Any], dict[str, Any] | None]:
     """Defined terms of a CS element (one or several values) as codes of an MII CodeSystem
     (``codes``), whose codes write DICOM's spaces as ``separator`` (``CURVED LINEAR``:
-    ``CURVED_LINEAR``). A term the CodeSystem lacks (``OTHER``, a vendor's) is no code:
-    ``text`` then keeps the whole DICOM value."""
+    ``CURVED_LINEAR``). A term the CodeSystem lacks (``OTHER``, a vendor's) is no code;
+    ``text`` then keeps the whole DICOM value beside the codes there are. The bindings are
+    required, so a value with no code at all gives no part (``None``)."""
 
     def build(value: Any) -> dict[str, Any] | None:
         values = [value] if isinstance(value, str) else value
@@ -233,10 +234,10 @@ def _codes(
         if not values:
             return None
         terms = [v.replace(" ", separator) for v in values]
-        concept: dict[str, Any] = {}
         codings = [{"system": system, "code": t} for t in dict.fromkeys(terms) if t in codes]
-        if codings:
-            concept["coding"] = codings
+        if not codings:
+            return None  # the binding is required: no code, no part (a gap)
+        concept: dict[str, Any] = {"coding": codings}
         if len(codings) < len(set(terms)):
             concept["text"] = "\\".join(values)
         return {"valueCodeableConcept": concept}
@@ -456,6 +457,13 @@ def _series(series: Resource, facts: SeriesFacts, gaps: Gaps) -> None:
             built = build(value) if value is not None else None
             if built is not None:
                 made.append({"url": slice_name, **built})
+            elif value is not None:
+                gaps.add(
+                    where,
+                    f"extension:{_short(url)}.{slice_name}",
+                    MUST_SUPPORT,
+                    f"{tag} holds no value the profile's type or code system can take",
+                )
         if modality in ("MG", "CR", "DX"):
             _view_position(made, facts, where, gaps)
         add_extension(series, complex_extension(url, made))

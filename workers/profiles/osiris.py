@@ -164,14 +164,15 @@ class OsirisProfile(Profile):
         _study_modalities(study, gaps)
 
     def refine_device(self, device: Resource) -> None:
-        """``imaging-device``: manufacturer, one device name and a version are required;
-        what DICOM lacks says so (data-absent-reason). The model name is the device's name
-        (a station name only without one)."""
+        """``imaging-device``: manufacturer, one device name (of type manufacturer-name: the
+        Manufacturer's Model Name) and a version are required; what DICOM lacks says so
+        (data-absent-reason). The station name has no place there."""
         self.claim(device, DEVICE_PROFILE)
         if "manufacturer" not in device:
             device["_manufacturer"] = absent()
-        names = device.get("deviceName") or [{"_name": absent(), "type": "model-name"}]
-        device["deviceName"] = names[:1]
+        model = [n for n in device.get("deviceName") or [] if n.get("type") == "model-name"]
+        name = {"name": model[0]["name"]} if model else {"_name": absent()}
+        device["deviceName"] = [{**name, "type": "manufacturer-name"}]
         if not device.get("version"):
             device["version"] = [{"_value": absent()}]
 

@@ -60,12 +60,13 @@ import org.hl7.fhir.instance.model.api.IBaseResource;
  */
 final class ValidatorService {
     private final Map<String, FhirValidator> validators = new TreeMap<>();
+    private final Map<String, IValidationSupport> chains = new TreeMap<>();
     private final Map<String, Integer> guideSizes = new TreeMap<>();
     private final Map<String, FhirContext> contexts = Map.of("R4", FhirContext.forR4Cached(), "R5", FhirContext.forR5Cached());
 
     ValidatorService(Path profiles) throws IOException {
         for (var entry : contexts.entrySet()) {
-            validators.put(entry.getKey(), validator(entry.getValue(), null));
+            put(entry.getKey(), entry.getValue(), null);
         }
         if (!Files.isDirectory(profiles)) {
             throw new IOException("profiles directory " + profiles + " does not exist");
@@ -77,9 +78,15 @@ final class ValidatorService {
                 int loaded = load(r4, folder, guide);
                 String name = folder.getFileName().toString();
                 guideSizes.put(name, loaded);
-                validators.put("R4/" + name, validator(r4, guide));
+                put("R4/" + name, r4, guide);
             }
         }
+    }
+
+    private void put(String key, FhirContext context, IValidationSupport guide) {
+        ValidationSupportChain chain = chain(context, guide);
+        chains.put(key, chain);
+        validators.put(key, validator(context, chain, guide != null));
     }
 
     void mount(ServletContextHandler context) {
@@ -87,7 +94,7 @@ final class ValidatorService {
         context.addServlet(new ServletHolder("guides", new Guides()), "/guides");
     }
 
-    private static FhirValidator validator(FhirContext context, IValidationSupport guide) {
+    private static ValidationSupportChain chain(FhirContext context, IValidationSupport guide) {
         List<IValidationSupport> supports = new ArrayList<>();
         if (guide != null) {
             supports.add(guide);
@@ -103,7 +110,10 @@ final class ValidatorService {
         UnknownCodeSystemWarningValidationSupport unknown = new UnknownCodeSystemWarningValidationSupport(context);
         unknown.setNonExistentCodeSystemSeverity(IValidationSupport.IssueSeverity.WARNING);
         supports.add(unknown);
-        ValidationSupportChain chain = new ValidationSupportChain(supports);
+        return new ValidationSupportChain(supports);
+    }
+
+    private static FhirValidator validator(FhirContext context, ValidationSupportChain chain, boolean guide) {
         FhirInstanceValidator engine = new FhirInstanceValidator(chain);
         // As the HL7 validator CLI: an extension must be defined somewhere we know.
         engine.setAnyExtensionsAllowed(false);
@@ -112,7 +122,7 @@ final class ValidatorService {
         engine.setErrorForUnknownProfiles(false);
         FhirValidator validator = context.newValidator();
         validator.registerValidatorModule(engine);
-        if (guide != null) {
+        if (guide) {
             // Snapshots of every profile now, so a broken differential shows at start-up.
             for (IBaseResource definition : chain.fetchAllStructureDefinitions()) {
                 chain.fetchStructureDefinition(url(context, definition));
@@ -165,7 +175,7 @@ final class ValidatorService {
             synchronized (validator) {
                 result = validator.validateWithResult(body, options);
             }
-            result = new ValidationResult(context, notAtHand(result.getMessages()));
+            result = new ValidationResult(context, notAtHand(result.getMessages(), chains.get(key)));
             String outcome = context.newJsonParser().encodeResourceToString(result.toOperationOutcome());
             response.setStatus(200);
             response.setContentType("application/fhir+json");
@@ -184,9 +194,16 @@ final class ValidatorService {
      * have, that is a warning, named as such, not an error. So is the empty list of target
      * types that follows from it at the same place. Everything else stays as it is.
      */
-    static List<SingleValidationMessage> notAtHand(List<SingleValidationMessage> messages) {
+    static List<SingleValidationMessage> notAtHand(
+            List<SingleValidationMessage> messages, IValidationSupport chain) {
         Set<String> places = new HashSet<>();
         for (SingleValidationMessage message : messages) {
+            if (message.getSeverity() == ResultSeverityEnum.ERROR && onlyUnknownTargets(message, chain)) {
+                message.setSeverity(ResultSeverityEnum.WARNING);
+                message.setMessage("Not checked, the target profile's package is not at hand: "
+                        + message.getMessage());
+                continue;
+            }
             if (message.getSeverity() == ResultSeverityEnum.ERROR
                     && UNRESOLVED.matcher(message.getMessage()).find()) {
                 message.setSeverity(ResultSeverityEnum.WARNING);
@@ -204,6 +221,26 @@ final class ValidatorService {
             }
         }
         return messages;
+    }
+
+    private static final Pattern TARGETS = Pattern.compile("^The type '?\\w+'? is not a valid Target for this element \\(must be one of \\[(.*)\\]\\)");
+    private static final Pattern CANONICAL = Pattern.compile("CanonicalType\\[([^\\]]+)\\]");
+
+    /** A reference whose allowed target profiles are all unknown here (onco-patient). */
+    private static boolean onlyUnknownTargets(SingleValidationMessage message, IValidationSupport chain) {
+        var targets = TARGETS.matcher(message.getMessage());
+        if (!targets.find()) {
+            return false;
+        }
+        var urls = CANONICAL.matcher(targets.group(1));
+        boolean any = false;
+        while (urls.find()) {
+            any = true;
+            if (chain.fetchStructureDefinition(urls.group(1)) != null) {
+                return false;
+            }
+        }
+        return any;
     }
 
     private final class Guides extends HttpServlet {
