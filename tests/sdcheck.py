@@ -32,6 +32,8 @@ MII_BALLOT_DIR = PROFILES / "mii-bildgebung"
 MII_DIRS = {"mii": MII_DIR, "mii-2027": MII_BALLOT_DIR}
 MII_STUDY_SD = "StructureDefinition-mii-pr-bildgebung-bildgebungsstudie.json"
 OSIRIS_DIR = PROFILES / "osiris-1.1.0"
+#: ../shared/seeds: the documents the project was started from.
+SEEDS = PROFILES.parent / "seeds"
 #: The elements of ImagingStudy on which the MII profile slices ``extension``.
 LEVELS = ("ImagingStudy", "ImagingStudy.series", "ImagingStudy.series.instance")
 
@@ -283,3 +285,14 @@ def _missing(ext: Json, s: OsirisSlice, where: str) -> list[str]:
         if (d := s.subs.get(_url(sub))) is not None and d.subs:
             missing += _missing(sub, d, f"{where}.{d.url}")
     return missing
+
+
+def seed_osiris_page() -> tuple[str, str]:
+    """``(url, version)`` the Osiris profile page among the seeds states."""
+    for path in sorted(require(SEEDS).glob("*.txt")):
+        text = path.read_text(encoding="utf-8")
+        if "Resource Profile: Imaging Study" in text:
+            found = re.search(r"Official URL: (\S+) Version: (\S+)", text)
+            if found:
+                return found[1], found[2]
+    raise FileNotFoundError(f"no Osiris ImagingStudy page among {SEEDS}")

@@ -21,6 +21,7 @@ from tests.sdcheck import (
     missing_osiris_slices,
     osiris_settings_tree,
     require,
+    seed_osiris_page,
     value_key,
 )
 
@@ -120,3 +121,10 @@ def test_missing_required_slices_are_named() -> None:
     assert len([m for m in missing if ".mr_image." in m]) == len(mr.subs) - 1
     assert value_key("Quantity") == "valueQuantity"
     assert json.dumps(ext)  # plain JSON throughout
+
+
+def test_the_osiris_guide_is_the_one_the_seed_page_shows() -> None:
+    """The seed the project started from (the Osiris page) and the StructureDefinitions the
+    tests read name the same profile and version."""
+    osiris = load_osiris()
+    assert seed_osiris_page() == (osiris.url, osiris.version)

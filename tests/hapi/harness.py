@@ -237,7 +237,25 @@ class HapiServer(JavaProcess):
 
     def start(self) -> HapiServer:
         super().start()
+        self._wait_ready()
         return self
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        """Ready once ``GET /fhir/metadata`` answers 200 (the CapabilityStatement needs the
+        whole JPA stack)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/metadata", timeout=30) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                error = self.stderr_text()
+                self.stop()
+                raise RuntimeError(f"HAPI did not answer /fhir/metadata:\n{error}")
+            time.sleep(0.5)
 
     def __enter__(self) -> HapiServer:
         return self.start()
@@ -266,6 +284,11 @@ class Validator(JavaProcess):
         super().__init__("validator", str(profiles), startup_timeout)
 
     def start(self) -> Validator:
+        if not Path(self.argument).is_dir():
+            raise FileNotFoundError(
+                f"{self.argument} is missing: the validator loads the guides of "
+                "../shared/profiles beside the clone (CI always has them)"
+            )
         super().start()
         return self
 

@@ -22,7 +22,7 @@ import org.springframework.transaction.annotation.EnableTransactionManagement;
  * The Spring configuration of one HAPI FHIR JPA server: an in-memory H2 database and the
  * storage settings of docker/compose.yaml's HAPI (client ids of any form, references to
  * other servers allowed; the hapiproject/hapi image's defaults otherwise), plus what the
- * tests need of a test server: expunge (the reset between tests) and no reuse of cached
+ * tests need of a test server: expunge and multiple delete (the reset between tests) and no reuse of cached
  * search results (the image reuses them for 60 s; the tests search right after a write). {@link JpaServer} imports it beside HAPI's configuration of the
  * FHIR version.
  */
@@ -38,7 +38,9 @@ public class JpaServerConfig {
         settings.setAllowExternalReferences(true);
         // Everything else as the hapiproject/hapi image has it (referential integrity on
         // write and delete enforced, ...), except for the tests' own needs:
-        // POST [base]/$expunge (expungeEverything) resets the server between tests.
+        // POST [base]/$expunge (expungeEverything) resets the server between tests; it
+        // needs multiple delete, which the image does not allow.
+        settings.setAllowMultipleDelete(true);
         settings.setExpungeEnabled(true);
         settings.setDeleteExpungeEnabled(true);
         // A search answers from the database, never from a cached earlier search.
