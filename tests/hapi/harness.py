@@ -20,15 +20,14 @@ import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any, Self
 from urllib.parse import quote
+
+from tests.listening import ListeningProcess
 
 HAPI_DIR = Path(__file__).resolve().parent
 CLASSPATH_FILE = HAPI_DIR / "target" / "classpath.txt"
@@ -97,117 +96,25 @@ def npm_package(
     return buffer.getvalue()
 
 
-class JavaProcess:
+class JavaProcess(ListeningProcess):
     """One ``org.scp2fhir.hapi.Main`` process (see Main.java for the roles)."""
 
     def __init__(self, role: str, argument: str, startup_timeout: float = 600.0) -> None:
+        super().__init__(startup_timeout)
         self.role = role
+        self.what = f"HAPI {role}"
         self.argument = argument
-        self.startup_timeout = startup_timeout
-        self.port: int | None = None
-        #: Seconds from spawning java to its LISTENING line (the build excluded).
-        self.startup_seconds: float | None = None
-        self.process: subprocess.Popen[str] | None = None
-        self._stderr: IO[bytes] | None = None
 
-    @property
-    def root_url(self) -> str:
-        if self.port is None:
-            raise RuntimeError(f"the {self.role} is not started")
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> JavaProcess:
+    def start(self) -> Self:
         build()
         classpath = f"{HAPI_DIR / 'target' / 'classes'}:{CLASSPATH_FILE.read_text().strip()}"
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives until stop())
-        began = time.monotonic()
-        self.process = subprocess.Popen(
-            [
-                "java",
-                f"-Xmx{HEAP[self.role]}",
-                *JVM_FLAGS,
-                "-cp",
-                classpath,
-                "org.scp2fhir.hapi.Main",
-                self.role,
-                self.argument,
-                "0",
-            ],
-            cwd=HAPI_DIR,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            env={**os.environ, "LC_ALL": "C.UTF-8"},
-        )
-        line = self._first_stdout_line()
-        if not line.startswith("LISTENING "):
-            error = self._stderr_text()
-            self.stop()
-            raise RuntimeError(f"the {self.role} did not start (stdout {line!r}):\n{error}")
-        self.port = int(line.split()[1])
-        self.startup_seconds = time.monotonic() - began
+        command = ["java", f"-Xmx{HEAP[self.role]}", *JVM_FLAGS, "-cp", classpath]
+        command += ["org.scp2fhir.hapi.Main", self.role, self.argument, "0"]
+        self.spawn(command, HAPI_DIR, {**os.environ, "LC_ALL": "C.UTF-8"})
         return self
 
-    def stop(self) -> None:
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(30)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(10)
-            if self.process.stdout is not None:
-                self.process.stdout.close()
-            self.process = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-        self.port = None
-
-    def stderr_text(self) -> str:
-        return self._stderr_text()
-
-    def __enter__(self) -> JavaProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _first_stdout_line(self) -> str:
-        """The first stdout line, or '' on timeout or exit (read in a thread: a pipe read
-        cannot time out; the thread then drains stdout until the process exits)."""
-        assert self.process is not None and self.process.stdout is not None
-        stdout = self.process.stdout
-        lines: list[str] = []
-        got_line = threading.Event()
-
-        def drain() -> None:
-            try:
-                for line in stdout:
-                    if not got_line.is_set():
-                        lines.append(line.strip())
-                        got_line.set()
-            except (ValueError, OSError):  # stdout closed by stop()
-                pass
-            got_line.set()
-
-        threading.Thread(target=drain, name=f"hapi-{self.role}-stdout", daemon=True).start()
-        got_line.wait(self.startup_timeout)
-        return lines[0] if lines else ""
-
-    def _stderr_text(self) -> str:
-        if self._stderr is None:
-            return ""
-        self._stderr.flush()
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")[-4000:]
+    def stop(self, grace: float = 30.0) -> None:
+        super().stop(grace)
 
     def _post(self, path: str, body: bytes, content_type: str, timeout: float) -> Any:
         request = urllib.request.Request(
@@ -235,7 +142,7 @@ class HapiServer(JavaProcess):
     def base_url(self) -> str:
         return f"{self.root_url}/fhir"
 
-    def start(self) -> HapiServer:
+    def start(self) -> Self:
         super().start()
         self._wait_ready()
         return self
@@ -256,9 +163,6 @@ class HapiServer(JavaProcess):
                 self.stop()
                 raise RuntimeError(f"HAPI did not answer /fhir/metadata:\n{error}")
             time.sleep(0.5)
-
-    def __enter__(self) -> HapiServer:
-        return self.start()
 
     def reset(self) -> None:
         """Drop every resource and its history (HAPI's ``$expunge`` of everything)."""
@@ -283,7 +187,7 @@ class Validator(JavaProcess):
     def __init__(self, profiles: Path = PROFILES_DIR, startup_timeout: float = 600.0) -> None:
         super().__init__("validator", str(profiles), startup_timeout)
 
-    def start(self) -> Validator:
+    def start(self) -> Self:
         if not Path(self.argument).is_dir():
             raise FileNotFoundError(
                 f"{self.argument} is missing: the validator loads the guides of "
@@ -291,9 +195,6 @@ class Validator(JavaProcess):
             )
         super().start()
         return self
-
-    def __enter__(self) -> Validator:
-        return self.start()
 
     def guides(self) -> dict[str, int]:
         """Guide folder -> conformance resources loaded from it."""
