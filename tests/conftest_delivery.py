@@ -285,10 +285,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     },
                 )
                 return
+        # Accept-Encoding stays behind: answers come plain, so the proxy can read and edit
+        # them (HAPI compresses its answers when asked to).
         forward = {
             k: v
             for k, v in headers.items()
-            if k.lower() not in ("host", "connection", "content-length", "authorization")
+            if k.lower()
+            not in ("host", "connection", "content-length", "authorization", "accept-encoding")
         }
         if headers.get("Content-Encoding") == "gzip" and proxy.accept_gzip:
             body = gzip.decompress(body)

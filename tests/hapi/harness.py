@@ -75,8 +75,32 @@ def npm_package(
 ) -> bytes:
     """An NPM package (.tgz, as FHIR implementation guides are published) of the
     conformance resources (StructureDefinition, CodeSystem, ValueSet) in ``folder``, built
-    in memory; ``edit`` may change each resource first (a stricter local copy of a guide)."""
+    in memory; ``edit`` may change each resource first (a stricter local copy of a guide).
+
+    A StructureDefinition whose base is neither FHIR's nor another one of ``folder`` (MII's
+    report profiles build on other MII modules, not at hand) is left out: HAPI refuses a
+    package whose snapshots it cannot generate."""
     manifest = {"name": name, "version": version, "fhirVersions": ["4.0.1"]}
+    resources = {
+        path.name: json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(folder.glob("*.json"))
+        if path.name.startswith(("StructureDefinition-", "CodeSystem-", "ValueSet-"))
+    }
+    resolvable = {"http://hl7.org/fhir/StructureDefinition/"}
+    kept: dict[str, dict[str, Any]] = {
+        n: r for n, r in resources.items() if r["resourceType"] != "StructureDefinition"
+    }
+    grown = True
+    while grown:
+        grown = False
+        for file_name, resource in resources.items():
+            if file_name in kept:
+                continue
+            base = str(resource.get("baseDefinition", "")).split("|")[0]
+            if base in resolvable or base.startswith("http://hl7.org/fhir/StructureDefinition/"):
+                kept[file_name] = resource
+                resolvable.add(resource["url"])
+                grown = True
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
 
@@ -86,13 +110,10 @@ def npm_package(
             tar.addfile(info, io.BytesIO(data))
 
         add("package.json", json.dumps(manifest).encode())
-        for path in sorted(folder.glob("*.json")):
-            if not path.name.startswith(("StructureDefinition-", "CodeSystem-", "ValueSet-")):
-                continue
-            resource = json.loads(path.read_text(encoding="utf-8"))
+        for file_name, resource in sorted(kept.items()):
             if edit is not None:
                 edit(resource)
-            add(path.name, json.dumps(resource, ensure_ascii=False).encode("utf-8"))
+            add(file_name, json.dumps(resource, ensure_ascii=False).encode("utf-8"))
     return buffer.getvalue()
 
 

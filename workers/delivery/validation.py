@@ -1,9 +1,11 @@
 """The server's own validator before a write (``SCP2FHIR_FHIR_VALIDATE=1``, off by default).
 
 Before the study's output is written, its ImagingStudy goes to
-``POST [base]/ImagingStudy/$validate`` as a Parameters resource: ``resource``, and the
-selected profile's URL as ``profile`` (none for ``base``: the server checks the resource
-against FHIR itself and whatever its ``meta.profile`` claims). The OperationOutcome decides:
+``POST [base]/ImagingStudy/$validate?profile=<the selected profile's URL>`` as the body
+(no profile for ``base``: the server checks the resource against FHIR itself and whatever
+its ``meta.profile`` claims). The resource as the body with the profile in the URL is the
+form every server reads alike; HAPI FHIR 8.8 misreads a typed ``profile`` inside a
+Parameters body (it looks for ``UriType[...]``). The OperationOutcome decides:
 
 * an issue of severity ``error`` or ``fatal``: :class:`~workers.delivery.errors.Invalid`,
   the study is dead-lettered; the reason names the issues' codes and FHIRPath expressions,
@@ -11,8 +13,8 @@ against FHIR itself and whatever its ``meta.profile`` claims). The OperationOutc
 * warnings: counted (``scp2fhir_delivery_validation_warnings_total``) and logged as a
   number; the write goes ahead.
 
-HAPI FHIR answers 412 with the OperationOutcome when it finds errors and 200 otherwise;
-others answer 200, 400 or 422: any answer that carries an OperationOutcome is read alike.
+Servers answer 200 (HAPI FHIR, also when it found errors), 400, 412 or 422: any answer
+that carries an OperationOutcome is read alike.
 An answer without one is a server without ``$validate`` (404, 405, 501:
 :class:`~workers.delivery.errors.Unsupported`) or a failure like any other (5xx and
 timeouts are retried).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from scp import metrics
 from scp.settings import Settings
@@ -34,25 +37,14 @@ from workers.profiles import profile_named
 logger = logging.getLogger(__name__)
 
 
-def parameters(resource: dict[str, Any], profile: str | None, fhir_version: str) -> dict[str, Any]:
-    """The ``$validate`` request body: the resource and, if any, the profile (a ``uri`` in
-    R4, a ``canonical`` in R5)."""
-    parts: list[dict[str, Any]] = [{"name": "resource", "resource": resource}]
-    if profile:
-        key = "valueCanonical" if fhir_version == "R5" else "valueUri"
-        parts.append({"name": "profile", key: profile})
-    return {"resourceType": "Parameters", "parameter": parts}
-
-
 def check(client: FhirClient, settings: Settings, study_uid: str, study: dict[str, Any]) -> int:
     """Ask the server to validate ``study``; returns its number of warnings, raises
     :class:`Invalid` when it found errors."""
     profile = profile_named(settings.profile).url
-    response = client.request(
-        "POST",
-        "ImagingStudy/$validate",
-        resource=parameters(study, profile, settings.fhir_version),
-    )
+    path = "ImagingStudy/$validate"
+    if profile:
+        path += "?profile=" + quote(profile, safe=":/")
+    response = client.request("POST", path, resource=study)
     outcome = _outcome(response.content)
     if outcome is None:
         if response.status_code in (404, 405, 501):
