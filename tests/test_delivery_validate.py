@@ -64,6 +64,13 @@ def mii_study(folder: Path, body_sites: bool) -> tuple[str, list[Any]]:
     return profile_datasets.STUDY_UID, headers
 
 
+def install_mii(hapi: HapiServer, folder: Path) -> None:
+    """The MII release as an NPM package (.tgz) in ``folder``, installed into HAPI."""
+    package = folder / f"{PACKAGE}-2026.0.0.tgz"
+    package.write_bytes(npm_package(MII_RELEASE, PACKAGE, "2026.0.0"))
+    assert hapi.install_package(PACKAGE, "2026.0.0", package.read_bytes()) >= 20
+
+
 def validate_env(redis_url: str, tmp_path: Path, proxy: FaultProxy) -> dict[str, str]:
     return delivery_env(
         redis_url,
@@ -78,10 +85,7 @@ def validate_env(redis_url: str, tmp_path: Path, proxy: FaultProxy) -> dict[str,
 def test_a_study_the_servers_validator_accepts_is_written(
     hapi: HapiServer, proxy: FaultProxy, redis_url: str, tmp_path: Path
 ) -> None:
-    installed = hapi.install_package(
-        PACKAGE, "2026.0.0", npm_package(MII_RELEASE, PACKAGE, "2026.0.0")
-    )
-    assert installed >= 20
+    install_mii(hapi, tmp_path)
     worker = Worker(validate_env(redis_url, tmp_path, proxy), tmp_path / "w.log")
     try:
         study_uid, headers = mii_study(tmp_path / "s", body_sites=False)
@@ -106,8 +110,7 @@ def test_a_study_the_servers_validator_accepts_is_written(
 def test_errors_of_the_servers_validator_dead_letter_the_study(
     hapi: HapiServer, proxy: FaultProxy, redis_url: str, data: redis.Redis, tmp_path: Path
 ) -> None:
-    package = npm_package(MII_RELEASE, PACKAGE, "2026.0.0")
-    assert hapi.install_package(PACKAGE, "2026.0.0", package) >= 20
+    install_mii(hapi, tmp_path)
     worker = Worker(validate_env(redis_url, tmp_path, proxy), tmp_path / "w.log")
     try:
         study_uid, headers = mii_study(tmp_path / "s", body_sites=True)
