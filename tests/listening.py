@@ -53,16 +53,22 @@ class ListeningProcess:
         self.stop()
 
     def spawn(
-        self, command: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None
+        self,
+        command: Sequence[str],
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        lifeline: bool = False,
     ) -> None:
         """Start ``command`` and wait for its LISTENING line (``RuntimeError`` with its
-        stderr if it does not come)."""
+        stderr if it does not come). With ``lifeline`` its stdin is a pipe this process
+        holds open: a server that exits when its stdin ends then also goes when the test
+        run is killed (no orphan holding a port and a gigabyte)."""
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives until stop())
         began = time.monotonic()
         self.process = subprocess.Popen(
             list(command),
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if lifeline else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
@@ -85,8 +91,9 @@ class ListeningProcess:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait(10)
-            if self.process.stdout is not None:
-                self.process.stdout.close()
+            for stream in (self.process.stdin, self.process.stdout):
+                if stream is not None:
+                    stream.close()
             self.process = None
         if self._stderr is not None:
             self._stderr.close()

@@ -131,7 +131,7 @@ class JavaProcess(ListeningProcess):
         classpath = f"{HAPI_DIR / 'target' / 'classes'}:{CLASSPATH_FILE.read_text().strip()}"
         command = ["java", f"-Xmx{HEAP[self.role]}", *JVM_FLAGS, "-cp", classpath]
         command += ["org.scp2fhir.hapi.Main", self.role, self.argument, "0"]
-        self.spawn(command, HAPI_DIR, {**os.environ, "LC_ALL": "C.UTF-8"})
+        self.spawn(command, HAPI_DIR, {**os.environ, "LC_ALL": "C.UTF-8"}, lifeline=True)
         return self
 
     def stop(self, grace: float = 30.0) -> None:

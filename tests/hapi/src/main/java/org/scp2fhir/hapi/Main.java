@@ -15,7 +15,8 @@ import org.eclipse.jetty.server.ServerConnector;
  * </pre>
  *
  * Once it serves, it prints one line {@code LISTENING <port>} on stdout; logs go to stderr.
- * SIGTERM stops it.
+ * SIGTERM stops it, and so does the end of its stdin: the test harness holds it open, so a
+ * killed test run leaves no server behind.
  */
 public final class Main {
     private Main() {}
@@ -52,6 +53,18 @@ public final class Main {
         Runtime.getRuntime().addShutdownHook(new Thread(close));
         System.out.println("LISTENING " + connector.getLocalPort());
         System.out.flush();
+        Thread lifeline = new Thread(() -> {
+            try {
+                while (System.in.read() != -1) {
+                    // nothing is sent; only the end matters
+                }
+            } catch (java.io.IOException ignored) {
+                // the same as the end
+            }
+            System.exit(0);
+        }, "stdin-lifeline");
+        lifeline.setDaemon(true);
+        lifeline.start();
         jetty.join();
     }
 }
