@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         if "fhir" in flags:
             p.add_argument("--fhir-version", help="overrides SCP2FHIR_FHIR_VERSION (R4, R5)")
             p.add_argument(
-                "--profile", help="overrides SCP2FHIR_PROFILE (base, mii, osiris, qicore)"
+                "--profile", help="overrides SCP2FHIR_PROFILE (base, mii, mii-2027, osiris, qicore)"
             )
 
     common(verbs.add_parser("scp", help="run the storage SCP"), "redis", "scp")

@@ -98,6 +98,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Deliveries given up (dead-lettered), by destination.",
         ("destination",),
     ),
+    "delivery_validation_warnings_total": (
+        "Warnings of the server's $validate (a destination's validate), summed over "
+        "deliveries, by destination.",
+        ("destination",),
+    ),
 }
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -99,8 +99,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SCP2FHIR_PROFILE": (
         "base",
         "Implementation-guide profile of the output: base (FHIR ImagingStudy), mii (MII "
-        "Bildgebung), osiris (Osiris onco-imagingstudy) or qicore (QI-Core); the three "
-        'guides are R4 only. README "Profiles".',
+        "Bildgebung 2026.0.0, the current release), mii-2027 (its 2027.0.0-ballot), osiris "
+        "(Osiris onco-imagingstudy) or qicore (QI-Core); the guides are R4 only. README "
+        '"Profiles".',
     ),
     # --- mapping depth: local times ---
     "SCP2FHIR_SITE_TIMEZONE": (
@@ -336,6 +337,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "0",
         "The workers reconcile the last SCP2FHIR_RECONCILE_DAYS days with SCP2FHIR_PACS "
         "every so many hours (0: never); drift on the status page and in /metrics.",
+    ),
+    # --- conformance: the FHIR server's own validator before each write
+    "SCP2FHIR_FHIR_VALIDATE": (
+        "0",
+        "1: before writing, ask the server's $validate (with the profile's URL); errors "
+        "dead-letter the study, warnings are counted.",
     ),
 }
 

@@ -17,7 +17,6 @@ ceiling for comparison.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import tempfile
@@ -33,7 +32,15 @@ from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
 
 from scp import keys
-from tests.conftest_delivery import Worker, delivery_env, push, study_headers, worker_context
+from tests.conftest_delivery import (
+    Worker,
+    clone_header,
+    cloned_study,
+    delivery_env,
+    push,
+    study_headers,
+    worker_context,
+)
 from tests.fhirserver.harness import FhirServer
 from tests.support import RedisProcess, wait_for
 from workers.context import WorkerContext, install
@@ -41,28 +48,6 @@ from workers.jobs import emit, ensure_group
 from workers.mapping import imaging_study
 
 Header = dict[str, Any]
-
-
-def clone(template: Header, study_uid: str, series_uid: str, number: int) -> Header:
-    """The template header as another instance (new SOP Instance UID, numbers)."""
-    header = copy.deepcopy(template)
-    header["0020000D"]["Value"] = [study_uid]
-    header["0020000E"]["Value"] = [series_uid]
-    header["00080018"]["Value"] = [generate_uid()]
-    header["00200013"] = {"vr": "IS", "Value": [number]}
-    return header
-
-
-def study(template: Header, series: int, per_series: int) -> tuple[str, list[Header]]:
-    study_uid = generate_uid()
-    headers = []
-    for s in range(series):
-        series_uid = generate_uid()
-        for n in range(1, per_series + 1):
-            header = clone(template, study_uid, series_uid, n)
-            header["00200011"] = {"vr": "IS", "Value": [s + 1]}
-            headers.append(header)
-    return study_uid, headers
 
 
 def fold_and_emit(ctx: WorkerContext, redis_url: str, headers: list[Header]) -> list[str]:
@@ -115,7 +100,7 @@ def main() -> None:
 
         # -- one study of 1000 instances ---------------------------------------------
         fhir.reset()
-        big_uid, big = study(template, 4, 250)
+        big_uid, big = cloned_study(template, 4, 250)
         fold_and_emit(ctx, redis_server.url, big)
         body = json.dumps(imaging_study(ctx.store.load(big_uid), "R4")).encode()
         worker = Worker(env, folder / "worker-big.log")
@@ -123,7 +108,7 @@ def main() -> None:
             first = timed_delivery(data)
             updates = []
             for _ in range(args.rounds):
-                extra = clone(template, big_uid, generate_uid(), 1)
+                extra = clone_header(template, big_uid, generate_uid(), 1)
                 fold_and_emit(ctx, redis_server.url, [extra])
                 updates.append(timed_delivery(data))
         finally:
@@ -158,7 +143,7 @@ def main() -> None:
                 fhir.reset()  # the test server's search is linear in what it holds
                 headers: list[Header] = []
                 for _ in range(100):
-                    headers += study(template, 2, 3)[1]
+                    headers += cloned_study(template, 2, 3)[1]
                 uids = fold_and_emit(ctx, redis_server.url, headers)
                 logs = [folder / f"worker-small-{mode}-{workers}-{n}.log" for n in range(workers)]
                 running = [Worker(mode_env, log) for log in logs]

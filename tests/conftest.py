@@ -16,6 +16,7 @@ import redis
 
 from scp.server import serve
 from scp.settings import Settings
+from tests.hapi.harness import HapiServer, Validator
 from tests.support import RedisProcess, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +84,30 @@ def redis_server() -> Iterator[RedisProcess]:
     server.stop()
 
 
+# The Java test servers (tests/hapi): each started once per test run, on first use.
+
+
+@pytest.fixture(scope="session")
+def hapi_r4() -> Iterator[HapiServer]:
+    server = HapiServer("R4").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def hapi_r5() -> Iterator[HapiServer]:
+    server = HapiServer("R5").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def validator() -> Iterator[Validator]:
+    engine = Validator().start()
+    yield engine
+    engine.stop()
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisProcess) -> str:
     client = redis.Redis.from_url(redis_server.url)
@@ -96,6 +121,14 @@ def data(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The HL7 validator's counts and warnings, when tests/test_conformance.py ran."""
+    conformance = sys.modules.get("tests.conformance")
+    if conformance is not None and conformance.LAST:
+        terminalreporter.write_sep("=", "conformance: the HL7 validator's warnings")
+        terminalreporter.write_line(conformance.report(conformance.LAST))
 
 
 def pipeline_env(redis_url: str, output_dir: Path, port: int, **extra: str) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Real parts for the delivery tests (imported by tests/test_delivery*.py).
 
-* The in-memory FHIR R4 server of ``tests/fhirserver`` (one per test module, reset per
-  test).
+* Real FHIR R4 servers, reset per test: the in-memory server of ``tests/fhirserver``
+  (medplum's router, one per test module) and HAPI FHIR JPA of ``tests/hapi`` (one per
+  test run). The ``fhir`` fixture runs a test once against each.
 * :class:`FaultProxy`: a real HTTP(S) server between the bridge and that FHIR server.
   It forwards every request and, when told, answers 429/500/401 itself, answers late
   (after the server has done the work), refuses connections (server down), accepts
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import gzip
 import http.client
 import json
@@ -32,13 +34,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote_plus
 
 import httpx
 import jwt
 import pytest
 import redis
+from pydicom.uid import generate_uid
 
 from scp import config, keys
 from scp.connections import connect
@@ -46,6 +49,7 @@ from scp.header import extract_header, read_dataset
 from scp.inbox import Inbox
 from tests.conftest import CHILD_PYTHONPATH, TEST_QUIET_SECONDS, start_worker, stop_process
 from tests.fhirserver.harness import FhirServer
+from tests.hapi.harness import HapiServer
 from tests.support import GeneratedStudy, make_study, wait_for
 from workers.context import WorkerContext
 from workers.delivery.settings import delivery_settings
@@ -66,10 +70,47 @@ def fhir_server() -> Iterator[FhirServer]:
     server.stop()
 
 
-@pytest.fixture
-def fhir(fhir_server: FhirServer) -> FhirServer:
-    fhir_server.reset()
-    return fhir_server
+class RealServer(Protocol):
+    """What the delivery tests need of a real FHIR server (tests/fhirserver, tests/hapi)."""
+
+    @property
+    def root_url(self) -> str: ...
+
+    @property
+    def base_url(self) -> str: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """Where the real servers differ in what the tests can observe (README "Delivery to a
+    FHIR server"): the status of an If-Match on an older version, and whether a
+    gzip-compressed request body is read."""
+
+    name: str
+    conflict_status: int
+    reads_gzip: bool
+
+
+#: The R4 servers every delivery scenario runs against, by fixture parameter.
+SERVERS = {
+    "medplum": Behaviour("medplum", conflict_status=412, reads_gzip=False),
+    "hapi": Behaviour("hapi", conflict_status=409, reads_gzip=True),
+}
+_SERVER_FIXTURES = {"medplum": "fhir_server", "hapi": "hapi_r4"}
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def fhir(request: pytest.FixtureRequest) -> RealServer:
+    """Each real R4 server in turn (the test runs once per server), emptied."""
+    server: RealServer = request.getfixturevalue(_SERVER_FIXTURES[request.param])
+    server.reset()
+    return server
+
+
+def behaviour(server: RealServer) -> Behaviour:
+    return SERVERS["hapi" if isinstance(server, HapiServer) else "medplum"]
 
 
 # --- the fault-injecting proxy ---------------------------------------------------------
@@ -109,6 +150,8 @@ class Seen:
 @dataclass
 class FaultProxy:
     upstream: str  # root URL of the FHIR server, e.g. http://127.0.0.1:PORT
+    #: How the server behind the proxy answers (tests/conftest_delivery.SERVERS).
+    behaviour: Behaviour = field(default_factory=lambda: SERVERS["medplum"])
     tls: ssl.SSLContext | None = None
     accept_gzip: bool = False
     #: Bearer tokens are checked with this (401 when it says no); None: no check.
@@ -246,10 +289,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     },
                 )
                 return
+        # Accept-Encoding stays behind: answers come plain, so the proxy can read and edit
+        # them (HAPI compresses its answers when asked to).
         forward = {
             k: v
             for k, v in headers.items()
-            if k.lower() not in ("host", "connection", "content-length", "authorization")
+            if k.lower()
+            not in ("host", "connection", "content-length", "authorization", "accept-encoding")
         }
         if headers.get("Content-Encoding") == "gzip" and proxy.accept_gzip:
             body = gzip.decompress(body)
@@ -277,8 +323,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def proxy(fhir: FhirServer) -> Iterator[FaultProxy]:
-    started = FaultProxy(fhir.root_url).start()
+def proxy(fhir: RealServer) -> Iterator[FaultProxy]:
+    started = FaultProxy(fhir.root_url, behaviour=behaviour(fhir)).start()
     yield started
     started.stop()
 
@@ -461,6 +507,35 @@ def study_headers(
     return study, [extract_header(read_dataset(path)).json for path in study.files]
 
 
+def clone_header(
+    template: dict[str, Any], study_uid: str, series_uid: str, number: int
+) -> dict[str, Any]:
+    """The template header (a real file's, as the SCP extracted it) as another instance:
+    new SOP Instance UID, the given study, series and instance number."""
+    header = copy.deepcopy(template)
+    header["0020000D"]["Value"] = [study_uid]
+    header["0020000E"]["Value"] = [series_uid]
+    header["00080018"]["Value"] = [generate_uid()]
+    header["00200013"] = {"vr": "IS", "Value": [number]}
+    return header
+
+
+def cloned_study(
+    template: dict[str, Any], series: int, per_series: int
+) -> tuple[str, list[dict[str, Any]]]:
+    """A large study without writing files: ``series`` x ``per_series`` clones of one
+    header; returns its Study Instance UID and the headers."""
+    study_uid = generate_uid()
+    headers = []
+    for s in range(series):
+        series_uid = generate_uid()
+        for n in range(1, per_series + 1):
+            header = clone_header(template, study_uid, series_uid, n)
+            header["00200011"] = {"vr": "IS", "Value": [s + 1]}
+            headers.append(header)
+    return study_uid, headers
+
+
 def push(redis_url: str, headers: list[Any]) -> None:
     """Push headers as the SCP does (inbox stream, open study, drain request)."""
     data = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -536,7 +611,7 @@ def studies_by_identifier(base_url: str, study_uid: str) -> list[dict[str, Any]]
 
 
 def wait_delivered(
-    base_url: str, study_uid: str, instances: int, timeout: float = 30
+    base_url: str, study_uid: str, instances: int, timeout: float = 30, step: float = 0.05
 ) -> dict[str, Any]:
     """The study's one ImagingStudy once it has ``instances`` instances."""
 
@@ -547,7 +622,7 @@ def wait_delivered(
             return found[0]
         return None
 
-    result: dict[str, Any] = wait_for(ready, timeout, f"{instances} instances delivered")
+    result: dict[str, Any] = wait_for(ready, timeout, f"{instances} instances delivered", step)
     return result
 
 
@@ -568,11 +643,17 @@ def free_port() -> int:
 
 __all__ = [
     "FAST_QUIET_SECONDS",
+    "SERVERS",
     "TEST_QUIET_SECONDS",
+    "Behaviour",
     "FaultProxy",
+    "RealServer",
     "SilentServer",
     "TokenServer",
     "Worker",
+    "behaviour",
+    "clone_header",
+    "cloned_study",
     "delivery_env",
     "fhir",
     "fhir_server",

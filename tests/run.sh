@@ -18,6 +18,9 @@ command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 # promtool checks and unit-tests docker/prometheus/alerts.yml; installed without
 # recommends (only the tools are needed: no exporter daemon comes along).
 bare=()
+# Java 17 and Maven build the HAPI FHIR test server and the HL7 validator (tests/hapi).
+command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 # unshare mounts a small tmpfs as a full spool disk (tests/test_spool.py).
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v promtool >/dev/null 2>&1 || bare+=(prometheus)
@@ -46,6 +49,12 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
   | grep -v -e "^WARNING: Location" -e "Running pip as the 'root' user" || true
+# tests/hapi: Maven Central into ~/.m2 on the first run (README "Development": time, disk),
+# offline from there on. Quiet and non-interactive in CI.
+mvn_flags=(-B -ntp)
+if [ "${CI:-}" = "true" ] || [ ! -t 0 ]; then mvn_flags=(-B -q); fi
+mvn "${mvn_flags[@]}" -f tests/hapi/pom.xml package
+
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy

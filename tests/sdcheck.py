@@ -1,9 +1,16 @@
-"""Check produced FHIR extensions against the profiles scp2fhir writes for, with every rule
-read from the profiles' own text: the MII Bildgebung StructureDefinitions (JSON, vendored in
-``tests/data/mii-bildgebung``) and the Osiris ImagingStudy page (``tests/data/osiris``).
-Nothing is copied by hand, so a new ballot is a file swap and a typo in the product cannot be
-mirrored by the same typo here. Non-conformance comes back as readable problem strings (empty
-list = conforms), never as an exception, so one test can show every problem at once."""
+"""Read the guides scp2fhir writes for from their own StructureDefinitions in
+``../shared/profiles`` (MII Bildgebung 2026.0.0 and 2027.0.0-ballot, Osiris 1.1.0), so the
+tests take units, slice names, value types and cardinalities from the guide, never from a
+copy typed by hand.
+
+Conformance itself is judged by the HL7 validator (tests/test_conformance.py). This module
+used to check extensions too (url, nesting, slice cardinality, value types, fixed Quantity
+units, ext-1, the level of each extension): the validator checks all of that and more, and
+where the two disagreed the validator was right, so those checks are gone. What is left is
+what the validator cannot tell: the values the product must write come from the guide
+(:func:`expected_quantity`, the slice trees), and a required Osiris slice the DICOM data
+cannot fill is named, so the tests can check it is reported as a gap
+(:func:`missing_osiris_slices`)."""
 
 from __future__ import annotations
 
@@ -17,17 +24,18 @@ from typing import Any
 
 Json = dict[str, Any]
 
-DATA = Path(__file__).parent / "data"
-MII_DIR = DATA / "mii-bildgebung"
+#: ../shared/profiles beside the clone (CI has it; README "Development").
+PROFILES = Path(__file__).resolve().parent.parent.parent / "shared" / "profiles"
+#: MII Bildgebung: the release (``SCP2FHIR_PROFILE=mii``) and the ballot (``mii-2027``).
+MII_DIR = PROFILES / "mii-bildgebung-2026.0.0"
+MII_BALLOT_DIR = PROFILES / "mii-bildgebung"
+MII_DIRS = {"mii": MII_DIR, "mii-2027": MII_BALLOT_DIR}
 MII_STUDY_SD = "StructureDefinition-mii-pr-bildgebung-bildgebungsstudie.json"
-OSIRIS_PAGE = DATA / "osiris" / "onco-imagingstudy.txt"
+OSIRIS_DIR = PROFILES / "osiris-1.1.0"
+#: ../shared/seeds: the documents the project was started from.
+SEEDS = PROFILES.parent / "seeds"
 #: The elements of ImagingStudy on which the MII profile slices ``extension``.
 LEVELS = ("ImagingStudy", "ImagingStudy.series", "ImagingStudy.series.instance")
-#: JSON shapes of the primitive value[x] choices; every other choice is a JSON object.
-_TEXT = {"String", "Code", "Id", "Uri", "Url", "Canonical", "Oid", "Uuid", "Markdown"}
-_TEXT |= {"Base64Binary", "Date", "DateTime", "Instant", "Time"}
-_INTEGERS = {"Integer", "UnsignedInt", "PositiveInt", "Integer64"}
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 # --- shared -----------------------------------------------------------------------------
@@ -38,52 +46,10 @@ def value_key(type_code: str) -> str:
     return "value" + type_code[:1].upper() + type_code[1:]
 
 
-def _cardinality(where: str, what: str, n: int, low: int, high: str) -> list[str]:
-    if n < low:
-        return [f"{where}: {n} {what}, the profile requires at least {low}"]
-    if high != "*" and n > int(high):
-        return [f"{where}: {n} {what}, the profile allows at most {high}"]
-    return []
-
-
-def _shape(where: str, key: str, value: Any) -> list[str]:
-    """A value whose JSON type does not fit its key (valueInteger "120", valueString 5)."""
-    kind = key.removeprefix("value")
-    if kind == "Boolean":
-        fits = isinstance(value, bool)
-    elif kind in _INTEGERS:
-        fits = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "Decimal":
-        fits = isinstance(value, int | float) and not isinstance(value, bool)
-    elif kind in _TEXT:
-        fits = isinstance(value, str) and (kind != "Id" or bool(_FHIR_ID.fullmatch(value)))
-    else:
-        fits = isinstance(value, dict)
-    if fits and kind == "Quantity" and "value" in value:
-        number = value["value"]
-        fits = isinstance(number, int | float) and not isinstance(number, bool)
-    return [] if fits else [f"{where}: {value!r} is not a valid {kind}"]
-
-
-def _values(ext: Json) -> list[str]:
-    return [key for key in ext if key.startswith("value")]
-
-
-def _either(where: str, subs: list[Any], values: list[str]) -> list[str]:
-    """FHIR's ext-1: an extension has a value or sub-extensions, never both, never none."""
-    if bool(subs) != bool(values):
-        return []
-    return [f"{where}: has {'both a value and' if subs else 'neither a value nor'} sub-extensions"]
-
-
 def _url(ext: Any) -> str:
     """An extension's url; a missing or non-text one as its repr, which matches no slice."""
     url = ext.get("url") if isinstance(ext, dict) else None
     return url if isinstance(url, str) else repr(url)
-
-
-def _urls(extensions: list[Any]) -> list[str]:
-    return [_url(ext) for ext in extensions]
 
 
 # --- MII Bildgebung ---------------------------------------------------------------------
@@ -182,10 +148,21 @@ def _read(path: Path) -> Json:
     return data
 
 
+def require(folder: Path) -> Path:
+    """``folder``, or a failure saying what is missing (never a silent skip: CI has it)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder} is missing: the profile tests read the guides of ../shared/profiles "
+            "beside the clone (CI always has them)"
+        )
+    return folder
+
+
 @cache
 def load_mii(folder: Path = MII_DIR) -> MiiProfiles:
     """Every extension StructureDefinition in ``folder`` and the ImagingStudy profile's
     extension slices per level."""
+    require(folder)
     extensions: dict[str, ExtDef] = {}
     for path in sorted(folder.glob("StructureDefinition-*.json")):
         sd = _read(path)
@@ -203,134 +180,13 @@ def load_mii(folder: Path = MII_DIR) -> MiiProfiles:
     return MiiProfiles(study["version"], study["url"], extensions, slots)
 
 
-def _short(url: Any) -> str:
-    return str(url).rsplit("/", 1)[-1]
-
-
-def _mii_problems(ext: Any, d: ExtDef, where: str, require_ucum: bool) -> list[str]:
-    if not isinstance(ext, dict):
-        return [f"{where}: {ext!r} is not an extension object"]
-    problems = []
-    if ext.get("url") != d.url:
-        problems.append(f"{where}: url {ext.get('url')!r}, the profile says {d.url!r}")
-    subs, values = ext.get("extension", []), _values(ext)
-    problems += _either(where, subs, values)
-    problems += _cardinality(where, "sub-extensions", len(subs), d.subs_min, d.subs_max)
-    problems += _cardinality(where, "value[x]", len(values), d.value_min, d.value_max)
-    if subs and d.subs_max != "0":
-        counts = Counter(_urls(subs))
-        problems += [
-            f"{where}: sub-extension url {url!r} is none of the slices {sorted(d.subs)}"
-            for url in counts
-            if url not in d.subs
-        ]
-        for url, sub in d.subs.items():
-            here = f"{where}.extension:{sub.name}"
-            problems += _cardinality(here, "occurrences", counts[url], sub.min, sub.max)
-        for sub_ext in subs:
-            if (sub_def := d.subs.get(_url(sub_ext))) is not None:
-                problems += _mii_problems(
-                    sub_ext, sub_def, f"{where}.extension:{sub_def.name}", require_ucum
-                )
-    for key in values:
-        problems += _mii_value(f"{where}.{key}", key, ext[key], d, require_ucum)
-    return problems
-
-
-def _mii_value(where: str, key: str, value: Any, d: ExtDef, require_ucum: bool) -> list[str]:
-    allowed = sorted({value_key(t) for t in d.types})
-    if allowed and key not in allowed:
-        return [f"{where}: the profile wants {' or '.join(allowed)}"]
-    if problems := _shape(where, key, value):
-        return problems
-    if not isinstance(value, dict):
-        return []
-    problems = [
-        f"{where}.{name}: {value[name]!r}, the profile fixes {fixed!r}"
-        for name, fixed in d.patterns.items()
-        if name in value and value[name] != fixed
-    ]
-    if require_ucum and key == "valueQuantity":
-        problems += [
-            f"{where}: no {name} (scp2fhir always writes UCUM system, code and unit)"
-            for name in ("system", "code")
-            if name not in value
-        ]
-    return problems
-
-
-def problems_in_extension(ext: Json, sd_url: str, *, require_ucum: bool = True) -> list[str]:
-    """What keeps ``ext`` from conforming to the MII extension ``sd_url`` (url, slices, their
-    cardinality, value types, fixed Quantity unit/system/code). ``require_ucum`` also
-    demands system and code on every Quantity, as scp2fhir always writes them."""
-    definition = load_mii().extensions.get(sd_url)
-    if definition is None:
-        return [f"no vendored StructureDefinition {sd_url}"]
-    return _mii_problems(ext, definition, _short(sd_url), require_ucum)
-
-
-def problems_in_study(
-    study: Json, *, require_ucum: bool = True, open_slicing: bool = False
-) -> list[str]:
-    """What keeps ``study`` from conforming to the MII ImagingStudy profile's extensions:
-    meta.profile, each extension's level, its slice's cardinality, and the extension itself.
-    The profile's slicing is open, so FHIR would accept foreign extensions; scp2fhir writes
-    none, hence unknown urls count as problems unless ``open_slicing``. An MII extension on
-    the wrong level is always a problem."""
-    mii = load_mii()
-    problems = []
-    if study.get("resourceType") != "ImagingStudy":
-        problems.append(f"resourceType {study.get('resourceType')!r}, not ImagingStudy")
-    if mii.study_url not in study.get("meta", {}).get("profile", []):
-        problems.append(f"meta.profile lacks {mii.study_url}")
-    places = [("ImagingStudy", "ImagingStudy", study)]
-    for i, series in enumerate(study.get("series", [])):
-        places.append(("ImagingStudy.series", f"ImagingStudy.series[{i}]", series))
-        for j, instance in enumerate(series.get("instance", [])):
-            places.append(
-                (
-                    "ImagingStudy.series.instance",
-                    f"ImagingStudy.series[{i}].instance[{j}]",
-                    instance,
-                )
-            )
-    for level, where, element in places:
-        problems += _level_problems(mii, level, where, element, require_ucum, open_slicing)
-    return problems
-
-
-def _level_problems(
-    mii: MiiProfiles, level: str, where: str, element: Json, require_ucum: bool, open_: bool
-) -> list[str]:
-    slots, extensions = mii.slots[level], element.get("extension", [])
-    problems = []
-    for k, (url, ext) in enumerate(zip(_urls(extensions), extensions, strict=True)):
-        here = f"{where}.extension[{k}]"
-        if url in slots:
-            d = mii.extensions.get(url)
-            if d is None:
-                problems.append(f"{here}: no vendored StructureDefinition {url}")
-            else:
-                problems += _mii_problems(ext, d, f"{here}({slots[url].name})", require_ucum)
-        elif home := [other for other in LEVELS if url in mii.slots[other]]:
-            problems.append(f"{here}: {_short(url)} belongs on {home[0]}, not on {level}")
-        elif not open_:
-            allowed = sorted(_short(u) for u in slots)
-            problems.append(
-                f"{here}: {url!r} is no extension the profile allows on {level}: {allowed}"
-            )
-    counts = Counter(_urls(extensions))
-    for url, slot in slots.items():
-        here = f"{where}.extension:{slot.name}"
-        problems += _cardinality(here, "occurrences", counts[url], slot.min, slot.max)
-    return problems
-
-
-def expected_quantity(extension: str, slice_name: str | None = None) -> dict[str, Any]:
+def expected_quantity(
+    extension: str, slice_name: str | None = None, folder: Path = MII_DIR
+) -> dict[str, Any]:
     """What the MII profile fixes on the Quantity of ``extension`` (url or suffix such as
     "modalitaet-ct"), or of its sub-extension ``slice_name``:
     ``expected_quantity("modalitaet-ct", "KVP")`` -> unit, system and code."""
-    d = load_mii().extension(extension)
+    d = load_mii(folder).extension(extension)
     return dict((d if slice_name is None else d.sub(slice_name)).patterns)
 
 
@@ -339,8 +195,8 @@ def expected_quantity(extension: str, slice_name: str | None = None) -> dict[str
 
 @dataclass(frozen=True)
 class OsirisSlice:
-    """An extension slice of the Osiris page: its cardinality, the value types of a leaf,
-    the sub-extension slices (by url) of a complex one."""
+    """An extension slice of an Osiris StructureDefinition: its cardinality, the value
+    types of a leaf, the sub-extension slices (by url) of a complex one."""
 
     name: str
     url: str
@@ -360,105 +216,44 @@ class OsirisSlice:
 class OsirisProfile:
     url: str
     version: str
-    #: Cardinality by element path: "ImagingStudy.description", "ImagingStudy.series.uid",
-    #: "ImagingStudy.series.extension:imaging-settings.extension:rows.value[x]", ...
+    #: Cardinality by element id of the ImagingStudy profile's snapshot:
+    #: "ImagingStudy.description", "ImagingStudy.series.extension:imaging-settings", ...
     elements: dict[str, tuple[int, str]]
-    #: The top-level extension slices by name: "imaging-settings", "series-weightheigt".
+    #: The series extensions by slice name: "imaging-settings", "series-weightheigt".
     extensions: dict[str, OsirisSlice]
 
 
-@dataclass
-class _Row:
-    depth: int
-    name: str
-    card: tuple[int, str] | None
-    type: str
-    rest: str
-    url: str | None = None
-    children: list[_Row] = field(default_factory=list)
+def _slices(by_id: dict[str, Json], prefix: str, name: str, url: str) -> OsirisSlice:
+    """The slice whose elements' ids start with ``prefix`` ("Extension" for the whole)."""
+    own = by_id.get(prefix, {})
+    value = by_id.get(f"{prefix}.value[x]", {})
+    types = () if value.get("max") == "0" else tuple(t["code"] for t in value.get("type", []))
+    subs: dict[str, OsirisSlice] = {}
+    head = re.escape(prefix)
+    for element_id in by_id:
+        if child := re.fullmatch(rf"{head}\.extension:([^.]+)", element_id):
+            sub_url = str(by_id.get(f"{element_id}.url", {}).get("fixedUri", child[1]))
+            subs[sub_url] = _slices(by_id, element_id, str(child[1]), sub_url)
+    return OsirisSlice(name, url, own.get("min", 0), own.get("max", "*"), types, subs)
 
 
-#: A table row: dots for depth, name, flags (S, Σ, ?!, ...), card., then type and description.
-_ROW = re.compile(
-    r"(?P<dots>\.{2,}) (?P<name>Slices for \S+|\S+)(?: [SΣ?!CIND]+(?= ))?"
-    r"(?: (?P<min>\d+)\.\.(?P<max>\d+|\*))?(?: (?P<rest>.*))?"
-)
-
-
-def _table(text: str) -> list[str]:
-    """The lines of the page's first profile table."""
-    lines = text.splitlines()
-    start = lines.index("Formal Views of Profile Content")
-    end = next(i for i in range(start, len(lines)) if lines[i].startswith("doco Documentation"))
-    return lines[start + 1 : end]
-
-
-def _rows(lines: list[str]) -> _Row:
-    root = _Row(0, "", None, "", "")
-    stack = [root]
-    for line in lines:
-        if line.startswith("URL: ") and stack[-1] is not root:
-            stack[-1].url = line.removeprefix("URL: ").strip()
-        if not (m := _ROW.fullmatch(line.rstrip())):
-            continue
-        rest = m["rest"] or ""
-        card = (int(m["min"]), m["max"]) if m["min"] else None
-        row = _Row(len(m["dots"]), m["name"], card, re.split(r"[\s(]", rest)[0], rest)
-        while stack[-1].depth >= row.depth:
-            stack.pop()
-        stack[-1].children.append(row)
-        stack.append(row)
-    return root
-
-
-def _walk(row: _Row, path: str, elements: dict[str, tuple[int, str]]) -> None:
-    for child in row.children:
-        # "Slices for extension" is the sliced element; its slices are named "extension:x".
-        name = child.name.removeprefix("Slices for ")
-        base = path.rsplit(".", 1)[0] if row.name.startswith("Slices for ") else path
-        here = f"{base}.{name}" if base else name
-        if child.card:
-            elements[here] = child.card
-        _walk(child, here, elements)
-
-
-def _slice(row: _Row) -> OsirisSlice:
-    name = row.name.removeprefix("extension:")
-    parts = row.children + [
-        g for c in row.children if c.name.startswith("Slices") for g in c.children
-    ]
-    fixed = [re.search(r'"([^"]*)"', c.rest) for c in parts if c.name == "url"]
-    url = row.url or next((f[1] for f in fixed if f), name)
-    types: list[str] = []
-    for c in parts:
-        if c.name == "value[x]" and c.type:
-            types.append(c.type)
-        elif c.name == "Slices for value[x]":  # open by type: every listed choice goes
-            types += [g.type for g in c.children]
-    subs = [_slice(c) for c in parts if c.name.startswith("extension:")]
-    low, high = row.card or (0, "*")
-    return OsirisSlice(name, url, low, high, tuple(dict.fromkeys(types)), {s.url: s for s in subs})
-
-
-def _top_slices(row: _Row, found: dict[str, OsirisSlice]) -> None:
-    for child in row.children:
-        if child.name.startswith("extension:"):
-            found[child.name.removeprefix("extension:")] = _slice(child)
-        else:
-            _top_slices(child, found)
+def _extension(path: Path) -> OsirisSlice:
+    sd = _read(path)
+    by_id = {e["id"]: e for e in sd["snapshot"]["element"]}
+    return _slices(by_id, "Extension", sd["id"], sd["url"])
 
 
 @cache
-def load_osiris(page: Path = OSIRIS_PAGE) -> OsirisProfile:
-    text = page.read_text(encoding="utf-8")
-    head = re.search(r"Official URL: (\S+) Version: (\S+)", text)
-    assert head, f"{page} has no 'Official URL: ... Version: ...' line"
-    root = _rows(_table(text))
-    elements: dict[str, tuple[int, str]] = {}
-    _walk(root, "", elements)
-    extensions: dict[str, OsirisSlice] = {}
-    _top_slices(root, extensions)
-    return OsirisProfile(head[1], head[2], elements, extensions)
+def load_osiris(folder: Path = OSIRIS_DIR) -> OsirisProfile:
+    require(folder)
+    study = _read(folder / "StructureDefinition-onco-imagingstudy.json")
+    snapshot = study["snapshot"]["element"]
+    elements = {e["id"]: (int(e.get("min", 0)), str(e.get("max", "*"))) for e in snapshot}
+    extensions = {
+        name: _extension(folder / f"StructureDefinition-{name}.json")
+        for name in ("imaging-settings", "series-weightheigt")
+    }
+    return OsirisProfile(study["url"], study["version"], elements, extensions)
 
 
 def osiris_settings_tree() -> dict[str, OsirisSlice]:
@@ -470,60 +265,34 @@ def _osiris_top(ext: Json) -> OsirisSlice | None:
     return next((s for s in osiris_settings_tree().values() if s.url == ext.get("url")), None)
 
 
-def problems_in_osiris_series_extension(ext: Json) -> list[str]:
-    """What keeps ``ext`` (imaging-settings or series-weightheigt) from conforming to the
-    Osiris page: nesting, slice names, value types, max cardinality. Missing required
-    slices are not problems here (scp2fhir leaves out what DICOM lacks and reports it as a
-    gap): see :func:`missing_osiris_slices`."""
-    top = _osiris_top(ext)
-    if top is None:
-        urls = sorted(s.url for s in osiris_settings_tree().values())
-        return [f"url {ext.get('url')!r} is none of the Osiris series extensions {urls}"]
-    return _osiris_problems(ext, top, top.name)
-
-
-def _osiris_problems(ext: Any, s: OsirisSlice, where: str) -> list[str]:
-    if not isinstance(ext, dict):
-        return [f"{where}: {ext!r} is not an extension object"]
-    subs, values = ext.get("extension", []), _values(ext)
-    problems = [] if ext.get("url") == s.url else [f"{where}: url {ext.get('url')!r} != {s.url!r}"]
-    problems += _either(where, subs, values)
-    if s.subs:
-        problems += [f"{where}: a complex extension carries {key}" for key in values]
-        counts = Counter(_urls(subs))
-        for url, n in counts.items():
-            if url not in s.subs:
-                problems.append(f"{where}: slice {url!r} is none of {sorted(s.subs)}")
-            elif (high := s.subs[url].max) != "*" and n > int(high):
-                problems.append(f"{where}.{url}: {n} occurrences, the profile allows {high}")
-        for sub in subs:
-            if (url := _url(sub)) in s.subs:
-                problems += _osiris_problems(sub, s.subs[url], f"{where}.{url}")
-        return problems
-    if subs:
-        problems.append(f"{where}: a simple extension carries sub-extensions")
-    allowed = sorted({value_key(t) for t in s.types})
-    problems += _cardinality(where, "value[x]", len(values), 0, "1")
-    for key in values:
-        if allowed and key not in allowed:
-            problems.append(f"{where}: {key}, the profile wants {' or '.join(allowed)}")
-        else:
-            problems += _shape(f"{where}.{key}", key, ext[key])
-    return problems
-
-
 def missing_osiris_slices(ext: Json) -> list[str]:
-    """The required (min >= 1) slices absent from ``ext``, as paths such as
-    "imaging-settings.mr_image.flip_angle"; only under complex extensions that are present."""
+    """The required (min >= 1) slices of ``ext`` that carry no value (absent, or only a
+    data-absent-reason), as paths such as "imaging-settings.mr_image.flip_angle"; only under
+    complex extensions that are present."""
     top = _osiris_top(ext)
     return [] if top is None else _missing(ext, top, top.name)
 
 
+def _has_value(ext: Json) -> bool:
+    return bool(ext.get("extension")) or any(k.startswith("value") for k in ext)
+
+
 def _missing(ext: Json, s: OsirisSlice, where: str) -> list[str]:
     subs = [sub for sub in ext.get("extension", []) if isinstance(sub, dict)]
-    present = Counter(_urls(subs))
+    present = Counter(_url(sub) for sub in subs if _has_value(sub))
     missing = [f"{where}.{url}" for url, d in s.subs.items() if present[url] < d.min]
     for sub in subs:
         if (d := s.subs.get(_url(sub))) is not None and d.subs:
             missing += _missing(sub, d, f"{where}.{d.url}")
     return missing
+
+
+def seed_osiris_page() -> tuple[str, str]:
+    """``(url, version)`` the Osiris profile page among the seeds states."""
+    for path in sorted(require(SEEDS).glob("*.txt")):
+        text = path.read_text(encoding="utf-8")
+        if "Resource Profile: Imaging Study" in text:
+            found = re.search(r"Official URL: (\S+) Version: (\S+)", text)
+            if found:
+                return found[1], found[2]
+    raise FileNotFoundError(f"no Osiris ImagingStudy page among {SEEDS}")

@@ -1,7 +1,8 @@
-"""Delivery to a real FHIR server (tests/fhirserver), through real workers and Redis.
+"""Delivery to real FHIR servers, through real workers and Redis.
 
-Each test runs ``scp2fhir worker`` processes against a private Redis and the in-memory
-FHIR R4 server; faults come from a real HTTP proxy in between (tests/conftest_delivery).
+Each test runs ``scp2fhir worker`` processes against a private Redis and, once each, the
+in-memory FHIR R4 server of tests/fhirserver (medplum's router) and HAPI FHIR JPA
+(tests/hapi); faults come from a real HTTP proxy in between (tests/conftest_delivery).
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from tests.conftest import ROOT, TEST_QUIET_SECONDS, ScpThread, pipeline_env, st
 from tests.conftest import stop_process as stop
 from tests.conftest_delivery import (
     FaultProxy,
+    RealServer,
     SilentServer,
     Worker,
+    clone_header,
+    cloned_study,
     delivery_env,
     pending,
     push,
@@ -30,7 +34,7 @@ from tests.conftest_delivery import (
     study_headers,
     wait_delivered,
 )
-from tests.fhirserver.harness import FhirServer
+from tests.hapi.harness import HapiServer
 from tests.support import free_port, make_study, storescu, wait_for
 
 # The delivery fixtures (pytest finds fixtures among a module's names).
@@ -46,7 +50,7 @@ def history(base_url: str, resource_id: str) -> list[dict[str, Any]]:
 
 
 def test_storescu_study_is_one_imaging_study_whose_version_grows_with_a_late_instance(
-    fhir: FhirServer, redis_url: str, data: redis.Redis, tmp_path: Path
+    fhir: RealServer, redis_url: str, data: redis.Redis, tmp_path: Path
 ) -> None:
     port = free_port()
     env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_FHIR_BASE_URL=fhir.base_url)
@@ -125,15 +129,17 @@ def test_answers_slower_than_the_timeout_are_retried_without_extra_versions(
         # re-read showed the same content, so that version was adopted, not a new one.
         assert second["meta"]["versionId"] == "2"
         assert first["id"] == second["id"]
-        assert [p.status for p in proxy.writes("PUT")] == [201, 200, 412]
+        conflict = proxy.behaviour.conflict_status
+        assert [p.status for p in proxy.writes("PUT")] == [201, 200, conflict]
     finally:
         worker.stop()
 
 
-def test_400_is_dead_lettered_visible_and_requeued_by_retry_failed(
-    fhir: FhirServer, redis_url: str, data: redis.Redis, tmp_path: Path
+def test_another_fhir_version_is_dead_lettered_visible_and_requeued_by_retry_failed(
+    fhir: RealServer, redis_url: str, data: redis.Redis, tmp_path: Path
 ) -> None:
-    # A real rejection: R5 content sent to an R4 server fails its validation.
+    # R5 output for an R4 server: medplum would refuse it (400), HAPI would store what its
+    # lenient parser reads of it and drop the rest. Nothing is sent to either.
     env = delivery_env(redis_url, tmp_path / "out", fhir.base_url, SCP2FHIR_FHIR_VERSION="R5")
     worker = Worker(env, tmp_path / "w1.log")
     study, headers = study_headers(tmp_path / "s", [("CT", 2), ("MR", 1)])
@@ -145,10 +151,9 @@ def test_400_is_dead_lettered_visible_and_requeued_by_retry_failed(
     finally:
         worker.stop()
     assert studies_by_identifier(fhir.base_url, study.study_uid) == []
-    assert "speaks FHIR 4.0.1 but fhir_version=R5" in log
+    assert "speaks FHIR 4.0.1 but fhir_version=R5: nothing is sent" in log
     assert f"study={study.study_uid} destination=default delivery dead-lettered" in log
-    assert "Rejected: PUT ImagingStudy: HTTP 400: error" in log
-    # Issue codes and paths only: no patient data from the headers or the outcome.
+    assert "Unsupported: the server speaks FHIR 4.0.1, but destination default has" in log
     for phi in ("CompressedSamples", "TEST-PID-1"):
         assert phi not in log
     assert data.hget(keys.DELIVER_FAILED, study.study_uid) == failed.get_job_ids()[0]
@@ -354,7 +359,7 @@ def test_client_id_mode_and_a_concurrent_edit(
         assert [(p.status, p.headers.get("If-Match")) for p in bridge] == [
             (201, None),
             (200, 'W/"1"'),
-            (412, 'W/"2"'),
+            (proxy.behaviour.conflict_status, 'W/"2"'),
             (200, 'W/"3"'),
         ]
         assert "concurrent edit detected on ImagingStudy" in worker.text()
@@ -370,7 +375,19 @@ def test_gzip_bodies_when_the_server_takes_them_plain_when_it_refuses(
     )
     worker = Worker(env, tmp_path / "w.log")
     try:
-        # The test server itself cannot read gzip (400): the body goes plain at once.
+        if proxy.behaviour.reads_gzip:
+            # HAPI reads compressed bodies itself: they go compressed, and what it stored
+            # (12 instances, then 12 more in another study) is what was sent.
+            for name, modality in (("a", "CT"), ("b", "MR")):
+                study, headers = study_headers(tmp_path / name, [(modality, 12)])
+                push(redis_url, headers)
+                wait_delivered(proxy.base_url, study.study_uid, 12, timeout=20)
+            puts = [(p.headers.get("Content-Encoding"), p.status) for p in proxy.writes("PUT")]
+            assert puts == [("gzip", 201), ("gzip", 201)]
+            assert "sending plain bodies" not in worker.text()
+            assert not data.keys(keys.fhir_no_gzip("*"))
+            return
+        # The medplum test server cannot read gzip (400): the body goes plain at once.
         first, headers = study_headers(tmp_path / "a", [("CT", 12)])
         push(redis_url, headers)
         wait_delivered(proxy.base_url, first.study_uid, 12, timeout=20)
@@ -389,5 +406,71 @@ def test_gzip_bodies_when_the_server_takes_them_plain_when_it_refuses(
         wait_delivered(proxy.base_url, third.study_uid, 12, timeout=20)
         puts = [(p.headers.get("Content-Encoding"), p.status) for p in proxy.writes("PUT")]
         assert puts == [("gzip", 400), (None, 201), (None, 201), ("gzip", 201)]
+    finally:
+        worker.stop()
+
+
+def test_a_5000_instance_study_is_one_resource_and_a_late_instance_updates_it(
+    proxy: FaultProxy, redis_url: str, tmp_path: Path
+) -> None:
+    """5000 instances in 4 series (about 1 MB of ImagingStudy, sent gzip-compressed where
+    the server reads it): one resource; one late instance makes version 2 of it."""
+    env = delivery_env(
+        redis_url,
+        tmp_path / "out",
+        proxy.base_url,
+        SCP2FHIR_FHIR_TIMEOUT_SECONDS="120",
+        # No pause while 5000 headers are pushed may close the study early.
+        SCP2FHIR_QUIET_SECONDS="3",
+    )
+    worker = Worker(env, tmp_path / "w.log")
+    try:
+        _, (template,) = study_headers(tmp_path / "t", [("CT", 1)])
+        study_uid, headers = cloned_study(template, 4, 1250)
+        push(redis_url, headers)
+        first = wait_delivered(proxy.base_url, study_uid, 5000, timeout=300, step=1)
+        assert first["meta"]["versionId"] == "1"
+        assert [len(s["instance"]) for s in first["series"]] == [1250] * 4
+        assert len({i["uid"] for s in first["series"] for i in s["instance"]}) == 5000
+        series_uid = first["series"][0]["uid"]
+        push(redis_url, [clone_header(template, study_uid, series_uid, 1251)])
+        second = wait_delivered(proxy.base_url, study_uid, 5001, timeout=300, step=1)
+        assert second["id"] == first["id"] and second["meta"]["versionId"] == "2"
+        sent = [p for p in proxy.writes("PUT") if p.status in (200, 201)]
+        assert [p.status for p in sent] == [201, 200]
+        encoding = "gzip" if proxy.behaviour.reads_gzip else None
+        assert [p.headers.get("Content-Encoding") for p in sent] == [encoding, encoding]
+        assert min(p.body_bytes for p in sent) > 100_000
+    finally:
+        worker.stop()
+
+
+def test_r5_output_to_an_r5_server(hapi_r5: HapiServer, redis_url: str, tmp_path: Path) -> None:
+    """SCP2FHIR_FHIR_VERSION=R5 to HAPI's R5 server (medplum's router is R4 only): the study
+    Bundle as a transaction with its conditional Patient, then a late instance's version 2."""
+    hapi_r5.reset()
+    env = delivery_env(
+        redis_url,
+        tmp_path / "out",
+        hapi_r5.base_url,
+        SCP2FHIR_FHIR_VERSION="R5",
+        SCP2FHIR_FHIR_BUNDLE="1",
+        SCP2FHIR_PATIENT_ID_SYSTEM="urn:oid:1.2.3.4",
+    )
+    worker = Worker(env, tmp_path / "w.log")
+    try:
+        study, headers = study_headers(tmp_path / "s", [("CT", 2), ("MR", 2)])
+        push(redis_url, headers[:-1])
+        first = wait_delivered(hapi_r5.base_url, study.study_uid, 3, timeout=30)
+        assert first["meta"]["versionId"] == "1"
+        # R5 shapes: series.modality is a CodeableConcept, bodySite a CodeableReference.
+        assert first["series"][0]["modality"]["coding"][0]["code"] == "CT"
+        assert first["subject"]["reference"].startswith("Patient/")
+        push(redis_url, headers[-1:])
+        second = wait_delivered(hapi_r5.base_url, study.study_uid, 4, timeout=30)
+        assert second["id"] == first["id"] and second["meta"]["versionId"] == "2"
+        # Only the transaction Bundle creates the Patient (conditionally: once).
+        patients = httpx.get(f"{hapi_r5.base_url}/Patient", timeout=10).json().get("entry", [])
+        assert len(patients) == 1
     finally:
         worker.stop()

@@ -1,6 +1,7 @@
 """Authentication and TLS towards the FHIR server, against real local servers: a token
 endpoint that verifies what the bridge sends, and a proxy that checks the tokens (or
-requires a client certificate) in front of the real FHIR test server."""
+requires a client certificate) in front of each real FHIR test server (medplum's router,
+HAPI FHIR JPA)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests import conftest_delivery
 from tests.certs import make_pki
 from tests.conftest_delivery import (
     FaultProxy,
+    RealServer,
     TokenServer,
     Worker,
     delivery_env,
@@ -26,7 +28,6 @@ from tests.conftest_delivery import (
     study_headers,
     wait_delivered,
 )
-from tests.fhirserver.harness import FhirServer
 from tests.support import wait_for
 
 fhir_server = conftest_delivery.fhir_server
@@ -37,7 +38,7 @@ CLIENT_ID = "scp2fhir-bridge"
 SCOPE = "system/ImagingStudy.rs system/ImagingStudy.cu"
 
 
-def deliver_one(redis_url: str, fhir: FhirServer, folder: Path, count: int = 2) -> str:
+def deliver_one(redis_url: str, fhir: RealServer, folder: Path, count: int = 2) -> str:
     """Push a study; wait until the FHIR server (asked directly, not through the
     token-checking proxy) has it."""
     study, headers = study_headers(folder, [("CT", count)])
@@ -47,7 +48,7 @@ def deliver_one(redis_url: str, fhir: FhirServer, folder: Path, count: int = 2) 
 
 
 def test_static_bearer_token_from_a_rotated_file(
-    fhir: FhirServer, proxy: FaultProxy, redis_url: str, tmp_path: Path
+    fhir: RealServer, proxy: FaultProxy, redis_url: str, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("static-token-ONE\n")
@@ -72,7 +73,7 @@ def test_static_bearer_token_from_a_rotated_file(
 
 
 def test_client_credentials_token_is_cached_and_refreshed_once_after_401(
-    fhir: FhirServer, proxy: FaultProxy, redis_url: str, tmp_path: Path
+    fhir: RealServer, proxy: FaultProxy, redis_url: str, tmp_path: Path
 ) -> None:
     secret_file = tmp_path / "client-secret"
     secret_file.write_text("s3cret:with&odd=chars\n")
@@ -159,7 +160,7 @@ def private_key(kind: str, path: Path) -> bytes:
 
 @pytest.mark.parametrize(("kind", "algorithm"), [("RSA", "RS384"), ("EC", "ES384")])
 def test_smart_backend_services_signed_assertion(
-    fhir: FhirServer, proxy: FaultProxy, redis_url: str, tmp_path: Path, kind: str, algorithm: str
+    fhir: RealServer, proxy: FaultProxy, redis_url: str, tmp_path: Path, kind: str, algorithm: str
 ) -> None:
     key_file = tmp_path / "bridge-key.pem"
     tokens = TokenServer(CLIENT_ID, public_key=private_key(kind, key_file)).start()
@@ -185,7 +186,7 @@ def test_smart_backend_services_signed_assertion(
         tokens.stop()
 
 
-def test_mutual_tls_with_a_private_ca(fhir: FhirServer, redis_url: str, tmp_path: Path) -> None:
+def test_mutual_tls_with_a_private_ca(fhir: RealServer, redis_url: str, tmp_path: Path) -> None:
     ca, server, client = make_pki(tmp_path / "pki")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(server.cert, server.key)

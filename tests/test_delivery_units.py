@@ -284,9 +284,19 @@ def test_identifier_token_escapes_search_characters() -> None:
     assert study_identifier_token({"identifier": []}) is None
 
 
-def test_the_test_servers_capability_statement_and_the_fallbacks() -> None:
-    with FhirServer() as fhir:
-        statement = httpx.get(f"{fhir.base_url}/metadata", timeout=10).json()
+@pytest.mark.parametrize("server", ["medplum", "hapi"])
+def test_the_test_servers_capability_statement_and_the_fallbacks(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    if server == "hapi":
+        statement = httpx.get(f"{request.getfixturevalue('hapi_r4').base_url}/metadata").json()
+        study = next(r for r in statement["rest"][0]["resource"] if r["type"] == "ImagingStudy")
+        # HAPI takes client ids (client_id_strategy ANY) without saying so: not stated is
+        # not "no", or client-id mode would fall back to conditional update there.
+        assert "updateCreate" not in study
+    else:
+        with FhirServer() as fhir:
+            statement = httpx.get(f"{fhir.base_url}/metadata", timeout=10).json()
     caps = Capabilities.parse(statement)
     assert caps.known and caps.fhir_version == "4.0.1"
     assert caps.update and caps.create and caps.conditional_update and caps.update_create
@@ -299,6 +309,18 @@ def test_the_test_servers_capability_statement_and_the_fallbacks() -> None:
     assert no_conditional.first_write("client-id", True) == "client-id"
     no_client_ids = Capabilities(known=True, update_create=False)
     assert no_client_ids.first_write("client-id", True) == "conditional"
+    said_no = {
+        **statement,
+        "rest": [
+            {
+                **statement["rest"][0],
+                "resource": [
+                    {**r, "updateCreate": False} for r in statement["rest"][0]["resource"]
+                ],
+            }
+        ],
+    }
+    assert not Capabilities.parse(said_no).update_create
     with pytest.raises(ValueError):
         Capabilities.parse({"resourceType": "Patient"})
 

@@ -17,6 +17,8 @@ and a redelivery always sends the newest output. One module per noun:
 * :mod:`~workers.delivery.auth` -- none, bearer, OAuth2 client credentials, SMART
   Backend Services;
 * :mod:`~workers.delivery.conformance` -- the CapabilityStatement and the fallbacks;
+* :mod:`~workers.delivery.validation` -- the server's ``$validate`` before a write
+  (``SCP2FHIR_FHIR_VALIDATE=1``);
 * :mod:`~workers.delivery.retry` -- which failures are transient, backoff, Retry-After;
 * :mod:`~workers.delivery.state` -- per-study and destination records in Redis, retention
   once every destination has the study;
@@ -29,6 +31,7 @@ from workers.delivery.errors import (
     DeliveryError,
     ForeignResource,
     GaveUp,
+    Invalid,
     NothingToDeliver,
     PermanentDeliveryError,
     Rejected,
@@ -52,6 +55,7 @@ __all__ = [
     "DeliveryError",
     "ForeignResource",
     "GaveUp",
+    "Invalid",
     "NothingToDeliver",
     "PermanentDeliveryError",
     "Rejected",

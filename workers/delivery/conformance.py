@@ -8,13 +8,15 @@ for each thing missing, with what delivery does instead:
 * no conditional update (``conditionalUpdate``) -> search ImagingStudy by identifier,
   then update the match or create (conditional create when offered, so two workers
   cannot both create);
-* no client ids (``updateCreate``) with ``write_mode = "client-id"`` ->
-  conditional update, or search as above;
+* no client ids (``updateCreate: false``; a statement that does not say is taken at its
+  word for ``update``) with ``write_mode = "client-id"`` -> conditional update, or search
+  as above;
 * no ImagingStudy ``update`` -> create only: a study already on the server cannot be
   updated, and such a delivery is dead-lettered with that reason;
 * no ``transaction`` -> a study Bundle is delivered as the ImagingStudy alone;
-* another ``fhirVersion`` than configured -> an error line (deliveries will likely be
-  rejected and dead-lettered);
+* another ``fhirVersion`` than configured -> an error line, and deliveries are
+  dead-lettered without sending anything: a lenient server (HAPI FHIR parses leniently)
+  would store what it can read of another version's resource and drop the rest;
 * no readable CapabilityStatement -> a warning; the configured mode is used as is.
 """
 
@@ -79,7 +81,9 @@ class Capabilities:
             fhir_version=version if isinstance(version, str) else None,
             create="create" in interactions,
             update="update" in interactions,
-            update_create=study.get("updateCreate") is True,
+            # Only an explicit "no" counts: HAPI FHIR accepts client ids (its
+            # client_id_strategy) but never states updateCreate in its statement.
+            update_create=study.get("updateCreate") is not False,
             conditional_create=study.get("conditionalCreate") is True,
             conditional_update=study.get("conditionalUpdate") is True,
             # A server listing no search parameters at all may still search; one that
@@ -88,6 +92,12 @@ class Capabilities:
             and (not params or "identifier" in params),
             transaction="transaction" in system,
         )
+
+    def speaks(self, fhir_version: str) -> bool:
+        """Whether the server's FHIR version is ``fhir_version`` (R4, R5); an unknown
+        version counts as yes."""
+        expected = "5.0" if fhir_version == "R5" else "4.0"
+        return not self.fhir_version or self.fhir_version.startswith(expected)
 
     def first_write(self, mode: str, has_identifier: bool) -> FirstWrite:
         """How to write a study the bridge has no server id for yet."""
@@ -166,11 +176,10 @@ def report(base_url: str, caps: Capabilities, destination: Destination) -> None:
         yes(caps.transaction),
         way,
     )
-    expected = "5.0" if destination.fhir_version == "R5" else "4.0"
-    if caps.fhir_version and not caps.fhir_version.startswith(expected):
+    if not caps.speaks(destination.fhir_version):
         logger.error(
-            "destination=%s server=%s speaks FHIR %s but fhir_version=%s: it will likely "
-            "reject what is sent (dead-lettered until fixed, then `scp2fhir retry-failed`)",
+            "destination=%s server=%s speaks FHIR %s but fhir_version=%s: nothing is sent "
+            "(deliveries are dead-lettered until fixed, then `scp2fhir retry-failed`)",
             name,
             base_url,
             caps.fhir_version,

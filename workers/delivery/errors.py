@@ -10,9 +10,12 @@
     │                                re-reads (or several resources carry the identifier)
     └── PermanentDeliveryError       dead-lettered at once: the same request cannot succeed
         ├── Rejected                 any other 4xx; its OperationOutcome summarised
+        ├── Invalid                  the server's $validate found errors
+        │                            (SCP2FHIR_FHIR_VALIDATE=1); its issues summarised
         ├── AuthenticationFailed     401/403 after one token refresh; the token endpoint
         │                            refused the client (invalid_client, bad assertion...)
-        ├── Unsupported              the server lacks what delivery needs (no update)
+        ├── Unsupported              the server lacks what delivery needs (no update,
+        │                            another FHIR version)
         ├── NothingToDeliver         neither aggregate nor output file is left
         ├── ForeignResource          the server's resource for the study was not written by
         │                            scp2fhir (no origin tag): never overwritten or retracted
@@ -68,6 +71,10 @@ class Rejected(PermanentDeliveryError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Invalid(PermanentDeliveryError):
+    pass
 
 
 class AuthenticationFailed(PermanentDeliveryError):

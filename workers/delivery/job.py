@@ -10,7 +10,8 @@ destination that gets something of it. The job (:func:`deliver`), for one destin
 2. skips a study that is receiving again (its next emission delivers it);
 3. builds the destination's output from the *current* aggregate (the newest content,
    whichever emission queued the job: :mod:`workers.delivery.output` leaves out, maps,
-   pseudonymizes) and skips it if the destination already has exactly that;
+   pseudonymizes) and skips it if the destination already has exactly that; with
+   ``validate`` the server's ``$validate`` checks it first (:mod:`workers.delivery.validation`);
 4. writes it (:class:`workers.delivery.writer.StudyWriter`, or a file for a folder
    destination) and records id, version and content hash; once no destination waits for
    the study any more, the retention clock of its aggregate starts.
@@ -47,7 +48,7 @@ from rq.registry import FailedJobRegistry
 
 from scp import keys, metrics
 from scp.connections import RedisClients
-from workers.delivery import conformance
+from workers.delivery import conformance, validation
 from workers.delivery.client import get_client
 from workers.delivery.conformance import Capabilities
 from workers.delivery.errors import (
@@ -55,12 +56,13 @@ from workers.delivery.errors import (
     NothingToDeliver,
     PermanentDeliveryError,
     TransientDeliveryError,
+    Unsupported,
 )
 from workers.delivery.output import destination_output
 from workers.delivery.retry import backoff_seconds
 from workers.delivery.settings import Destination
 from workers.delivery.state import Delivered, DeliveryState
-from workers.delivery.writer import StudyWriter, WriteResult
+from workers.delivery.writer import StudyWriter, WriteResult, imaging_study_of
 from workers.fold import StudyAggregate
 from workers.lifecycle.retraction import entered_in_error
 from workers.mapping import fhir_id
@@ -217,6 +219,11 @@ def _deliver_locked(
     if destination.url is not None:
         client = get_client(destination, data)
         caps = conformance.load(client, destination, data)
+        if not caps.speaks(destination.fhir_version):
+            raise Unsupported(
+                f"the server speaks FHIR {caps.fhir_version}, but destination {name} has "
+                f"fhir_version={destination.fhir_version}: nothing sent"
+            )
     else:
         caps = Capabilities()  # a folder takes anything a server could
     aggregate = ctx.store.load(study_uid)
@@ -247,6 +254,8 @@ def _deliver_locked(
         path = write_resource(destination.folder, output)
         result = WriteResult(str(output["id"]), None, 0, f"file {path}")
     else:
+        if destination.validate:
+            validation.check(client, destination, study_uid, imaging_study_of(output)[0])
         result = StudyWriter(client, destination, caps).write(study_uid, output, known)
     now_ms = int(time.time() * 1000)
     record = Delivered(result.resource_id, result.version, digest, now_ms)

@@ -58,6 +58,7 @@ ENVIRONMENT_NAMES: dict[str, str] = {
     "write_mode": "SCP2FHIR_FHIR_WRITE_MODE",
     "timeout_seconds": "SCP2FHIR_FHIR_TIMEOUT_SECONDS",
     "gzip_min_bytes": "SCP2FHIR_FHIR_GZIP_MIN_BYTES",
+    "validate": "SCP2FHIR_FHIR_VALIDATE",
     "auth.method": "SCP2FHIR_FHIR_AUTH",
     "auth.token": "SCP2FHIR_FHIR_TOKEN",
     "auth.token_file": "SCP2FHIR_FHIR_TOKEN_FILE",
@@ -91,7 +92,7 @@ _AUTH_KEYS: dict[str, tuple[AuthMethod, ...]] = {
     "scope": ("client-credentials", "smart-backend"),
 }
 #: Keys that make sense for a FHIR server only.
-_SERVER_ONLY = ("write_mode", "timeout_seconds", "gzip_min_bytes")
+_SERVER_ONLY = ("write_mode", "timeout_seconds", "gzip_min_bytes", "validate")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -195,6 +196,9 @@ class Destination:
     options: MappingOptions = field(default_factory=MappingOptions)
     timeout_seconds: float = 30.0
     gzip_min_bytes: int = 65536
+    #: Ask the server's ``$validate`` (with the profile's URL) before each write
+    #: (:mod:`workers.delivery.validation`).
+    validate: bool = False
     auth: Auth = Auth()
     tls: Tls = Tls()
     retry: RetryPolicy = RetryPolicy()
@@ -325,6 +329,7 @@ def parse_destination(r: Reader, settings: Settings, default_name: str | None) -
     bundle = r.flag("bundle", settings.fhir_bundle)
     timeout = r.number("timeout_seconds", 30.0, high=600)
     gzip_min_bytes = r.integer("gzip_min_bytes", 65536, 0, 10**9)
+    validate = r.flag("validate", False)
     auth = _auth(r.table("auth"), url is not None)
     tls = _tls(r.table("tls"))
     retry = _retry(r.table("retry"))
@@ -367,6 +372,7 @@ def parse_destination(r: Reader, settings: Settings, default_name: str | None) -
         options=options,
         timeout_seconds=timeout,
         gzip_min_bytes=gzip_min_bytes,
+        validate=validate,
         auth=auth,
         tls=tls,
         retry=retry,

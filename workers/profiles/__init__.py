@@ -5,7 +5,8 @@ the base mapping builds; none knows about another. Adding a profile is a new mod
 one line in :data:`PROFILES`.
 
 * ``base`` -- FHIR ImagingStudy (R4 or R5) as the base mapping builds it;
-* ``mii`` -- German Medical Informatics Initiative, module Bildgebung (R4);
+* ``mii`` -- German Medical Informatics Initiative, module Bildgebung 2026.0.0 (R4);
+* ``mii-2027`` -- the same module's 2027.0.0-ballot (R4);
 * ``osiris`` -- French Osiris oncology ImagingStudy (R4);
 * ``qicore`` -- US QI-Core ImagingStudy (R4).
 """
@@ -15,11 +16,14 @@ from __future__ import annotations
 from workers.profiles.base import PROFILE as BASE
 from workers.profiles.gaps import Gap, Gaps
 from workers.profiles.mii import PROFILE as MII
+from workers.profiles.mii import PROFILE_2027 as MII_2027
 from workers.profiles.osiris import PROFILE as OSIRIS
 from workers.profiles.profile import Profile
 from workers.profiles.qicore import PROFILE as QICORE
 
-PROFILES: dict[str, Profile] = {profile.name: profile for profile in (BASE, MII, OSIRIS, QICORE)}
+PROFILES: dict[str, Profile] = {
+    profile.name: profile for profile in (BASE, MII, MII_2027, OSIRIS, QICORE)
+}
 
 
 def profile_named(name: str) -> Profile:

@@ -7,6 +7,14 @@ from typing import Any
 from workers.profiles.profile import Resource
 
 UCUM = "http://unitsofmeasure.org"
+DATA_ABSENT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+
+
+def absent(reason: str = "unknown") -> dict[str, Any]:
+    """The content of an element a profile requires but the data lack: no value, only a
+    data-absent-reason extension (``"_description": absent()``, ``"reasonReference":
+    [absent("unsupported")]``). It says "not known", never a made-up value."""
+    return {"extension": [{"url": DATA_ABSENT, "valueCode": reason}]}
 
 
 def quantity(value: int | float, code: str, unit: str) -> dict[str, Any]:

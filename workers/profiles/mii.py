@@ -1,9 +1,19 @@
 """MII Bildgebung: the German Medical Informatics Initiative's imaging module (FHIR R4).
 
-Profile ``mii-pr-bildgebung-bildgebungsstudie`` (version 2027.0.0-ballot) with
+Profile ``mii-pr-bildgebung-bildgebungsstudie`` in two versions, which share their
+canonical URLs:
 
-* study: reason for imaging (``bildgebungsgrund``) and the patient's weight and height
-  (``gewicht`` / ``groesse``), which the profile wants as references to vital-sign
+* ``mii``: the current release **2026.0.0** (what data integration centres run);
+* ``mii-2027``: the **2027.0.0-ballot**, which adds the study-level weight and height
+  extensions (``gewicht`` / ``groesse``); everything else scp2fhir writes is the same in
+  both (the StructureDefinitions of the two versions differ there, and in bindings that
+  do not change the output: tests/test_profiles.py compares them, the validator checks
+  each version's output against that version).
+
+What the profile adds:
+
+* study: reason for imaging (``bildgebungsgrund``); with 2027.0.0-ballot also the
+  patient's weight and height, which the profile wants as references to vital-sign
   Observations: they are contained in the ImagingStudy, dated by the study;
 * series: one modality extension (CT, MG/CR/DX, MR, PT, NM, US), contrast
   (``kontrastmittel``) and slice thickness (``serie-schichtdicke``) -- each value only
@@ -142,6 +152,31 @@ IMAGE_TYPE_CODES = frozenset(
         "0400",
     ]
 )
+#: The codes of the MII CodeSystems for DICOM's defined terms (tests compare them with the
+#: CodeSystems of both versions).
+SCANNING_SEQUENCE_CODES = frozenset(["SE", "IR", "GR", "EP", "RM"])
+SEQUENCE_VARIANT_CODES = frozenset(["SK", "MTC", "SS", "TRSS", "SP", "MP", "OSP", "NONE"])
+SERIES_TYPE_CODES = frozenset(["STATIC", "DYNAMIC", "GATED", "WHOLEBODY", "IMAGE", "REPROJECTION"])
+TRANSDUCER_TYPE_CODES = frozenset(
+    [
+        "SECTOR_PHASED",
+        "SECTOR_MECH",
+        "SECTOR_ANNULAR",
+        "LINEAR",
+        "CURVED_LINEAR",
+        "SINGLE_CRYSTAL",
+        "SPLIT_XTAL_CWD",
+        "IV_PHASED",
+        "IV_ROT_XTAL",
+        "IV_ROT_MIRROR",
+        "ENDOCAV_PA",
+        "ENDOCAV_MECH",
+        "ENDOCAV_CLA",
+        "ENDOCAV_AA",
+        "ENDOCAV_LINEAR",
+        "VECTOR_PHASED",
+    ]
+)
 #: The US image type's 4th value is a hexadecimal bit map of these flags (PS3.3
 #: C.8.5.6.1.1); the CodeSystem has one code per flag.
 _US_FLAGS = ("0001", "0002", "0004", "0008", "0010", "0020", "0040", "0100", "0200", "0400")
@@ -183,9 +218,14 @@ def _boolean(value: Any) -> dict[str, Any] | None:
     return {"valueBoolean": value} if isinstance(value, bool) else None
 
 
-def _codes(system: str, separator: str = "") -> Callable[[Any], dict[str, Any] | None]:
-    """Defined terms of a CS element (one or several values) as codes of an MII CodeSystem,
-    whose codes write DICOM's spaces as ``separator`` (``CURVED LINEAR``: ``CURVED_LINEAR``)."""
+def _codes(
+    system: str, codes: frozenset[str], separator: str = ""
+) -> Callable[[Any], dict[str, Any] | None]:
+    """Defined terms of a CS element (one or several values) as codes of an MII CodeSystem
+    (``codes``), whose codes write DICOM's spaces as ``separator`` (``CURVED LINEAR``:
+    ``CURVED_LINEAR``). A term the CodeSystem lacks (``OTHER``, a vendor's) is no code;
+    ``text`` then keeps the whole DICOM value beside the codes there are. The bindings are
+    required, so a value with no code at all gives no part (``None``)."""
 
     def build(value: Any) -> dict[str, Any] | None:
         values = [value] if isinstance(value, str) else value
@@ -193,8 +233,14 @@ def _codes(system: str, separator: str = "") -> Callable[[Any], dict[str, Any] |
             return None
         if not values:
             return None
-        codings = [{"system": system, "code": v.replace(" ", separator)} for v in values]
-        return {"valueCodeableConcept": {"coding": codings}}
+        terms = [v.replace(" ", separator) for v in values]
+        codings = [{"system": system, "code": t} for t in dict.fromkeys(terms) if t in codes]
+        if not codings:
+            return None  # the binding is required: no code, no part (a gap)
+        concept: dict[str, Any] = {"coding": codings}
+        if len(codings) < len(set(terms)):
+            concept["text"] = "\\".join(values)
+        return {"valueCodeableConcept": concept}
 
     return build
 
@@ -271,13 +317,13 @@ MODALITY_EXTENSIONS: dict[str, tuple[str, list[Part]]] = {
                 "scanningSequence",
                 "scanning_sequence",
                 "(0018,0020)",
-                _codes(SCANNING_SEQUENCE_SYSTEM),
+                _codes(SCANNING_SEQUENCE_SYSTEM, SCANNING_SEQUENCE_CODES),
             ),
             (
                 "scanningSequenceVariant",
                 "sequence_variant",
                 "(0018,0021)",
-                _codes(SEQUENCE_VARIANT_SYSTEM),
+                _codes(SEQUENCE_VARIANT_SYSTEM, SEQUENCE_VARIANT_CODES),
             ),
             ("echoTime", "echo_time", "(0018,0081)", _q("ms", "milliseconds")),
             ("repetitionTime", "repetition_time", "(0018,0080)", _q("ms", "milliseconds")),
@@ -297,7 +343,12 @@ MODALITY_EXTENSIONS: dict[str, tuple[str, list[Part]]] = {
                 _q("Bq", "Becquerel"),
             ),
             _HALF_LIFE,
-            ("seriesType", "series_type", "(0054,1000)", _codes(SERIES_TYPE_SYSTEM)),
+            (
+                "seriesType",
+                "series_type",
+                "(0054,1000)",
+                _codes(SERIES_TYPE_SYSTEM, SERIES_TYPE_CODES),
+            ),
         ],
     ),
     "NM": (
@@ -321,7 +372,7 @@ MODALITY_EXTENSIONS: dict[str, tuple[str, list[Part]]] = {
                 "transducerType",
                 "transducer_type",
                 "(0018,6031)",
-                _codes(TRANSDUCER_TYPE_SYSTEM, "_"),
+                _codes(TRANSDUCER_TYPE_SYSTEM, TRANSDUCER_TYPE_CODES, "_"),
             ),
             (
                 "transducerFrequency",
@@ -344,11 +395,17 @@ MODALITY_EXTENSIONS.update(dict.fromkeys(("MG", "CR", "DX"), _PROJECTION))
 
 
 class MiiProfile(Profile):
-    name = "mii"
     url = STUDY_PROFILE
     version = "2027.0.0-ballot"
     fhir_versions = frozenset({"R4"})
     needs_technique = True
+
+    def __init__(self, name: str, version: str, vital_signs: bool) -> None:
+        self.name = name
+        #: The guide's version (``StructureDefinition.version``).
+        self.version = version
+        #: Whether the study profile has the weight and height extensions.
+        self.vital_signs = vital_signs
 
     def refine_study(self, study: Resource, aggregate: StudyAggregate, gaps: Gaps) -> None:
         self.claim(study)
@@ -356,7 +413,8 @@ class MiiProfile(Profile):
         reasons = [t for t in attrs.get("reason_texts") or [] if isinstance(t, str) and t]
         if reasons:
             add_extension(study, extension(REASON, valueString="; ".join(reasons)))
-        _vital_signs(study, attrs, gaps)
+        if self.vital_signs:
+            _vital_signs(study, attrs, gaps)
         members = aggregate.members_by_series()
         for series in study.get("series") or []:
             facts = SeriesFacts(members.get(series["uid"], []))
@@ -400,6 +458,13 @@ def _series(series: Resource, facts: SeriesFacts, gaps: Gaps) -> None:
             built = build(value) if value is not None else None
             if built is not None:
                 made.append({"url": slice_name, **built})
+            elif value is not None:
+                gaps.add(
+                    where,
+                    f"extension:{_short(url)}.{slice_name}",
+                    MUST_SUPPORT,
+                    f"{tag} holds no value the profile's type or code system can take",
+                )
         if modality in ("MG", "CR", "DX"):
             _view_position(made, facts, where, gaps)
         add_extension(series, complex_extension(url, made))
@@ -590,6 +655,15 @@ def _vital_signs(study: Resource, attrs: dict[str, Any], gaps: Gaps) -> None:
         add_extension(study, extension(url, valueReference={"reference": f"#{local_id}"}))
 
 
-__all__ = ["MODALITY_EXTENSIONS", "PROFILE", "MiiProfile", "image_type_concept"]
+__all__ = [
+    "MODALITY_EXTENSIONS",
+    "PROFILE",
+    "PROFILE_2027",
+    "MiiProfile",
+    "image_type_concept",
+]
 
-PROFILE = MiiProfile()
+#: ``mii``: the current release.
+PROFILE = MiiProfile("mii", "2026.0.0", vital_signs=False)
+#: ``mii-2027``: the ballot of the next release.
+PROFILE_2027 = MiiProfile("mii-2027", "2027.0.0-ballot", vital_signs=True)

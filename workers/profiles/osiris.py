@@ -25,6 +25,7 @@ from typing import Any
 from workers.fold import StudyAggregate
 from workers.profiles.facts import VARIES, SeriesFacts
 from workers.profiles.fhir import (
+    absent,
     add_extension,
     based_on_accession,
     complex_extension,
@@ -105,9 +106,8 @@ BLOCKS: dict[str, tuple[frozenset[str], list[Setting]]] = {
     ),
 }
 
-#: Required study elements the base mapping fills from DICOM when it can.
+#: Required (primitive) study elements the base mapping fills from DICOM when it can.
 _STUDY_REQUIRED = [
-    ("modality", "(0008,0060) Modality of no series is a DICOM modality code"),
     ("started", "(0008,0020) Study Date absent"),
     ("description", "(0008,1030) Study Description absent"),
 ]
@@ -119,6 +119,20 @@ _SERIES_REQUIRED = [
     ),
     ("started", "(0008,0021) Series Date absent and no acquisition date"),
 ]
+
+#: Osiris codes modalities with its own value set (VSModality, required): five DICOM
+#: modalities under this system, RT structure sets under Arkhn's, everything else "Unknown".
+OSIRIS_DICOM = "https://dicom.nema.org/medical/dicom"
+MODALITIES = {
+    "MR": (OSIRIS_DICOM, "MR", "Magnetic Resonance Imaging"),
+    "CT": (OSIRIS_DICOM, "CT", "Computed Tomography Scanner"),
+    "PT": (OSIRIS_DICOM, "PT", "Positron emission Tomography"),
+    "DX": (OSIRIS_DICOM, "DX", "Digital X Ray"),
+    "NM": (OSIRIS_DICOM, "NM", "Nuclear Medicine image"),
+    "RTSTRUCT": ("https://terminology.arkhn.com/SeriesModalityCS", "RTSTRUCT", None),
+}
+UNKNOWN_MODALITY = ("http://terminology.hl7.org/CodeSystem/umls", "C0439673", "Unknown")
+DEVICE_PROFILE = _IG + "imaging-device"
 
 
 class OsirisProfile(Profile):
@@ -134,16 +148,20 @@ class OsirisProfile(Profile):
         for element, reason in _STUDY_REQUIRED:
             if element not in study:
                 gaps.add("study", element, REQUIRED, reason)
+                study[f"_{element}"] = absent()
         if "extension" in (study.get("subject") or {}):
             gaps.add("study", "subject", REQUIRED, "(0010,0020) Patient ID absent")
         if not study.get("endpoint"):
             gaps.add("study", "endpoint", REQUIRED, "no WADO-RS endpoint (SCP2FHIR_WADO_RS_URL)")
+            study["endpoint"] = [absent()]
         gaps.add(
             "study",
             "reasonReference",
             REQUIRED,
             "an Osiris Analysis resource: DICOM headers do not identify one",
         )
+        # DICOM cannot carry an Analysis: "unsupported" by the source, not merely unknown.
+        study["reasonReference"] = [absent("unsupported")]
         if not study.get("series"):
             gaps.add("study", "series", REQUIRED, "no series")
         attrs = aggregate.study.attrs if aggregate.study else {}
@@ -152,6 +170,20 @@ class OsirisProfile(Profile):
             _describe(series, aggregate, attrs)
             facts = SeriesFacts(members.get(series["uid"], []))
             _series(series, facts, attrs, gaps)
+        _study_modalities(study, gaps)
+
+    def refine_device(self, device: Resource) -> None:
+        """``imaging-device``: manufacturer, one device name (of type manufacturer-name: the
+        Manufacturer's Model Name) and a version are required; what DICOM lacks says so
+        (data-absent-reason). The station name has no place there."""
+        self.claim(device, DEVICE_PROFILE)
+        if "manufacturer" not in device:
+            device["_manufacturer"] = absent()
+        model = [n for n in device.get("deviceName") or [] if n.get("type") == "model-name"]
+        name = {"name": model[0]["name"]} if model else {"_name": absent()}
+        device["deviceName"] = [{**name, "type": "manufacturer-name"}]
+        if not device.get("version"):
+            device["version"] = [{"_value": absent()}]
 
 
 def _describe(series: Resource, aggregate: StudyAggregate, study: dict[str, Any]) -> None:
@@ -180,17 +212,13 @@ def _series(series: Resource, facts: SeriesFacts, study: dict[str, Any], gaps: G
     for element, reason in _SERIES_REQUIRED:
         if element not in series:
             gaps.add(where, element, REQUIRED, reason)
+            series[f"_{element}"] = absent()
     if "code" not in (series.get("modality") or {}):
         gaps.add(where, "modality", REQUIRED, "(0008,0060) Modality absent or not a DICOM code")
     modality = str((series.get("modality") or {}).get("code", ""))
+    _osiris_modality(series, where, gaps)
     parts = _settings(SETTINGS, facts, where, "extension:imaging-settings", gaps)
-    for block, (modalities, settings) in BLOCKS.items():
-        if modality in modalities:
-            made = _settings(settings, facts, where, f"extension:imaging-settings.{block}", gaps)
-            if made:
-                parts.append({"url": block, "extension": made})
-    add_extension(series, complex_extension(IMAGING_SETTINGS, parts))
-    if not parts:
+    if not any("value" in key for p in parts for key in p):
         gaps.add(
             where,
             "extension:imaging-settings",
@@ -198,6 +226,13 @@ def _series(series: Resource, facts: SeriesFacts, study: dict[str, Any], gaps: G
             "no image geometry: the series holds no images (or was received before a "
             "profile was selected)",
         )
+    for block, (modalities, settings) in BLOCKS.items():
+        if modality in modalities:
+            path = f"extension:imaging-settings.{block}"
+            made = _settings(settings, facts, where, path, gaps)
+            if any(not _is_absent(p) for p in made):
+                parts.append({"url": block, "extension": made})
+    add_extension(series, complex_extension(IMAGING_SETTINGS, parts))
     measures = [
         {"url": name, "valueDecimal": value}
         for name, key in (
@@ -212,28 +247,73 @@ def _series(series: Resource, facts: SeriesFacts, study: dict[str, Any], gaps: G
 def _settings(
     settings: list[Setting], facts: SeriesFacts, where: str, path: str, gaps: Gaps
 ) -> list[dict[str, Any]]:
+    """The settings' sub-extensions; a required one without a true value is there with a
+    data-absent-reason (the profile requires the slice) and reported as a gap."""
     made: list[dict[str, Any]] = []
     for slice_name, fact, tag, kind, required in settings:
         element = f"{path}.{slice_name}"
         value = facts.value(fact)
+        typed = None
         if value is VARIES:
             gaps.add(where, element, VARIES_GAP, facts.spread(fact).reason(tag))
-            continue
-        if value is None:
+        elif value is None:
             if required and facts.recorded:
                 gaps.add(where, element, REQUIRED, f"{tag} absent")
-            continue
-        typed = _typed(value, kind)
-        if typed is None:
-            gaps.add(
-                where,
-                element,
-                REQUIRED if required else MUST_SUPPORT,
-                f"{tag} is not a whole number; the profile wants an integer",
-            )
-            continue
-        made.append({"url": slice_name, **typed})
+        else:
+            typed = _typed(value, kind)
+            if typed is None:
+                gaps.add(
+                    where,
+                    element,
+                    REQUIRED if required else MUST_SUPPORT,
+                    f"{tag} is not a whole number; the profile wants an integer",
+                )
+        if typed is not None:
+            made.append({"url": slice_name, **typed})
+        elif required:
+            made.append({"url": slice_name, f"_{_VALUE_KEYS[kind]}": absent()})
     return made
+
+
+_VALUE_KEYS = {"string": "valueString", "integer": "valueInteger", "decimal": "valueDecimal"}
+
+
+def _is_absent(part: dict[str, Any]) -> bool:
+    return not any(key.startswith("value") for key in part)
+
+
+def _osiris_coding(code: str | None) -> dict[str, Any]:
+    system, value, display = MODALITIES.get(code or "", UNKNOWN_MODALITY)
+    coding = {"system": system, "code": value}
+    if display:
+        coding["display"] = display
+    return coding
+
+
+def _osiris_modality(series: Resource, where: str, gaps: Gaps) -> None:
+    """The series' DICOM modality as Osiris codes it (VSModality)."""
+    code = (series.get("modality") or {}).get("code")
+    if code not in MODALITIES:
+        gaps.add(
+            where,
+            "modality",
+            MUST_SUPPORT,
+            f"(0008,0060) Modality {code or '(none)'} has no code in Osiris' VSModality: "
+            "coded as Unknown",
+        )
+    series["modality"] = _osiris_coding(code)
+
+
+def _study_modalities(study: Resource, gaps: Gaps) -> None:
+    """Study-level ``modality`` (1..*, the same value set): the series' Osiris codes."""
+    codings: list[dict[str, Any]] = []
+    for series in study.get("series") or []:
+        if (coding := series.get("modality")) and coding not in codings:
+            codings.append(coding)
+    if not codings:
+        gaps.add("study", "modality", REQUIRED, "(0008,0060) no series has a Modality")
+        codings = [_osiris_coding(None)]
+    study["modality"] = codings
 
 
 def _typed(value: Any, kind: str) -> dict[str, Any] | None:
