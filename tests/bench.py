@@ -309,6 +309,8 @@ def fold_and_build(reps: int, work: Path, instances: int) -> None:
             rates: list[float] = []
             cpu_rates: list[float] = []
             builds: list[float] = []
+            loads: list[float] = []
+            build_cpu: list[float] = []
             per_instance: list[float] = []
             for _ in range(reps):
                 clients.data.flushall()
@@ -327,10 +329,12 @@ def fold_and_build(reps: int, work: Path, instances: int) -> None:
                 clients.data.delete(keys.INBOX, keys.OPEN_STUDIES)
                 held = int(clients.data.info("memory")["used_memory"]) - baseline
                 per_instance.append(held / len(headers))
-                began = time.perf_counter()
+                began, cpu = time.perf_counter(), time.process_time()
                 aggregate: StudyAggregate = ctx.store.load(study.study_uid)
+                loads.append(time.perf_counter() - began)
                 resource = imaging_study(aggregate, "R4", options=ctx.options)
                 builds.append(time.perf_counter() - began)
+                build_cpu.append(time.process_time() - cpu)
                 assert resource["numberOfInstances"] == len(headers)
             figures[profile] = (median(rates), median(per_instance), median(builds))
             line(
@@ -349,6 +353,10 @@ def fold_and_build(reps: int, work: Path, instances: int) -> None:
                 f"[{profile}] build ImagingStudy of {instances} (s, target < "
                 f"{BUILD_TARGET_SECONDS[profile]:g})",
                 f"{median(builds):8.3f}",
+            )
+            line(
+                f"[{profile}]     of which load from Redis (s) | worker CPU s",
+                f"{median(loads):8.3f} {median(build_cpu):.3f}",
             )
         (base_rate, base_bytes, base_build), (rate, size, build) = figures["base"], figures["mii"]
         line(
