@@ -355,7 +355,7 @@ def fold_and_build(reps: int, work: Path, instances: int) -> None:
                 f"{median(builds):8.3f}",
             )
             line(
-                f"[{profile}]     of which load from Redis (s) | worker CPU s",
+                f"[{profile}]   of which load from Redis (s) | worker CPU s",
                 f"{median(loads):8.3f} {median(build_cpu):.3f}",
             )
         (base_rate, base_bytes, base_build), (rate, size, build) = figures["base"], figures["mii"]
