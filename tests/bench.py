@@ -12,7 +12,8 @@ In one run on one machine (a command, not a test: nothing here asserts a speed):
   the time from the last C-STORE response to the ImagingStudy file minus the quiet period;
 * worker side: fold rate of one worker, Redis bytes per instance held after emission,
   build of a 5000-instance ImagingStudy (load from Redis + map), base and mii profile;
-* a large object (200 MB) through `scp2fhir scp`, with either spool setting: peak RSS;
+* spool: `scp2fhir scp` with either spool setting, on the CT study (instances/s, CPU)
+  and on one large object (200 MiB: peak RSS, which the default setting keeps flat);
 * completion signals: last instance -> ImagingStudy with MPPS and with the quiet period.
 
 Figures are medians over --reps repetitions (default 3). Every send is checked: a
@@ -66,7 +67,7 @@ __all__ = ["ROOT", "Storescp", "System", "line", "main", "platform_line", "send"
 
 QUIET_SECONDS = 2.0
 INGEST = {"1-association": 1, "4-associations": 4}
-SCENARIOS = (*INGEST, "worker", "large", "completion")
+SCENARIOS = (*INGEST, "worker", "spool", "completion")
 RECEIVERS = ("storescp", "orthanc", "pynetdicom", "scp", "up")
 #: the issue's targets, printed beside the figures (README "Performance")
 FOLD_TARGET_PER_SECOND = 5000
@@ -369,7 +370,7 @@ def fold_and_build(reps: int, work: Path, instances: int) -> None:
         server.stop()
 
 
-# --- large object ----------------------------------------------------------------------
+# --- spool: small instances and a large object -----------------------------------------
 
 
 def large_object(folder: Path, megabytes: int) -> Path:
@@ -390,27 +391,44 @@ def large_object(folder: Path, megabytes: int) -> Path:
     return path
 
 
-def large(work: Path, megabytes: int) -> None:
-    print(f"\nlarge: one {megabytes} MiB object through scp2fhir scp, 1 association", flush=True)
+def spool(work: Path, megabytes: int, instances: int, reps: int) -> None:
+    """`scp2fhir scp` with each spool setting: a CT study (alternating, as in the ingest
+    scenarios), then one large object (peak RSS before and after)."""
+    print(
+        f"\nspool: scp2fhir scp with SCP2FHIR_SPOOL=file (the default) and =memory, "
+        f"1 association; {instances} CT instances (medians of {reps}), then one "
+        f"{megabytes} MiB object",
+        flush=True,
+    )
     path = large_object(work / "large", megabytes)
     size = path.stat().st_size / 1024 / 1024
-    warm_up = make_study(work / "large-warm-up", [("CT", 5)])
-    for spool in ("file", "memory"):
-        scp = Scp({"SCP2FHIR_SPOOL": spool})
-        try:
-            send(scp.port, [warm_up.files])
+    receivers = {name: Scp({"SCP2FHIR_SPOOL": name}) for name in ("file", "memory")}
+    results = {name: Measures() for name in receivers}
+    try:
+        for rep in range(reps):
+            study = bench_study(work / f"spool-{rep}", instances, 1)
+            for name in list(receivers)[rep % 2 :] + list(receivers)[: rep % 2]:
+                measure(receivers[name], study, results[name])
+            shutil.rmtree(work / f"spool-{rep}", ignore_errors=True)
+        for name, measures in results.items():
+            line(
+                f"SPOOL={name}: {instances} CT instances, inst/s | CPU ms/inst",
+                f"{median(measures.rates):8.0f} | {median(measures.cpu['scp']):.2f}",
+            )
+        for name, scp in receivers.items():
             before, held = scp.peak_rss_kib(), scp.received()
             seconds = send(scp.port, [[path]])
             after = scp.peak_rss_kib()
             if scp.received() != (held or 0) + 1:
-                raise SendFailed(f"scp2fhir scp (SPOOL={spool}) did not keep the large object")
+                raise SendFailed(f"scp2fhir scp (SPOOL={name}) did not keep the large object")
             line(
-                f"SCP2FHIR_SPOOL={spool}: {size:.0f} MiB in {seconds:.1f} s, peak RSS MiB",
+                f"SPOOL={name}: {size:.0f} MiB object in {seconds:.1f} s, peak RSS MiB",
                 f"{before / MIB:.0f} -> {after / MIB:.0f} (+{(after - before) / MIB:.0f})",
             )
-        finally:
+    finally:
+        for scp in receivers.values():
             scp.stop()
-    shutil.rmtree(work / "large", ignore_errors=True)
+        shutil.rmtree(work / "large", ignore_errors=True)
 
 
 # --- the command -----------------------------------------------------------------------
@@ -509,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         runs: dict[str, Callable[[], object]] = {
             "worker": lambda: fold_and_build(reps, work, build),
-            "large": lambda: large(work, megabytes),
+            "spool": lambda: spool(work, megabytes, instances, reps),
             "completion": lambda: _completion(reps, work),
         }
         for scenario in scenarios:

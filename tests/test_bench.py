@@ -50,11 +50,11 @@ def test_ingest_runs_every_receiver_in_both_scenarios(capsys: pytest.CaptureFixt
     assert re.search(rf"minus the 2 s quiet period: -?{NUMBER} s", out)
 
 
-def test_only_selects_receivers_and_the_worker_and_large_scenarios_run(
+def test_only_selects_receivers_and_the_worker_and_spool_scenarios_run(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = ["--quick", "--instances", "4", "--build-instances", "40", "--large-mb", "4"]
-    assert bench.main([*argv, "--only", "1-association", "--only", "scp,worker,large"]) == 0
+    assert bench.main([*argv, "--only", "1-association", "--only", "scp,worker,spool"]) == 0
     out = capsys.readouterr().out
     assert len(_rows(out, "scp2fhir scp ")) == 1
     assert not _rows(out, "dcmtk storescp") and not _rows(out, "scp2fhir up ")
@@ -62,7 +62,8 @@ def test_only_selects_receivers_and_the_worker_and_large_scenarios_run(
         assert re.search(rf"\[{profile}\] fold instances/s per worker.*\s{NUMBER}$", out, re.M)
         assert re.search(rf"\[{profile}\] build ImagingStudy of 40 .*\s{NUMBER}$", out, re.M)
     for spool in ("file", "memory"):
-        assert re.search(rf"SCP2FHIR_SPOOL={spool}: 4 MiB in {NUMBER} s, peak RSS MiB", out)
+        assert re.search(rf"SPOOL={spool}: 4 CT instances, inst/s \| CPU ms/inst .*\d", out)
+        assert re.search(rf"SPOOL={spool}: 4 MiB object in {NUMBER} s, peak RSS MiB .*\d", out)
 
 
 def test_unknown_names_are_refused() -> None:
