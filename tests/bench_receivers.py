@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import redis
@@ -117,6 +118,28 @@ def tool_version(command: Sequence[str], pattern: str) -> str:
         return "?"
     found = re.search(pattern, out.stdout + out.stderr)
     return found.group(1) if found else "?"
+
+
+def _scp2fhir(
+    verb: str, port: int, cwd: Path, extra_env: Mapping[str, str]
+) -> tuple[subprocess.Popen[bytes], BinaryIO]:
+    """Start ``scp2fhir VERB`` listening on loopback ``port``, logging (warnings and
+    worse) to VERB.log in ``cwd``."""
+    env = {
+        "SCP2FHIR_PORT": str(port),
+        "SCP2FHIR_BIND": "127.0.0.1",
+        "SCP2FHIR_LOG_LEVEL": "WARNING",
+        **extra_env,
+    }
+    log = (cwd / f"{verb}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scp.cli", verb],
+        cwd=cwd,
+        env=_python_env(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return proc, log
 
 
 class Storescp:
@@ -220,21 +243,8 @@ class Scp:
         self.redis = EmbeddedRedis(self.cwd / "redis")
         self.redis.start()
         self.client = redis.Redis.from_url(self.redis.url)
-        self.log = (self.cwd / "scp.log").open("wb")
-        env = {
-            "SCP2FHIR_REDIS_URL": self.redis.url,
-            "SCP2FHIR_PORT": str(self.port),
-            "SCP2FHIR_BIND": "127.0.0.1",
-            "SCP2FHIR_LOG_LEVEL": "WARNING",
-            **(extra_env or {}),
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scp.cli", "scp"],
-            cwd=self.cwd,
-            env=_python_env(env),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        env = {"SCP2FHIR_REDIS_URL": self.redis.url, **(extra_env or {})}
+        self.proc, self.log = _scp2fhir("scp", self.port, self.cwd, env)
         _wait_ready(self.port, self.proc, "scp2fhir scp", 60)
 
     def roles(self) -> dict[str, list[int]]:
@@ -268,22 +278,12 @@ class System:
         self.quiet_seconds = quiet_seconds
         self.cwd = Path(tempfile.mkdtemp(prefix="bench-scp2fhir-"))
         env = {
-            "SCP2FHIR_PORT": str(self.port),
-            "SCP2FHIR_BIND": "127.0.0.1",
             "SCP2FHIR_QUIET_SECONDS": str(quiet_seconds),
             "SCP2FHIR_DASHBOARD_PORT": "0",
             "SCP2FHIR_WEB_PORT": "0",
-            "SCP2FHIR_LOG_LEVEL": "WARNING",
             **extra_env,
         }
-        self.log = (self.cwd / "up.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scp.cli", "up"],
-            cwd=self.cwd,
-            env=_python_env(env),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc, self.log = _scp2fhir("up", self.port, self.cwd, env)
         self._roles: dict[str, list[int]] = {}
         _wait_ready(self.port, self.proc, "scp2fhir up", 60)
         counts = {role: len(pids) for role, pids in self.roles().items()}
