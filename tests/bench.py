@@ -1,43 +1,45 @@
 """scp2fhir's benchmark: `python -m tests.bench` (see the README's Performance section).
 
-It measures, in one run on one machine, against dcmtk's storescp as the reference:
+In one run on one machine (a command, not a test: nothing here asserts a speed):
 
-* ingest over 1 association (one CT study) and over 4 parallel associations
-  (20 studies x 100 mixed CT/MR instances), instances/s for storescp and for the
-  whole scp2fhir system (`scp2fhir up`: its SCP processes, workers and Redis), and
-  the ratio scp2fhir / storescp;
-* seconds from the last C-STORE response to the ImagingStudy file, minus the quiet
-  period;
-* worker fold throughput (instances/s, one worker, batches as in production);
-* Redis memory per instance held after emission (the aggregate kept for late instances);
-* time to build the ImagingStudy of a 5000-instance study (load from Redis + map);
-* peak RSS of the SCP and worker processes;
-* the cost of destinations (``--only destinations``): fold and emit rates with one
-  destination and with three (an EHR with QI-Core, a pseudonymized MII research copy
-  that leaves out MR, an R5 folder), and the time each destination's delivery job needs
-  to build its copy of a 2000-instance study.
+* ingest, per scenario (one CT study of 1000 instances of 39 KB, sent by dcmtk
+  `storescu` over 1 association, then split in 4 and sent by 4 `storescu` at once):
+  dcmtk `storescp` (the reference), Orthanc, pynetdicom's stock `storescp --ignore`,
+  `scp2fhir scp` alone and `scp2fhir up`, alternating receivers within each repetition;
+  instances/s and the ratio to storescp, CPU ms per instance of each receiver's own
+  processes (the machine is shared: CPU time is what noise disturbs least), peak RSS;
+  for scp2fhir also its Redis's CPU, memory and inbox bytes per instance, and for `up`
+  the time from the last C-STORE response to the ImagingStudy file minus the quiet period;
+* worker side: fold rate of one worker, Redis bytes per instance held after emission,
+  build of a 5000-instance ImagingStudy (load from Redis + map), base and mii profile;
+* spool: `scp2fhir scp` with either spool setting, on the CT study (instances/s, CPU)
+  and on one large object (200 MiB: peak RSS, which the default setting keeps flat);
+* completion signals: last instance -> ImagingStudy with MPPS and with the quiet period;
+* destinations: fold and emit rates with one destination and with three, and each
+  destination's build of its copy (:mod:`tests.bench_destinations`).
 
-Figures are medians over --reps repetitions (default 3). Nothing here asserts:
-speed is reported, correctness is what the tests check.
+Figures are medians over --reps repetitions (default 3). Every send is checked: a
+receiver that holds fewer instances than were sent, or a storescu error line, stops the
+run. `--only` selects scenarios and/or receivers by name (comma-separated or repeated).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
+import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+import pydicom
 import redis
 
 from scp import keys
@@ -45,250 +47,255 @@ from scp.connections import connect
 from scp.header import read_header
 from scp.inbox import Inbox
 from scp.settings import Settings
-from tests.support import (
-    DCMTK_ENV,
-    GeneratedStudy,
-    RedisProcess,
-    dcmtk,
-    free_port,
-    make_study,
-    wait_for,
+from tests.bench_procs import PeakSampler, all_stats, tree_cpu
+from tests.bench_receivers import (
+    ROOT,
+    Orthanc,
+    PynetdicomStorescp,
+    Scp,
+    SendFailed,
+    Storescp,
+    System,
+    send,
+    tool_version,
 )
+from tests.support import RedisProcess, make_study, sample_file, wait_for
 from workers.context import WorkerContext, install
 from workers.fold import StudyAggregate
 from workers.jobs import drain_inbox, ensure_group
 from workers.mapping import imaging_study
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT", "Storescp", "System", "line", "main", "platform_line", "send"]
+
 QUIET_SECONDS = 2.0
+INGEST = {"1-association": 1, "4-associations": 4}
+SCENARIOS = (*INGEST, "worker", "spool", "completion", "destinations")
+RECEIVERS = ("storescp", "orthanc", "pynetdicom", "scp", "up")
+#: the issue's targets, printed beside the figures (README "Performance")
+FOLD_TARGET_PER_SECOND = 5000
+BUILD_TARGET_SECONDS = {"base": 0.2, "mii": 0.5}
+MIB = 1024
 
 
-def send(port: int, groups: Sequence[Sequence[Path]]) -> float:
-    """Send each group over its own storescu association, all at once; returns seconds."""
-    began = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            [dcmtk("storescu"), "-aec", "SCP2FHIR", "127.0.0.1", str(port), *map(str, files)],
-            env=DCMTK_ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for files in groups
-    ]
-    for proc in procs:
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
-    return time.perf_counter() - began
+class Receiver(Protocol):
+    key: str
+    label: str
+    port: int
 
-
-class Storescp:
-    """dcmtk's storescp writing to a temporary folder: the reference receiver."""
-
-    def __init__(self, fork: bool) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-storescp-"))
-        args = [dcmtk("storescp"), "-od", str(self.dir), "-aet", "SCP2FHIR"]
-        if fork:
-            args.append("--fork")
-        self.proc = subprocess.Popen(
-            [*args, str(self.port)],
-            env=DCMTK_ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: _echo(self.port), 10, "storescp")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _echo(port: int) -> bool:
-    result = subprocess.run(
-        [dcmtk("echoscu"), "-aec", "SCP2FHIR", "127.0.0.1", str(port)],
-        env=DCMTK_ENV,
-        capture_output=True,
-    )
-    return result.returncode == 0
-
-
-class System:
-    """`scp2fhir up` with a private Redis in a temporary working directory."""
-
-    def __init__(self, extra_env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.cwd = Path(tempfile.mkdtemp(prefix="bench-scp2fhir-"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SCP2FHIR_")}
-        env.update(
-            {
-                "SCP2FHIR_PORT": str(self.port),
-                "SCP2FHIR_QUIET_SECONDS": str(QUIET_SECONDS),
-                "SCP2FHIR_DASHBOARD_PORT": "0",
-                "SCP2FHIR_WEB_PORT": "0",
-                "SCP2FHIR_LOG_LEVEL": "WARNING",
-                "PYTHONPATH": str(ROOT),
-                **extra_env,
-            }
-        )
-        self.log = (self.cwd / "up.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scp.cli", "up"],
-            cwd=self.cwd,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(lambda: _echo(self.port), 60, "scp2fhir up")
-        self.peaks: dict[str, int] = {}
-        self._sampling = True
-        self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
-        self._sampler.start()
-
-    def output(self, study_uid: str) -> Path:
-        return self.cwd / "out" / "ImagingStudy" / f"{study_uid}.json"
-
-    def redis_url(self) -> str:
-        # The private Redis's port is in its command line, which redis-server rewrites to
-        # "redis-server 127.0.0.1:PORT" once it runs.
-        for pid in _descendants(self.proc.pid):
-            cmd = _cmdline(pid)
-            if cmd and "redis-server" in cmd[0]:
-                if "--port" in cmd:
-                    return f"redis://127.0.0.1:{cmd[cmd.index('--port') + 1]}/0"
-                return f"redis://{cmd[0].split()[-1]}/0"
-        raise RuntimeError("private redis-server not found")
-
-    def _sample_rss(self) -> None:
-        while self._sampling:
-            for pid in _descendants(self.proc.pid):
-                role = _role(_cmdline(pid))
-                if role:
-                    self.peaks[role] = max(self.peaks.get(role, 0), _rss_kib(pid))
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self._sampling = False
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        self.log.close()
-        shutil.rmtree(self.cwd, ignore_errors=True)
-
-
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    children = [int(p) for p in out.stdout.split()]
-    return children + [d for c in children for d in _descendants(c)]
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    except OSError:
-        return []
-
-
-def _role(cmd: list[str]) -> str | None:
-    if "scp" in cmd and "scp.cli" in cmd:
-        return "scp"
-    if "worker" in cmd and "scp.cli" in cmd:
-        return "worker"
-    if cmd and "rq:" in cmd[0]:  # RQ's work horse / scheduler rename themselves
-        return "worker"
-    if cmd and "redis-server" in cmd[0]:
-        return "redis"
-    return None
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
+    def roles(self) -> dict[str, list[int]]: ...
+    def received(self) -> int | None: ...
+    def stop(self) -> None: ...
 
 
 def line(label: str, value: str) -> None:
     print(f"  {label:<58} {value}", flush=True)
 
 
-# --- scenarios -------------------------------------------------------------------------
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --- ingest ----------------------------------------------------------------------------
+
+
+@dataclass
+class Measures:
+    """One receiver's figures over the repetitions of a scenario."""
+
+    rates: list[float] = field(default_factory=list)
+    #: role -> CPU ms per instance during the send, one per repetition
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    #: scp2fhir: Redis memory added per instance (the inbox entry and its bookkeeping)
+    redis_bytes: list[float] = field(default_factory=list)
+    #: up: CPU ms per instance of the whole system until the ImagingStudy is written
+    system_cpu: dict[str, list[float]] = field(default_factory=dict)
+    #: up: last C-STORE response -> ImagingStudy written, minus the quiet period
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BenchStudy:
+    study_uid: str
+    count: int
+    #: one folder per association
+    parts: list[Path]
+
+
+def bench_study(folder: Path, instances: int, associations: int) -> BenchStudy:
+    """A CT study of ``instances`` slices (pydicom's CT_small, 39 KB), split in
+    ``associations`` folders of consecutive instances."""
+    study = make_study(folder / "all", [("CT", instances)])
+    parts = []
+    for n in range(associations):
+        part = folder / f"part-{n}"
+        part.mkdir()
+        first, end = n * instances // associations, (n + 1) * instances // associations
+        for path in study.files[first:end]:
+            path.rename(part / path.name)
+        parts.append(part)
+    shutil.rmtree(folder / "all")
+    return BenchStudy(study.study_uid, instances, parts)
+
+
+def _cpu_by_role(receiver: Receiver) -> dict[str, float]:
+    stats = all_stats()
+    return {role: tree_cpu(roots, stats) for role, roots in receiver.roles().items()}
+
+
+def measure(receiver: Receiver, study: BenchStudy, into: Measures) -> None:
+    """One send of ``study`` to ``receiver``, checked, with its CPU and Redis figures."""
+    held = receiver.received()
+    redis_before = receiver.redis_bytes() if isinstance(receiver, Scp) else 0
+    cpu_before = _cpu_by_role(receiver)
+    seconds = send(receiver.port, [[part] for part in study.parts])
+    done = time.time()
+    cpu_after = _cpu_by_role(receiver)
+    per_instance = 1000 / study.count
+    into.rates.append(study.count / seconds)
+    for role, spent in cpu_after.items():
+        into.cpu.setdefault(role, []).append((spent - cpu_before.get(role, 0)) * per_instance)
+    if held is not None:
+        now = receiver.received()
+        assert now is not None
+        if now - held != study.count:
+            raise SendFailed(f"{receiver.label} holds {now - held} of {study.count} instances")
+    if isinstance(receiver, Scp):
+        into.redis_bytes.append((receiver.redis_bytes() - redis_before) / study.count)
+    if isinstance(receiver, System):
+        wait_for(
+            functools.partial(receiver.complete, study.study_uid, study.count),
+            QUIET_SECONDS + 300,
+            f"the ImagingStudy of {study.count} instances",
+        )
+        written = receiver.output(study.study_uid).stat().st_mtime
+        into.latencies.append(written - done - QUIET_SECONDS)
+        cpu_end = _cpu_by_role(receiver)
+        for role, spent in cpu_end.items():
+            into.system_cpu.setdefault(role, []).append(
+                (spent - cpu_before.get(role, 0)) * per_instance
+            )
+
+
+def start_receiver(key: str, associations: int) -> Receiver:
+    if key == "storescp":
+        return Storescp(fork=associations > 1)
+    if key == "orthanc":
+        return Orthanc()
+    if key == "pynetdicom":
+        return PynetdicomStorescp()
+    if key == "scp":
+        return Scp()
+    return System({}, QUIET_SECONDS)
 
 
 def ingest(
-    name: str,
-    studies: Callable[[Path], list[GeneratedStudy]],
-    associations: int,
-    reps: int,
-    work: Path,
-) -> None:
-    print(f"\n{name} ({associations} association{'s' if associations > 1 else ''})", flush=True)
-    reference: list[float] = []
-    ours: list[float] = []
-    latencies: list[float] = []
-    count = 0
-    system = System({})
+    scenario: str, instances: int, reps: int, work: Path, receivers: Sequence[str]
+) -> dict[str, Measures]:
+    associations = INGEST[scenario]
+    print(
+        f"\n{scenario}: one CT study of {instances} instances (39 KB slices), sent by "
+        f"{associations} storescu at once; medians of {reps}",
+        flush=True,
+    )
+    started: list[Receiver] = []
+    sampler = PeakSampler()
+    results: dict[str, Measures] = {}
+    peaks: dict[str, dict[str, int]] = {}
     try:
+        for key in receivers:
+            started.append(start_receiver(key, associations))
+            sampler.add(key, started[-1].roles)
+            results[key] = Measures()
         for rep in range(reps):
-            batch = studies(work / f"{name}-{rep}")
-            files = [f for s in batch for f in s.files]
-            count = len(files)
-            groups = [files[i::associations] for i in range(associations)]
-            scp = Storescp(fork=associations > 1)
-            try:
-                reference.append(count / send(scp.port, groups))
-            finally:
-                scp.stop()
-            seconds = send(system.port, groups)
-            done = time.time()
-            ours.append(count / seconds)
-            for study in batch:
-                wait_for(
-                    functools.partial(
-                        _complete, system.output(study.study_uid), len(study.sop_uids)
-                    ),
-                    QUIET_SECONDS + 120,
-                    "the ImagingStudy",
-                )
-            last_written = max(system.output(s.study_uid).stat().st_mtime for s in batch)
-            latencies.append(last_written - done - QUIET_SECONDS)
-            for study in batch:
-                shutil.rmtree(study.files[0].parent, ignore_errors=True)
+            study = bench_study(work / f"{scenario}-{rep}", instances, associations)
+            # alternating: each repetition starts with the next receiver
+            for receiver in started[rep % len(started) :] + started[: rep % len(started)]:
+                measure(receiver, study, results[receiver.key])
+            shutil.rmtree(work / f"{scenario}-{rep}", ignore_errors=True)
+        peaks = sampler.stop()
     finally:
-        system.stop()
-    ratio = median(ours) / median(reference)
-    line(f"instances per run: {count}", "")
-    line("dcmtk storescp instances/s (median)", f"{median(reference):8.0f}")
-    line("scp2fhir instances/s (median, Success after Redis)", f"{median(ours):8.0f}")
-    line("ratio scp2fhir / storescp", f"{ratio:8.2f}")
-    line("last C-STORE -> last ImagingStudy written, minus quiet (s)", f"{median(latencies):8.2f}")
-    line(
-        "peak RSS KiB: scp / worker / redis",
-        " / ".join(str(system.peaks.get(r, 0)) for r in ("scp", "worker", "redis")),
+        for receiver in started:
+            receiver.stop()
+    print_ingest({r.key: r.label for r in started}, results, peaks)
+    return results
+
+
+def print_ingest(
+    labels: dict[str, str], results: dict[str, Measures], peaks: dict[str, dict[str, int]]
+) -> None:
+    reference = results.get("storescp")
+    ref_rate = median(reference.rates) if reference else float("nan")
+    ref_cpu = median(reference.cpu["storescp"]) if reference else float("nan")
+    print(
+        f"  {'receiver':<42} {'inst/s':>7} {'ratio':>6} {'CPU ms/inst':>12} "
+        f"{'CPU/storescp':>13} {'peak RSS MiB':>13}"
+    )
+    main_role = {"storescp": "storescp", "orthanc": "orthanc", "pynetdicom": "pynetdicom"}
+    for key, measures in results.items():
+        role = main_role.get(key, "scp")
+        rate, cpu = median(measures.rates), median(measures.cpu.get(role, []))
+        rss = peaks.get(key, {}).get(role, 0) / MIB
+        print(
+            f"  {labels[key]:<42} {rate:7.0f} {_ratio(rate, ref_rate):>6} {cpu:12.2f} "
+            f"{_ratio(cpu, ref_cpu, 1) + 'x':>13} {rss:13.1f}",
+            flush=True,
+        )
+    if "scp" in results:
+        scp, scp_rss = results["scp"], peaks.get("scp", {})
+        print(
+            f"    scp2fhir scp's Redis: CPU {median(scp.cpu.get('redis', [])):.2f} ms/inst, "
+            f"peak RSS {scp_rss.get('redis', 0) / MIB:.1f} MiB, "
+            f"{median(scp.redis_bytes):.0f} bytes per instance in the inbox"
+        )
+    if "up" in results:
+        up, up_rss = results["up"], peaks.get("up", {})
+        parts = ", ".join(
+            f"{role} {median(values):.2f}"
+            for role, values in sorted(up.system_cpu.items())
+            if role != "other"
+        )
+        total = sum(median(v) for v in up.system_cpu.values())
+        print(
+            f"    scp2fhir up until the ImagingStudy is written: CPU {total:.2f} ms/inst ({parts})"
+        )
+        print(
+            "    scp2fhir up peak RSS MiB: "
+            + " / ".join(f"{r} {up_rss.get(r, 0) / MIB:.1f}" for r in ("scp", "worker", "redis"))
+        )
+        print(
+            f"    scp2fhir up: last C-STORE -> ImagingStudy written, minus the "
+            f"{QUIET_SECONDS:g} s quiet period: {median(up.latencies):.2f} s"
+        )
+    print(
+        "    (CPU: the receiver's own processes during the send; for scp2fhir the SCP "
+        "processes only)",
+        flush=True,
     )
 
 
-def _complete(path: Path, instances: int) -> bool:
-    try:
-        return bool(json.loads(path.read_text())["numberOfInstances"] == instances)
-    except (OSError, ValueError, KeyError):
-        return False
+def _ratio(value: float, reference: float, digits: int = 2) -> str:
+    """``value / reference``, or "-" without a usable reference (none run, or too little
+    CPU time to read: /proc counts in clock ticks)."""
+    if not reference > 0:
+        return "-"
+    return f"{value / reference:.{digits}f}"
 
 
-def fold_and_build(reps: int, work: Path) -> None:
-    print("\nworker side (one Redis, inline worker)", flush=True)
+# --- worker side -----------------------------------------------------------------------
+
+
+def fold_and_build(reps: int, work: Path, instances: int) -> None:
+    print(
+        f"\nworker: fold and build, one study of {instances} CT/MR instances, one Redis, "
+        f"inline worker; medians of {reps}",
+        flush=True,
+    )
     server = RedisProcess().start()
     try:
         url = server.url
         clients = connect(url)
-        study = make_study(work / "fold", [("CT", 2500), ("MR", 2500)])
+        series = [("CT", instances // 2), ("MR", instances - instances // 2)]
+        study = make_study(work / "fold", series)
         headers = [read_header(p).json for p in study.files]
         figures: dict[str, tuple[float, float, float]] = {}
         # base, and mii: a profile that records each instance's technique (the most data)
@@ -303,7 +310,10 @@ def fold_and_build(reps: int, work: Path) -> None:
             ctx = WorkerContext.build(settings, clients)
             install(ctx)
             rates: list[float] = []
+            cpu_rates: list[float] = []
             builds: list[float] = []
+            loads: list[float] = []
+            build_cpu: list[float] = []
             per_instance: list[float] = []
             for _ in range(reps):
                 clients.data.flushall()
@@ -312,27 +322,44 @@ def fold_and_build(reps: int, work: Path) -> None:
                 inbox = Inbox(clients.data, clients.rq)
                 for header in headers:
                     inbox.push(study.study_uid, header)
-                began = time.perf_counter()
-                drain_inbox()
+                began, cpu = time.perf_counter(), time.process_time()
+                folded = 0
+                while folded < len(headers):  # a drain hands over after its time slice
+                    folded += drain_inbox()
                 rates.append(len(headers) / (time.perf_counter() - began))
+                cpu_rates.append(len(headers) / (time.process_time() - cpu))
                 clients.rq.delete(*clients.rq.keys("rq:*"))  # jobs are not what is measured
                 clients.data.delete(keys.INBOX, keys.OPEN_STUDIES)
                 held = int(clients.data.info("memory")["used_memory"]) - baseline
                 per_instance.append(held / len(headers))
-                began = time.perf_counter()
+                began, cpu = time.perf_counter(), time.process_time()
                 aggregate: StudyAggregate = ctx.store.load(study.study_uid)
+                loads.append(time.perf_counter() - began)
                 resource = imaging_study(aggregate, "R4", options=ctx.options)
                 builds.append(time.perf_counter() - began)
+                build_cpu.append(time.process_time() - cpu)
                 assert resource["numberOfInstances"] == len(headers)
             figures[profile] = (median(rates), median(per_instance), median(builds))
-            line(f"[{profile}] fold instances/s per worker (median)", f"{median(rates):8.0f}")
             line(
-                f"[{profile}] Redis bytes per instance held (aggregate, median)",
+                f"[{profile}] fold instances/s per worker (target >= {FOLD_TARGET_PER_SECOND})",
+                f"{median(rates):8.0f}",
+            )
+            line(
+                f"[{profile}] fold instances per CPU second of the worker",
+                f"{median(cpu_rates):8.0f}",
+            )
+            line(
+                f"[{profile}] Redis bytes per instance held (aggregate)",
                 f"{median(per_instance):8.0f}",
             )
             line(
-                f"[{profile}] build ImagingStudy of 5000 instances (s, median)",
+                f"[{profile}] build ImagingStudy of {instances} (s, target < "
+                f"{BUILD_TARGET_SECONDS[profile]:g})",
                 f"{median(builds):8.3f}",
+            )
+            line(
+                f"[{profile}]   of which load from Redis (s) | worker CPU s",
+                f"{median(loads):8.3f} {median(build_cpu):.3f}",
             )
         (base_rate, base_bytes, base_build), (rate, size, build) = figures["base"], figures["mii"]
         line(
@@ -345,155 +372,71 @@ def fold_and_build(reps: int, work: Path) -> None:
         server.stop()
 
 
-#: The destinations of the cost scenario (never reached: emission only queues their jobs).
-DESTINATIONS = {
-    "ehr": '[[destinations]]\nname = "ehr"\nurl = "http://127.0.0.1:9/fhir"\nprofile = "qicore"\n',
-    "research": '[[destinations]]\nname = "research"\nurl = "http://127.0.0.1:9/fhir"\n'
-    'profile = "mii"\nbundle = true\n[destinations.leave_out]\nmodalities = ["MR"]\n'
-    '[destinations.pseudonymize]\nkey_file = "{key}"\nbirth_date = "year"\n'
-    'patient_id_system = "https://dic.example.org/sid/patient"\n',
-    "repository": '[[destinations]]\nname = "repository"\nfolder = "{folder}"\n'
-    'fhir_version = "R5"\n',
-}
+# --- spool: small instances and a large object -----------------------------------------
 
 
-def destination_cost(reps: int, work: Path) -> None:
-    """Fold and emit with one destination and with three; each destination's build."""
-    from tests.conftest_delivery import worker_context
-    from workers.delivery.output import destination_output
-    from workers.jobs import emit
+def large_object(folder: Path, megabytes: int) -> Path:
+    """A multi-frame 16-bit image of about ``megabytes`` MiB (pixel data of zeros)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(sample_file("CT_small.dcm"))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.Rows = ds.Columns = 512
+    frame = 512 * 512 * 2
+    frames = max(1, megabytes * 1024 * 1024 // frame)
+    ds.NumberOfFrames = frames
+    ds.PixelData = bytes(frame * frames)
+    path = folder / "large.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
-    print("\nthe cost of destinations (one Redis, inline worker)", flush=True)
-    server = RedisProcess().start()
-    key = work / "research.key"
-    key.write_text("bench-key-0123456789abcdef\n")
+
+def spool(work: Path, megabytes: int, instances: int, reps: int) -> None:
+    """`scp2fhir scp` with each spool setting: a CT study (alternating, as in the ingest
+    scenarios), then one large object (peak RSS before and after)."""
+    print(
+        f"\nspool: scp2fhir scp with SCP2FHIR_SPOOL=file (the default) and =memory, "
+        f"1 association; {instances} CT instances (medians of {reps}), then one "
+        f"{megabytes} MiB object",
+        flush=True,
+    )
+    path = large_object(work / "large", megabytes)
+    size = path.stat().st_size / 1024 / 1024
+    receivers = {name: Scp({"SCP2FHIR_SPOOL": name}) for name in ("file", "memory")}
+    results = {name: Measures() for name in receivers}
     try:
-        studies = [make_study(work / "dest" / str(n), [("CT", 20), ("MR", 20)]) for n in range(50)]
-        headers = [(s.study_uid, read_header(p).json) for s in studies for p in s.files]
-        big = make_study(work / "dest-big", [("CT", 1000), ("MR", 1000)])
-        big_headers = [read_header(p).json for p in big.files]
-        configurations = {"1 destination": ["ehr"], "3 destinations": list(DESTINATIONS)}
-        contexts = {}
-        for label, names in configurations.items():
-            path = work / f"{len(names)}.toml"
-            path.write_text(
-                "\n".join(DESTINATIONS[n].format(key=key, folder=work / "repo") for n in names)
-            )
-            env = {
-                "SCP2FHIR_REDIS_URL": server.url,
-                "SCP2FHIR_OUTPUT_DIR": str(work / "out"),
-                "SCP2FHIR_CONFIG": str(path),
-            }
-            contexts[label] = worker_context(env)
-        folds: dict[str, list[float]] = {label: [] for label in configurations}
-        emits: dict[str, list[float]] = {label: [] for label in configurations}
-        for _ in range(reps):
-            for label, ctx in contexts.items():  # interleaved: the machine's noise hits both
-                install(ctx)
-                data = ctx.clients.data
-                data.flushall()
-                ensure_group(data)
-                inbox = Inbox(data, ctx.clients.rq)
-                for study_uid, header in headers:
-                    inbox.push(study_uid, header)
-                began = time.perf_counter()
-                drain_inbox()
-                folds[label].append(len(headers) / (time.perf_counter() - began))
-                ctx.clients.rq.delete(*ctx.clients.rq.keys("rq:*"))  # quiet checks: not measured
-                began = time.perf_counter()
-                for study in studies:
-                    seen = data.zscore(keys.OPEN_STUDIES, study.study_uid)
-                    assert seen is not None
-                    data.set(keys.study_lease(study.study_uid), "bench")
-                    assert emit(ctx, study.study_uid, int(seen), "bench")
-                emits[label].append(len(studies) / (time.perf_counter() - began))
-                queued = sum(
-                    int(data.llen(f"rq:queue:{d.queue}")) for d in ctx.delivery.destinations
-                )
-                assert queued == len(studies) * len(configurations[label]), queued
-        figures: dict[str, tuple[float, float]] = {}
-        for label in configurations:
-            figures[label] = (median(folds[label]), median(emits[label]))
-            line(f"[{label}] fold instances/s (median)", f"{figures[label][0]:8.0f}")
-            line(f"[{label}] emit studies/s (40 instances; median)", f"{figures[label][1]:8.1f}")
-        (fold1, emit1), (fold3, emit3) = figures["1 destination"], figures["3 destinations"]
-        line("3 / 1 destinations: fold rate, emit rate", f"{fold3 / fold1:.2f} {emit3 / emit1:.2f}")
-
-        # What each delivery job builds (in its destination's own process).
-        ctx = contexts["3 destinations"]
-        install(ctx)
-        data = ctx.clients.data
-        data.flushall()
-        ensure_group(data)
-        inbox = Inbox(data, ctx.clients.rq)
-        for header in big_headers:
-            inbox.push(big.study_uid, header)
-        drain_inbox()
-        aggregate = ctx.store.load(big.study_uid)
-        for destination in ctx.delivery.destinations:
-            builds = []
-            for _ in range(reps):
-                began = time.perf_counter()
-                built = destination_output(destination, aggregate, standalone=False)
-                builds.append(time.perf_counter() - began)
-                assert built is not None
+        for rep in range(reps):
+            study = bench_study(work / f"spool-{rep}", instances, 1)
+            for name in list(receivers)[rep % 2 :] + list(receivers)[: rep % 2]:
+                measure(receivers[name], study, results[name])
+            shutil.rmtree(work / f"spool-{rep}", ignore_errors=True)
+        for name, measures in results.items():
             line(
-                f"[{destination.name}] build its copy of 2000 instances (s, median)",
-                f"{median(builds):8.3f}",
+                f"SPOOL={name}: {instances} CT instances, inst/s | CPU ms/inst",
+                f"{median(measures.rates):8.0f} | {median(measures.cpu['scp']):.2f}",
             )
-        for each in contexts.values():
-            each.clients.close()
+        for name, scp in receivers.items():
+            before, held = scp.peak_rss_kib(), scp.received()
+            seconds = send(scp.port, [[path]])
+            after = scp.peak_rss_kib()
+            if scp.received() != (held or 0) + 1:
+                raise SendFailed(f"scp2fhir scp (SPOOL={name}) did not keep the large object")
+            line(
+                f"SPOOL={name}: {size:.0f} MiB object in {seconds:.1f} s, peak RSS MiB",
+                f"{before / MIB:.0f} -> {after / MIB:.0f} (+{(after - before) / MIB:.0f})",
+            )
     finally:
-        server.stop()
-        shutil.rmtree(work / "dest", ignore_errors=True)
-        shutil.rmtree(work / "dest-big", ignore_errors=True)
+        for scp in receivers.values():
+            scp.stop()
+        shutil.rmtree(work / "large", ignore_errors=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="smaller studies, 1 repetition")
-    parser.add_argument(
-        "--only", choices=("destinations",), help="run this scenario alone (no ingest)"
-    )
-    args = parser.parse_args(argv)
-    reps = 1 if args.quick else args.reps
-    big = 300 if args.quick else 2000
-    per_study = 20 if args.quick else 100
-
-    print(f"machine: {os.cpu_count()} cores, {platform_line()}")
-    print(f"repetitions: {reps}; quiet period {QUIET_SECONDS}s; dcmtk with TCP_NODELAY=1")
-    with tempfile.TemporaryDirectory(prefix="scp2fhir-bench-") as tmp:
-        work = Path(tmp)
-        if args.only == "destinations":
-            destination_cost(reps, work)
-            return 0
-        ingest("one CT study", lambda d: [make_study(d, [("CT", big)])], 1, reps, work)
-        ingest(
-            "20 studies x 100 mixed CT/MR",
-            lambda d: [
-                make_study(d / str(n), [("CT", per_study // 2), ("MR", per_study // 2)])
-                for n in range(20)
-            ],
-            4,
-            reps,
-            work,
-        )
-        fold_and_build(reps, work)
-        from tests.bench_lifecycle import completion_latency
-
-        completion_latency(reps, work)
-        destination_cost(reps, work)
-    return 0
+# --- the command -----------------------------------------------------------------------
 
 
 def platform_line() -> str:
-    import platform
-
     model = "unknown CPU"
     try:
         for text in Path("/proc/cpuinfo").read_text().splitlines():
@@ -505,5 +448,111 @@ def platform_line() -> str:
     return f"{model}, Python {platform.python_version()}, redis {redis.__version__}"
 
 
+def machine() -> list[str]:
+    from importlib.metadata import version
+
+    memory = "?"
+    try:
+        for text in Path("/proc/meminfo").read_text().splitlines():
+            if text.startswith("MemTotal:"):
+                memory = f"{int(text.split()[1]) / 1024 / 1024:.0f} GiB"
+    except OSError:
+        pass
+    model = platform_line().split(",")[0]
+    software = [
+        f"Python {platform.python_version()}",
+        f"pynetdicom {version('pynetdicom')}",
+        f"pydicom {version('pydicom')}",
+        "dcmtk " + tool_version(["/usr/bin/storescp", "--version"], r"v([\d.]+)"),
+        "Orthanc " + tool_version(["/usr/sbin/Orthanc", "--version"], r"Orthanc ([\d.]+)"),
+        "redis-server " + tool_version(["redis-server", "--version"], r"v=([\d.]+)"),
+    ]
+    return [
+        f"machine: {model}, {os.cpu_count()} cores, {memory} RAM, Linux {platform.release()}",
+        "software: " + ", ".join(software),
+    ]
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _names(values: Iterable[str]) -> set[str]:
+    names = {name.strip() for value in values for name in value.split(",") if name.strip()}
+    unknown = names - set(SCENARIOS) - set(RECEIVERS)
+    if unknown:
+        raise SystemExit(
+            f"--only: unknown {', '.join(sorted(unknown))}; scenarios: {', '.join(SCENARIOS)}; "
+            f"receivers: {', '.join(RECEIVERS)}"
+        )
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 repetition, smaller studies and object"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"scenarios ({', '.join(SCENARIOS)}) and/or receivers ({', '.join(RECEIVERS)})",
+    )
+    parser.add_argument("--instances", type=int, help="ingest study size (default 1000)")
+    parser.add_argument("--build-instances", type=int, help="worker study size (default 5000)")
+    parser.add_argument("--large-mb", type=int, help="large object size (default 200)")
+    args = parser.parse_args(argv)
+    names = _names(args.only)
+    scenarios = [s for s in SCENARIOS if s in names] or list(SCENARIOS)
+    receivers = [r for r in RECEIVERS if r in names] or list(RECEIVERS)
+    reps = 1 if args.quick else args.reps
+    instances = args.instances or (200 if args.quick else 1000)
+    build = args.build_instances or (1000 if args.quick else 5000)
+    megabytes = args.large_mb or (20 if args.quick else 200)
+
+    began = time.monotonic()
+    print("\n".join(machine()))
+    print(f"load average at start: {load_average()}")
+    print(
+        f"repetitions: {reps}; quiet period {QUIET_SECONDS:g} s; dcmtk tools and Orthanc "
+        "with TCP_NODELAY=1",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="scp2fhir-bench-") as tmp:
+        work = Path(tmp)
+        runs: dict[str, Callable[[], object]] = {
+            "worker": lambda: fold_and_build(reps, work, build),
+            "spool": lambda: spool(work, megabytes, instances, reps),
+            "completion": lambda: _completion(reps, work),
+            "destinations": lambda: _destinations(reps, work),
+        }
+        for scenario in scenarios:
+            if scenario in INGEST:
+                ingest(scenario, instances, reps, work, receivers)
+            else:
+                runs[scenario]()
+    print(f"\nload average at end: {load_average()}; {time.monotonic() - began:.0f} s in all")
+    return 0
+
+
+def _destinations(reps: int, work: Path) -> None:
+    from tests.bench_destinations import destination_cost
+
+    destination_cost(reps, work)
+
+
+def _completion(reps: int, work: Path) -> None:
+    from tests.bench_lifecycle import completion_latency
+
+    completion_latency(reps, work)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -23,13 +23,14 @@ LATENCY_QUIET_SECONDS = 10.0
 
 
 def completion_latency(reps: int, work: Path, instances: int = 100) -> None:
-    from tests.bench import System, line
+    from tests.bench import line
+    from tests.bench_receivers import System
 
     print(
         f"\nlast instance -> ImagingStudy written ({instances} CT instances, "
         f"quiet period {LATENCY_QUIET_SECONDS:g}s)"
     )
-    system = System({"SCP2FHIR_QUIET_SECONDS": str(LATENCY_QUIET_SECONDS)})
+    system = System({}, quiet_seconds=LATENCY_QUIET_SECONDS)
     quiet: list[float] = []
     signalled: list[float] = []
     try:
