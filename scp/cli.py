@@ -222,7 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scp.supervisor import up as run_up
 
         return run_up(settings, _environment(args))
-    assert delivery is not None or args.verb == "convert"
     if args.verb == "status":
         assert delivery is not None
         return _status(settings, delivery, args.json, args.last)
