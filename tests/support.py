@@ -220,18 +220,20 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def r4b_model_validate(study: dict[str, Any]) -> None:
-    """fhir.resources' R4B ImagingStudy model on ``study``. The model has no field for a
+def for_models(resource: Any) -> Any:
+    """``resource`` as fhir.resources' models can read it. The models have no field for a
     primitive extension of a value[x] choice (``"_valueString": {data-absent-reason}``,
     valid FHIR JSON that Osiris' required slices get when DICOM lacks the value; the HL7
-    validator accepts it), so those are left out of what the model sees."""
+    validator accepts it, tests/test_conformance.py), so those are left out."""
+    if isinstance(resource, dict):
+        return {k: for_models(v) for k, v in resource.items() if not k.startswith("_value")}
+    if isinstance(resource, list):
+        return [for_models(v) for v in resource]
+    return resource
+
+
+def r4b_model_validate(study: dict[str, Any]) -> None:
+    """fhir.resources' R4B ImagingStudy model on ``study`` (see :func:`for_models`)."""
     from fhir.resources.R4B.imagingstudy import ImagingStudy
 
-    def without(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: without(v) for k, v in value.items() if not k.startswith("_value")}
-        if isinstance(value, list):
-            return [without(v) for v in value]
-        return value
-
-    ImagingStudy.model_validate(without(study))
+    ImagingStudy.model_validate(for_models(study))

@@ -21,6 +21,7 @@ from tests.samples import (
     summary_of,
     summary_of_file,
 )
+from tests.support import for_models
 from workers.fold import StudyAggregate
 from workers.mapping import (
     FhirVersion,
@@ -44,10 +45,10 @@ OPTIONS = MappingOptions(
 def validate_bundle(bundle: dict[str, Any], version: str) -> None:
     """The Bundle and every resource in it, each against its own model."""
     model = model_r4b if version == "R4" else model_r5
-    model("Bundle").model_validate(bundle)
+    model("Bundle").model_validate(for_models(bundle))
     for entry in bundle["entry"]:
         resource = entry["resource"]
-        model(resource["resourceType"]).model_validate(resource)
+        model(resource["resourceType"]).model_validate(for_models(resource))
 
 
 def enriched() -> StudyAggregate:

@@ -130,9 +130,9 @@ def test_the_environments_one_destination_also_reads_the_files_top_level(tmp_pat
         ),
         (
             '[[destinations]]\nname = "a"\nurl = "http://x/fhir"\nprofile = "mii"\n'
-            'profile_version = "2026.0.0"\n',
+            'profile_version = "2027.0.0-ballot"\n',
             {},
-            "destinations[0].profile_version='2026.0.0': this scp2fhir builds mii 2027.0.0-ballot",
+            "destinations[0].profile_version='2027.0.0-ballot': this scp2fhir builds mii 2026.0.0",
         ),
         (
             '[[destinations]]\nname = "a"\nurl = "http://x/fhir"\n',
@@ -252,7 +252,7 @@ max_seconds = 30
 name = "research"
 url = "https://dic.example.org/fhir"
 profile = "mii"
-profile_version = "2027.0.0-ballot"
+profile_version = "2026.0.0"
 bundle = true
 [destinations.leave_out]
 modalities = ["sr", "PR"]

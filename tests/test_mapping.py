@@ -23,6 +23,7 @@ from tests.samples import (
     summary_of,
     summary_of_file,
 )
+from tests.support import for_models
 from tests.test_bundle import OPTIONS, validate_bundle
 from workers.dicomtime import combine, fhir_date, fhir_datetime, fhir_dt, sort_key
 from workers.fold import Sourced, StudyAggregate
@@ -40,7 +41,7 @@ def aggregate_of(*names: str) -> StudyAggregate:
 
 def validate(resource: dict[str, Any], version: str) -> None:
     model = ImagingStudyR4B if version == "R4" else ImagingStudyR5
-    model.model_validate(resource)
+    model.model_validate(for_models(resource))
 
 
 def enriched() -> StudyAggregate:
