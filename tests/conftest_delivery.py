@@ -300,6 +300,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if headers.get("Content-Encoding") == "gzip" and proxy.accept_gzip:
             body = gzip.decompress(body)
             forward.pop("Content-Encoding", None)
+        # Recorded before it is forwarded: a test that sees the write upstream must find it
+        # here too (its status follows when the answer is back).
+        proxy._record(seen)
         host, port = proxy.upstream.split("//")[1].split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=60)
         forward["Host"] = f"127.0.0.1:{proxy.port}"
@@ -315,8 +318,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         connection.close()
         if path.split("?")[0].endswith("/metadata") and proxy.edit_capabilities is not None:
             answer = json.dumps(proxy.edit_capabilities(json.loads(answer))).encode()
-        seen.status = status
-        proxy._record(seen)
+        with proxy._lock:
+            seen.status = status
         if fault is not None and fault.delay is not None:
             time.sleep(fault.delay)
         self._answer(status, answer, out)

@@ -11,19 +11,21 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from rq import Queue
 from rq.registry import FailedJobRegistry
 
-from scp import keys
+from scp import config, keys
 from scp.connections import connect
 from scp.settings import Settings
 from scp.web import make_server
 from tests.conftest import ROOT, ScpThread, pipeline_env, start_worker, stop_process
 from tests.fhirserver.harness import FhirServer
 from tests.support import free_port, make_study, storescu, wait_for
+from workers.delivery.settings import delivery_settings
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -133,6 +135,11 @@ def test_dashboard_shows_an_open_study_and_a_failed_delivery(
 # --- scp2fhir's own status page -----------------------------------------------------------
 
 
+def history_of(web_url: str) -> list[dict[str, Any]]:
+    history: list[dict[str, Any]] = httpx.get(f"{web_url}/status.json").json()["history"]
+    return history
+
+
 def test_status_page_shows_studies_outcomes_and_charts(redis_url: str, tmp_path: Path) -> None:
     """The page at / of `scp2fhir web`, rendered by Chromium: one study delivered to a real
     FHIR server, one whose delivery waits for a retry (the server went away), one open;
@@ -148,12 +155,15 @@ def test_status_page_shows_studies_outcomes_and_charts(redis_url: str, tmp_path:
         SCP2FHIR_FHIR_RETRY_BASE_SECONDS="600",  # the retry stays pending for the test
         SCP2FHIR_FHIR_RETRY_MAX_SECONDS="600",
     )
-    settings = Settings.from_env(env)
+    loaded = config.load(env)
+    settings = config.settings(loaded)
+    destinations = delivery_settings(loaded, settings).names
     scp = ScpThread(settings).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
-    web = make_server(settings, connect(redis_url), free_port())
+    web = make_server(settings, connect(redis_url), free_port(), destinations)
     threading.Thread(target=web.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{web.server_address[1]}/?refresh=0"
+    web_url = f"http://127.0.0.1:{web.server_address[1]}"
+    url = f"{web_url}/?refresh=0"
     clients = connect(redis_url)
     try:
         delivered = make_study(tmp_path / "a", [("CT", 4), ("MR", 2)])
@@ -177,6 +187,13 @@ def test_status_page_shows_studies_outcomes_and_charts(redis_url: str, tmp_path:
         open_study = make_study(tmp_path / "c", [("MR", 2)])
         storescu(port, open_study.files)
 
+        # The SCP counts per minute in its metrics flush, a moment after answering.
+        wait_for(
+            lambda: sum(m["received"] for m in history_of(web_url)) == 11,
+            30,
+            "the SCP's counts of all 11 instances",
+            step=0.3,
+        )
         dom = chromium(tmp_path, "--dump-dom", url)
         rows = {
             uid: re.search(rf"<tr><td>{re.escape(uid)}</td>(.*?)</tr>", dom, re.S)

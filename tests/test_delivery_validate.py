@@ -100,8 +100,8 @@ def test_a_study_the_servers_validator_accepts_is_written(
         wait_for(lambda: "validated by the server" in worker.text(), 10, "the validation line")
         log = worker.text()
         assert (
-            f"study={study_uid} validated by the server against {mii.STUDY_PROFILE}: 0 errors"
-            in log
+            f"study={study_uid} destination=default validated by the server against "
+            f"{mii.STUDY_PROFILE}: 0 errors" in log
         )
     finally:
         worker.stop()
@@ -122,7 +122,7 @@ def test_errors_of_the_servers_validator_dead_letter_the_study(
         worker.stop()
     assert studies_by_identifier(hapi.base_url, study_uid) == []
     assert [p.method for p in proxy.writes()] == ["POST"], "validated, never written"
-    assert f"study={study_uid} delivery dead-lettered" in log
+    assert f"study={study_uid} destination=default delivery dead-lettered" in log
     assert f"Invalid: $validate against {mii.STUDY_PROFILE}:" in log
     # Issue codes and FHIRPath expressions name the element; no diagnostics, no values.
     assert "error " in log and "@ ImagingStudy.series[0].bodySite" in log

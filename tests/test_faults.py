@@ -374,7 +374,7 @@ def test_scp_killed_mid_association(system: System) -> None:
 
     thread = threading.Thread(target=killer)
     thread.start()
-    first = send_files(system.port, study.files, after_each=trigger, timeout=3)
+    first = send_files(system.port, study.files, after_each=trigger, timeout=15)
     thread.join()
     acked, failed = split(first, study)
     assert 121 <= len(acked) < len(study.files)
