@@ -43,16 +43,15 @@ import pytest
 import redis
 from pydicom.uid import generate_uid
 
-from scp import config, keys
+from scp import keys
 from scp.connections import connect
 from scp.header import extract_header, read_dataset
 from scp.inbox import Inbox
 from tests.conftest import CHILD_PYTHONPATH, TEST_QUIET_SECONDS, start_worker, stop_process
 from tests.fhirserver.harness import FhirServer
 from tests.hapi.harness import HapiServer
-from tests.support import GeneratedStudy, make_study, wait_for
+from tests.support import GeneratedStudy, make_study, parse_configuration, wait_for
 from workers.context import WorkerContext
-from workers.delivery.settings import delivery_settings
 from workers.summary import summarize
 
 # The tests poll the FHIR server often; httpx would log every poll at INFO.
@@ -597,9 +596,7 @@ class Worker:
 
 def worker_context(env: dict[str, str]) -> WorkerContext:
     """The context ``scp2fhir worker`` builds from ``env`` (settings and destinations)."""
-    loaded = config.load(env)
-    settings = config.settings(loaded)
-    delivery = delivery_settings(loaded, settings)
+    settings, delivery = parse_configuration(env)
     return WorkerContext.build(settings, connect(settings.require_redis_url()), delivery)
 
 

@@ -9,16 +9,20 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 import redis
 from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT
 from pydicom.uid import generate_uid
+
+if TYPE_CHECKING:
+    from scp.settings import Settings
+    from workers.delivery.settings import DeliverySettings
 
 #: dcmtk tools from the Debian package. pynetdicom installs Python scripts with the same
 #: names, which may come first on PATH: the tests mean dcmtk's.
@@ -218,6 +222,16 @@ def storescu(
 def read_json(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
+
+
+def parse_configuration(env: Mapping[str, str]) -> tuple[Settings, DeliverySettings]:
+    """What ``main()`` parses from ``env``: the settings and the destinations."""
+    from scp import config
+    from workers.delivery.settings import delivery_settings
+
+    loaded = config.load(env)
+    settings = config.settings(loaded)
+    return settings, delivery_settings(loaded, settings)
 
 
 def for_models(resource: Any) -> Any:

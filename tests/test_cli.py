@@ -12,11 +12,17 @@ from pathlib import Path
 import pytest
 from fhir.resources.imagingstudy import ImagingStudy as ImagingStudyR5
 
-from scp import config
 from scp.settings import ConfigError, Settings
 from tests.conftest import CHILD_PYTHONPATH, ROOT, TEST_QUIET_SECONDS
-from tests.support import free_port, make_study, read_json, sample_file, storescu, wait_for
-from workers.delivery.settings import DeliverySettings, delivery_settings
+from tests.support import (
+    free_port,
+    make_study,
+    parse_configuration,
+    read_json,
+    sample_file,
+    storescu,
+    wait_for,
+)
 
 
 def cli(
@@ -46,18 +52,11 @@ def cli(
 )
 def test_invalid_configuration_fails_with_one_line(variable: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        parse({variable: value})
+        parse_configuration({variable: value})
     result = cli("up", env={**os.environ, variable: value})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
-
-
-def parse(env: dict[str, str]) -> tuple[Settings, DeliverySettings]:
-    """What ``main()`` parses from ``env``: the settings and the destinations."""
-    loaded = config.load(env)
-    settings = config.settings(loaded)
-    return settings, delivery_settings(loaded, settings)
 
 
 def test_scp_needs_a_redis_url() -> None:

@@ -11,21 +11,15 @@ from pathlib import Path
 import pytest
 
 from scp import config
-from scp.settings import VARIABLES, ConfigError, Settings
+from scp.settings import VARIABLES, ConfigError
 from tests.conftest import ROOT, run_cli
-from workers.delivery.settings import DeliverySettings, delivery_settings
+from tests.support import parse_configuration
 
 
 def write(tmp_path: Path, text: str, name: str = "scp2fhir.toml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def parse(env: dict[str, str]) -> tuple[Settings, DeliverySettings]:
-    loaded = config.load(env)
-    settings = config.settings(loaded)
-    return settings, delivery_settings(loaded, settings)
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -68,7 +62,9 @@ def test_every_variable_has_its_file_key(tmp_path: Path) -> None:
 
 def test_the_environments_one_destination_also_reads_the_files_top_level(tmp_path: Path) -> None:
     path = write(tmp_path, 'fhir_base_url = "http://fhir.example/fhir/"\nfhir_max_attempts = 3\n')
-    _, delivery = parse({"SCP2FHIR_CONFIG": str(path), "SCP2FHIR_FHIR_TIMEOUT_SECONDS": "9"})
+    _, delivery = parse_configuration(
+        {"SCP2FHIR_CONFIG": str(path), "SCP2FHIR_FHIR_TIMEOUT_SECONDS": "9"}
+    )
     (only,) = delivery.destinations
     assert (only.name, only.url) == ("default", "http://fhir.example/fhir")
     assert (only.retry.max_attempts, only.timeout_seconds) == (3, 9)
@@ -177,7 +173,7 @@ def test_a_configuration_error_is_one_line_naming_the_key(
 ) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
-        parse({"SCP2FHIR_CONFIG": str(path), **env})
+        parse_configuration({"SCP2FHIR_CONFIG": str(path), **env})
     assert message in str(caught.value) and "\n" not in str(caught.value)
     if "environment variable" not in message and "SCP2FHIR_FHIR" not in message:
         assert str(caught.value).startswith(f"{path}: "), "the file is named first"
@@ -280,7 +276,7 @@ def example(tmp_path: Path) -> Path:
 
 def test_three_destinations_from_the_file(tmp_path: Path) -> None:
     path = example(tmp_path)
-    settings, delivery = parse({"SCP2FHIR_CONFIG": str(path)})
+    settings, delivery = parse_configuration({"SCP2FHIR_CONFIG": str(path)})
     assert delivery.names == ("ehr", "research", "repository")
     ehr, research, repository = delivery.destinations
     assert ehr.url == "https://ehr.example.org/fhir" and ehr.profile == "qicore"
@@ -358,7 +354,7 @@ def test_the_readmes_example_file_is_a_valid_configuration(tmp_path: Path) -> No
     for name in files:
         (tmp_path / name).write_bytes(pem if name == "diz-client.pem" else b"s3cret-0123456789ab\n")
     path = write(tmp_path, text.replace("/etc/scp2fhir/", f"{tmp_path}/"))
-    settings, delivery = parse({"SCP2FHIR_CONFIG": str(path)})
+    settings, delivery = parse_configuration({"SCP2FHIR_CONFIG": str(path)})
     assert delivery.names == ("ehr", "research", "repository")
     ehr, research, repository = delivery.destinations
     assert (ehr.fhir_version, ehr.profile, ehr.auth.method) == (

@@ -18,14 +18,13 @@ import pytest
 from rq import Queue
 from rq.registry import FailedJobRegistry
 
-from scp import config, keys
+from scp import keys
 from scp.connections import connect
 from scp.settings import Settings
 from scp.web import make_server
 from tests.conftest import ROOT, ScpThread, pipeline_env, start_worker, stop_process
 from tests.fhirserver.harness import FhirServer
-from tests.support import free_port, make_study, storescu, wait_for
-from workers.delivery.settings import delivery_settings
+from tests.support import free_port, make_study, parse_configuration, storescu, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -155,12 +154,10 @@ def test_status_page_shows_studies_outcomes_and_charts(redis_url: str, tmp_path:
         SCP2FHIR_FHIR_RETRY_BASE_SECONDS="600",  # the retry stays pending for the test
         SCP2FHIR_FHIR_RETRY_MAX_SECONDS="600",
     )
-    loaded = config.load(env)
-    settings = config.settings(loaded)
-    destinations = delivery_settings(loaded, settings).names
+    settings, delivery = parse_configuration(env)
     scp = ScpThread(settings).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
-    web = make_server(settings, connect(redis_url), free_port(), destinations)
+    web = make_server(settings, connect(redis_url), free_port(), delivery.names)
     threading.Thread(target=web.serve_forever, daemon=True).start()
     web_url = f"http://127.0.0.1:{web.server_address[1]}"
     url = f"{web_url}/?refresh=0"

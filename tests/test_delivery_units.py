@@ -17,12 +17,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from scp import config
 from scp.connections import connect
 from scp.secret import Secret
 from scp.settings import ConfigError
 from tests.conftest import ROOT
 from tests.fhirserver.harness import FhirServer
+from tests.support import parse_configuration
 from workers.delivery.conformance import Capabilities
 from workers.delivery.errors import (
     AuthenticationFailed,
@@ -32,7 +32,7 @@ from workers.delivery.errors import (
     outcome_summary,
 )
 from workers.delivery.retry import backoff_seconds, error_for, parse_retry_after
-from workers.delivery.settings import DeliverySettings, Destination, delivery_settings
+from workers.delivery.settings import DeliverySettings, Destination
 from workers.delivery.writer import study_identifier_token
 
 BASE = {"SCP2FHIR_FHIR_BASE_URL": "https://fhir.example.org/fhir"}
@@ -40,8 +40,7 @@ BASE = {"SCP2FHIR_FHIR_BASE_URL": "https://fhir.example.org/fhir"}
 
 def destinations(env: dict[str, str]) -> DeliverySettings:
     """The destinations ``env`` configures, as ``main()`` parses them."""
-    loaded = config.load(env)
-    return delivery_settings(loaded, config.settings(loaded))
+    return parse_configuration(env)[1]
 
 
 def destination(env: dict[str, str]) -> Destination:
