@@ -57,6 +57,12 @@ def started(minute: int) -> DateTimeContentItem:
     return DateTimeContentItem(dcm("111526", "DateTime Started"), value, CONTAINS)
 
 
+def _uid(*parts: str) -> str:
+    """A UID derived from ``parts``: the same report gets the same UIDs in every run, so
+    what is built from the corpus (the conformance run's warning count) never varies."""
+    return str(generate_uid(entropy_srcs=["scp2fhir test dose report", *parts]))
+
+
 def event_uid(uid: str) -> UIDRefContentItem:
     return UIDRefContentItem(dcm("113769", "Irradiation Event UID"), uid, CONTAINS)
 
@@ -72,7 +78,7 @@ MGY, MGYCM, GYM2, GY, SECONDS = (
 
 def ct_events(count: int) -> list[tuple[str, float, float]]:
     """(Irradiation Event UID, CTDIvol mGy, DLP mGy.cm) of ``count`` CT acquisitions."""
-    return [(generate_uid(), 8.25 + i, 301.5 + 10 * i) for i in range(count)]
+    return [(_uid("CT irradiation event", str(i)), 8.25 + i, 301.5 + 10 * i) for i in range(count)]
 
 
 def ct_dose_report(
@@ -158,7 +164,7 @@ def xray_dose_report(images: Dataset) -> Dataset:
                 dcm("113611", "Stationary Acquisition"),
                 CONTAINS,
             ),
-            event_uid(generate_uid()),
+            event_uid(_uid(images.StudyInstanceUID, "X-ray irradiation event")),
             started(30),
             num("122130", "Dose Area Product", 0.00012, GYM2),
             num("113738", "Dose (RP)", 0.004, GY),
@@ -181,9 +187,9 @@ def _report(images: Dataset, template: str, items: Sequence[ContentItem]) -> Dat
         report = ComprehensiveSR(
             evidence=[images],
             content=root,
-            series_instance_uid=generate_uid(),
+            series_instance_uid=_uid(images.StudyInstanceUID, template, "series"),
             series_number=997,
-            sop_instance_uid=generate_uid(),
+            sop_instance_uid=_uid(images.StudyInstanceUID, template, "instance"),
             instance_number=1,
             manufacturer="scp2fhir tests",
             is_complete=True,

@@ -65,17 +65,17 @@ def synthesized() -> dict[str, Dataset]:
     dx = copy.deepcopy(cr)
     dx.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - Presentation
     dx.Modality = "DX"
-    dx.SOPInstanceUID = generate_uid()
+    dx.SOPInstanceUID = generate_uid(entropy_srcs=["scp2fhir test corpus", "dx"])
     mg = copy.deepcopy(cr)
     mg.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography - For Presentation
     mg.Modality = "MG"
-    mg.SOPInstanceUID = generate_uid()
+    mg.SOPInstanceUID = generate_uid(entropy_srcs=["scp2fhir test corpus", "mg"])
     mg.BodyPartExamined = "BREAST"
     mg.ImageLaterality = "R"
     sm = dataset("SC_rgb.dcm")
     sm.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image
     sm.Modality = "SM"
-    sm.SOPInstanceUID = generate_uid()
+    sm.SOPInstanceUID = generate_uid(entropy_srcs=["scp2fhir test corpus", "sm"])
     specimen = Dataset()
     specimen.SpecimenIdentifier = "S-2024-0042-A1"
     specimen.SpecimenUID = "1.2.826.0.1.3680043.8.498.4242.900"
