@@ -338,6 +338,7 @@ def test_backfill_interrupted_by_ctrl_c_says_so_and_resumes(
 def test_pacs_stopped_mid_backfill_is_a_clear_error_and_a_rerun_finishes(
     pacs: OrthancProcess, pipeline: Pipeline, tmp_path: Path, data: Any
 ) -> None:
+    import signal
 
     days = ["20210320", "20210321", "20210322"]
     studies = _studies_over_days(tmp_path, days, 10)
@@ -345,7 +346,14 @@ def test_pacs_stopped_mid_backfill_is_a_clear_error_and_a_rerun_finishes(
     since, until = "2021-03-20", "2021-03-22"
 
     run = _backfill_until(pipeline, pacs, data, since, until, done=8, SCP2FHIR_PACS_TIMEOUT="5")
-    pacs.stop()
+    # Frozen while the PACS stops: at 10 studies/s the backfill would otherwise finish the
+    # remaining 22 during a slow Orthanc shutdown and never meet the stopped PACS.
+    run.send_signal(signal.SIGSTOP)
+    try:
+        assert _studies_done(data, pacs, since, until) < 30, "the backfill ended first"
+        pacs.stop()
+    finally:
+        run.send_signal(signal.SIGCONT)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 3, err
     last = err.strip().splitlines()[-1]
