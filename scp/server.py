@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import ssl
 import threading
 from typing import Any
@@ -25,10 +26,11 @@ from scp.connections import connect
 from scp.handlers import handle_echo, handle_store
 from scp.inbox import Inbox
 from scp.mpps import IAN_SOP_CLASS, MPPS_SOP_CLASS, CompletionSignals
+from scp.prefork import listen
 from scp.settings import Settings
 from scp.signals import SignalStore
 from scp.spool import SpoolFolder
-from scp.transport import PromptRequestHandler, ReusePortServer
+from scp.transport import AcceptorServer, PromptRequestHandler
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +73,21 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def serve(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Run the SCP until SIGINT/SIGTERM (or ``stop`` is set)."""
+def serve(
+    settings: Settings,
+    stop: threading.Event | None = None,
+    listener: socket.socket | None = None,
+) -> None:
+    """Run the SCP until SIGINT/SIGTERM (or ``stop`` is set), on ``listener`` (a listening
+    socket bound by :func:`scp.prefork.listen`, perhaps shared with other acceptor
+    processes) or else on a socket of its own."""
+    # pynetdicom's standard handlers format every PDU and DIMSE message for its logger,
+    # a good share of the CPU per instance; bind them only when that logger shows them.
+    verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    _config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
+    own_listener = listener is None
+    if listener is None:
+        listener = listen(settings.bind, settings.port)
     # Spooled: large objects (whole-slide images, tomosynthesis) go to a temporary file
     # as they arrive instead of into memory; the handler maps only the header back in.
     _config.STORE_RECV_CHUNKED_DATASET = settings.spool == "file"
@@ -107,7 +122,9 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         (settings.bind, settings.port),
         evt_handlers=handlers,
         ssl_context=tls_context(settings),
-        server_class=ReusePortServer,
+        server_class=AcceptorServer,
+        listener=listener,
+        shared=not own_listener and settings.scp_processes > 1,
         request_handler=PromptRequestHandler,
         policy=policy,
         slots=slots,
@@ -130,6 +147,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     finally:
         logger.info("ae=%s shutting down", settings.ae_title)
         server.shutdown()
+        if own_listener:
+            listener.close()
         recorder.stop()
         clients.close()
         spool.close()

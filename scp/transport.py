@@ -24,11 +24,11 @@ The classes here change only *how those loops wait*, not what they do:
   its slot (:class:`scp.access.Slots`): pending from accept, an association's once
   admitted. It is passed to pynetdicom through its public
   ``AE.make_server(request_handler=...)``.
-* :class:`ReusePortServer` sets ``SO_REUSEPORT`` so several SCP processes can
-  share one port and the kernel spreads associations over them; it refuses peers
-  outside the allow-list at accept, and leaves the TLS handshake to the
-  connection's own thread (pynetdicom does it in the accept loop, where one
-  stalled peer blocks everyone).
+* :class:`AcceptorServer` serves a listening socket bound beforehand
+  (:func:`scp.prefork.listen`), which several acceptor processes share
+  (:mod:`scp.prefork`); it refuses peers outside the allow-list at accept, and leaves
+  the TLS handshake to the connection's own thread (pynetdicom does it in the accept
+  loop, where one stalled peer blocks everyone).
 
 The loop bodies follow pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
 ``Association._run_reactor`` step for step; ``tests/test_transport.py`` runs
@@ -46,6 +46,7 @@ import select
 import socket
 import socketserver
 import ssl
+import threading
 import time
 from typing import Any, cast
 
@@ -53,7 +54,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationServer, RequestHandler, ThreadedAssociationServer
 
 from scp.access import AccessPolicy, Slots, Ticket, record_rejection
 from scp.pdu_reader import PduTimeout, PduTooLarge, PeerClosed, UnknownPdu, bounds, read_pdu
@@ -63,6 +64,12 @@ logger = logging.getLogger(__name__)
 
 #: Longest a loop blocks before re-checking timers, release and abort (seconds).
 TIMER_TICK = 0.01
+#: With several acceptor processes, an acceptor waits this long per association it serves
+#: before it takes a new connection (at most :data:`BALANCE_MAX_WAIT`), so the less busy
+#: ones get it: the kernel wakes every process polling the shared socket and the first
+#: to call accept() wins, which left 3 of 4 simultaneous associations in one process.
+BALANCE_WAIT = 0.005
+BALANCE_MAX_WAIT = 0.05
 #: A-ABORT reasons (PS3.8 9.3.8): unrecognized PDU; invalid PDU parameter value.
 _UNRECOGNIZED_PDU, _INVALID_PARAMETER = 0x01, 0x06
 
@@ -306,13 +313,13 @@ class PromptAssociation(Association):
 class PromptRequestHandler(RequestHandler):
     """Accepts each association as a :class:`PromptAssociation` with a :class:`PromptDUL`."""
 
-    server: ReusePortServer
+    server: AcceptorServer
 
     def handle(self) -> None:
         sock = self.request
         self.ticket = self.server.slots.open(sock, _address(self.client_address))
         # The TLS handshake runs here, in this connection's own thread and bounded by
-        # the ACSE timeout, not in the accept loop (see ReusePortServer.get_request).
+        # the ACSE timeout, not in the accept loop (see AcceptorServer.get_request).
         if isinstance(sock, ssl.SSLSocket):
             try:
                 sock.settimeout(self.server.ae.acse_timeout)
@@ -348,8 +355,34 @@ class PromptRequestHandler(RequestHandler):
         return assoc
 
 
-class ReusePortServer(ThreadedAssociationServer):
-    """Association server whose port other SCP processes may bind as well.
+class _SharedListener(AssociationServer):
+    """pynetdicom's server on a socket that is already bound and listening.
+
+    Through socketserver's documented hooks: ``server_bind`` swaps the socket
+    ``TCPServer`` made for the given one, ``server_activate`` does not listen again, and
+    ``server_close`` only closes this process's descriptor: pynetdicom's
+    ``shutdown(SHUT_RDWR)`` on a listening socket would stop accept() in every process
+    that shares it.
+    """
+
+    listener: socket.socket
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.close()
+        self.socket = self.listener
+        self.server_address = self.listener.getsockname()
+
+    def server_activate(self) -> None:
+        pass
+
+    def server_close(self) -> None:
+        assert self.socket is not None
+        self.socket.close()
+
+
+class AcceptorServer(ThreadedAssociationServer, _SharedListener):
+    """Association server on a listening socket shared by several SCP processes.
 
     Made with ``AE.make_server`` (not ``AE.start_server``), so the AE does not list it
     among its servers; :meth:`shutdown` does not expect it there. With a ``policy``,
@@ -359,10 +392,16 @@ class ReusePortServer(ThreadedAssociationServer):
     def __init__(
         self,
         *args: Any,
+        listener: socket.socket,
+        shared: bool = False,
         policy: AccessPolicy | None = None,
         slots: Slots | None = None,
         **kwargs: Any,
     ) -> None:
+        self.listener = listener
+        self.shared = shared
+        self._serving = 0  # connections this process holds (see BALANCE_WAIT)
+        self._serving_lock = threading.Lock()
         self.policy = policy or AccessPolicy()
         self.slots = slots or Slots(max_associations=10, max_pending=10)
         super().__init__(*args, **kwargs)
@@ -371,13 +410,37 @@ class ReusePortServer(ThreadedAssociationServer):
         # pynetdicom completes the TLS handshake right here, in the one thread that
         # accepts every connection: a peer that connects and stalls would block all
         # others. Wrap without the handshake; PromptRequestHandler.handle does it.
+        # The listener is non-blocking: when another acceptor process took the
+        # connection first, accept() raises BlockingIOError, which serve_forever skips.
         assert self.socket is not None
+        if self.shared and self._serving:
+            time.sleep(min(self._serving * BALANCE_WAIT, BALANCE_MAX_WAIT))
         client, address = self.socket.accept()
+        client.setblocking(True)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
         return client, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._serving_lock:
+            self._serving += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._served()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._served()
+
+    def _served(self) -> None:
+        with self._serving_lock:
+            self._serving -= 1
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         address = _address(client_address)
@@ -389,11 +452,6 @@ class ReusePortServer(ThreadedAssociationServer):
     def shutdown(self) -> None:
         socketserver.BaseServer.shutdown(self)
         self.server_close()
-
-    def server_bind(self) -> None:
-        if self.socket is not None and hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
 
 def _address(client_address: Any) -> str:
