@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 
 from pynetdicom import (
@@ -73,6 +74,25 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+#: After SIGTERM, how long associations in progress may go on (no new ones are accepted);
+#: below scp.prefork's grace, so an acceptor process ends on its own.
+DRAIN_SECONDS = 20.0
+
+
+def _drain(server: Any, seconds: float) -> None:
+    """Let the associations in progress end (their threads are daemons: exiting would cut
+    them off mid-C-STORE), at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    busy = server.active_associations
+    if busy and seconds > 0:
+        logger.info("draining %d associations (at most %.0f s)", len(busy), seconds)
+    while busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+        busy = server.active_associations
+    if busy:
+        logger.warning("%d associations still open after %.0f s; closing", len(busy), seconds)
+
+
 def serve(
     settings: Settings,
     stop: threading.Event | None = None,
@@ -80,7 +100,8 @@ def serve(
 ) -> None:
     """Run the SCP until SIGINT/SIGTERM (or ``stop`` is set), on ``listener`` (a listening
     socket bound by :func:`scp.prefork.listen`, perhaps shared with other acceptor
-    processes) or else on a socket of its own."""
+    processes) or else on a socket of its own. Stopped by a signal (no ``stop`` given), it
+    lets associations in progress end first (:data:`DRAIN_SECONDS`)."""
     # pynetdicom's standard handlers format every PDU and DIMSE message for its logger,
     # a good share of the CPU per instance; bind them only when that logger shows them.
     verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
@@ -138,6 +159,7 @@ def serve(
         " (DICOM TLS)" if settings.tls_cert else "",
     )
 
+    drain = stop is None
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -149,6 +171,7 @@ def serve(
         server.shutdown()
         if own_listener:
             listener.close()
+        _drain(server, DRAIN_SECONDS if drain else 0)
         recorder.stop()
         clients.close()
         spool.close()
