@@ -54,7 +54,12 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
-from pynetdicom.transport import AssociationServer, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import (
+    AssociationServer,
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
 
 from scp.access import AccessPolicy, Slots, Ticket, record_rejection
 from scp.pdu_reader import PduTimeout, PduTooLarge, PeerClosed, UnknownPdu, bounds, read_pdu
@@ -84,12 +89,16 @@ class PromptDUL(DULServiceProvider):
         os.set_blocking(self._wake_write, False)
         self._opened = time.monotonic()
         self._max_p_data = assoc.acceptor.maximum_length or 0xFFFFFFFF
+        self._waiting = False  # in select(): a queued PDU must wake it (see _wake)
         self._requested = False  # an A-ASSOCIATE-RQ arrived
         self._negotiated = False  # the association was established (and may have ended)
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
-        self._wake()
+        # Only a loop blocked in select() needs the pipe: one about to block sees the
+        # queued PDU first (_wait sets _waiting before it looks at the queue).
+        if self._waiting:
+            self._wake()
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -102,16 +111,22 @@ class PromptDUL(DULServiceProvider):
 
     def _wait(self) -> None:
         """Block until the socket is readable, a PDU is queued to send, or a tick passes."""
-        if not self.to_provider_queue.empty():
-            return
-        sock = getattr(self.socket, "socket", None)
-        fds: list[Any] = [self._wake_read]
-        if sock is not None and sock.fileno() >= 0:
-            fds.append(sock)
+        self._waiting = True
         try:
-            ready, _, _ = select.select(fds, [], [], TIMER_TICK)
-        except (OSError, ValueError):  # the socket closed under us
-            return
+            if not self.to_provider_queue.empty():
+                return
+            sock = getattr(self.socket, "socket", None)
+            fds: list[Any] = [self._wake_read]
+            if sock is not None and sock.fileno() >= 0:
+                fds.append(sock)
+            try:
+                ready, _, _ = select.select(fds, [], [], TIMER_TICK)
+            except (OSError, ValueError):  # the socket closed under us
+                return
+        finally:
+            self._waiting = False
+        if sock is not None and sock in ready and isinstance(self.socket, PromptSocket):
+            self.socket.readable = True
         if self._wake_read in ready:
             with contextlib.suppress(BlockingIOError, OSError):
                 while os.read(self._wake_read, 4096):
@@ -233,6 +248,28 @@ class PromptDUL(DULServiceProvider):
         self._kill_thread = True
 
 
+class PromptSocket(AssociationSocket):
+    """pynetdicom's socket wrapper, told by :meth:`PromptDUL._wait` when its socket is
+    readable: pynetdicom asks ``ready`` (a ``select()`` of its own) on every loop turn,
+    two or three times per PDU, each a system call and a hand-over of the GIL."""
+
+    #: select() in PromptDUL._wait found the socket readable; not yet read.
+    readable = False
+
+    @property
+    def ready(self) -> bool:
+        if self.socket is None or self._is_connected is False:
+            return False
+        if self.readable:
+            self.readable = False
+            return True
+        # Closing (Sta13) pynetdicom reads what is left before it closes: ask the socket.
+        if self.assoc.dul.state_machine.current_state == "Sta13":
+            return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        # TLS may hold decrypted bytes that select() does not see.
+        return isinstance(self.socket, ssl.SSLSocket) and bool(self.socket.pending())
+
+
 class PromptAssociation(Association):
     """Acceptor association whose reactor blocks on the DIMSE queue instead of sleeping."""
 
@@ -344,6 +381,8 @@ class PromptRequestHandler(RequestHandler):
         stock = assoc.dul
         prompt = PromptDUL(assoc)
         prompt.socket = stock.socket
+        if prompt.socket is not None:
+            prompt.socket.__class__ = PromptSocket
         # The socket announced the new connection (Evt5) on the stock DUL's queue.
         while not stock.event_queue.empty():
             prompt.event_queue.put(stock.event_queue.get())

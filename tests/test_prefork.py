@@ -176,6 +176,16 @@ def test_sigterm_lets_the_association_in_progress_finish(
 
 
 def test_default_is_one_acceptor_per_usable_core() -> None:
+    """The cores the process may run on, not those of the machine: pinned to one core
+    (as a container's cpuset does), it defaults to one acceptor."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from scp.settings import Settings; print(Settings.from_env({}).scp_processes)"
+    )
+    pinned = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert pinned.stdout.strip() == "1"
     from scp.settings import Settings
 
     assert Settings.from_env({}).scp_processes == len(os.sched_getaffinity(0))
