@@ -8,15 +8,16 @@ message). Every C-STORE waits on both, which caps one association at about
 
 The classes here change only *how those loops wait*, not what they do:
 
-* :class:`PromptDUL` blocks in ``select()`` on the association's socket and on a
-  wake-up pipe that :meth:`PromptDUL.send_pdu` writes to, so it reacts as soon
-  as the peer sends or a response is queued. It still wakes at least every
-  :data:`TIMER_TICK` seconds to run the ARTIM and idle timers. It reads each PDU
-  with :func:`scp.pdu_reader.read_pdu`, bounded in time (the ACSE timeout from the
-  connection until the association is established, the DIMSE timeout per PDU after)
-  and in size (``SCP2FHIR_MAX_PDU`` for P-DATA, 256 KiB for the rest), where
-  pynetdicom would wait in ``recv()`` for as long as the peer likes and for as many
-  bytes as it announces.
+* :class:`PromptDUL` blocks in ``select()`` on the association's socket and on a wake-up
+  pipe that :meth:`PromptDUL.send_pdu` writes to while it waits, so it reacts as soon as
+  the peer sends or a response is queued; what that ``select()`` saw is what
+  :class:`PromptSocket` answers when pynetdicom asks whether the socket is readable. It
+  still wakes at least every :data:`TIMER_TICK` seconds to run the ARTIM and idle
+  timers. It reads each PDU with :func:`scp.pdu_reader.read_pdu`, bounded in time (the
+  ACSE timeout from the connection until the association is established, the DIMSE
+  timeout per PDU after) and in size (``SCP2FHIR_MAX_PDU`` for P-DATA, 256 KiB for the
+  rest), where pynetdicom would wait in ``recv()`` for as long as the peer likes and for
+  as many bytes as it announces.
 * :class:`PromptAssociation` blocks on the DIMSE message queue (again at most
   :data:`TIMER_TICK`) instead of sleeping before each non-blocking check; release,
   abort and timeout handling are unchanged.
