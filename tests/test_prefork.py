@@ -190,3 +190,15 @@ def test_default_is_one_acceptor_per_usable_core() -> None:
 
     assert Settings.from_env({}).scp_processes == len(os.sched_getaffinity(0))
     assert Settings.from_env({"SCP2FHIR_SCP_PROCESSES": "3"}).scp_processes == 3
+
+
+def test_up_starts_one_scp_that_forks_the_acceptors() -> None:
+    """`scp2fhir up` runs one `scp` child with the process count, not one child per
+    process: several would each bind the port, and all but one would fail."""
+    from scp.settings import Settings
+    from scp.supervisor import children
+
+    settings = Settings.from_env({"SCP2FHIR_SCP_PROCESSES": "3", "SCP2FHIR_WEB_PORT": "0"})
+    scps = [child for child in children(settings) if child.command[-1] == "scp"]
+    assert [child.name for child in scps] == ["scp"]
+    assert scps[0].extra_env == {"SCP2FHIR_SCP_PROCESSES": "3"}
