@@ -3,7 +3,7 @@
 Checks, cheapest first:
 
 1. Peer address (``SCP2FHIR_ALLOWED_PEERS``): refused at TCP accept, before any DICOM is
-   spoken (:meth:`scp.transport.ReusePortServer.verify_request`).
+   spoken (:meth:`scp.transport.AcceptorServer.verify_request`).
 2. Connections not yet associated (``SCP2FHIR_MAX_PENDING_CONNECTIONS``): each holds a
    *pending* slot from accept until its association is admitted (or it ends). When all
    are taken, a new connection drops the one that has waited longest: an honest sender

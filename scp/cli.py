@@ -205,10 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs.configure(settings.log_level, args.verb, settings.log_format, settings.log_hash_uids)
     if args.verb == "scp":
+        from scp import prefork
         from scp.server import serve
 
-        serve(settings)
-        return 0
+        return prefork.run(
+            settings.bind,
+            settings.port,
+            settings.scp_processes,
+            lambda listener: serve(settings, listener=listener),
+        )
     if args.verb == "worker":
         from scp.pacs.settings import PacsSettings
         from workers.runner import run

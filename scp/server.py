@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import ssl
 import threading
+import time
 from typing import Any
 
 from pynetdicom import (
@@ -25,10 +27,11 @@ from scp.connections import connect
 from scp.handlers import handle_echo, handle_store
 from scp.inbox import Inbox
 from scp.mpps import IAN_SOP_CLASS, MPPS_SOP_CLASS, CompletionSignals
+from scp.prefork import listen
 from scp.settings import Settings
 from scp.signals import SignalStore
 from scp.spool import SpoolFolder
-from scp.transport import PromptRequestHandler, ReusePortServer
+from scp.transport import AcceptorServer, PromptRequestHandler
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +74,41 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def serve(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Run the SCP until SIGINT/SIGTERM (or ``stop`` is set)."""
+#: After SIGTERM, how long associations in progress may go on (no new ones are accepted);
+#: below scp.prefork's grace, so an acceptor process ends on its own.
+DRAIN_SECONDS = 20.0
+
+
+def _drain(server: Any, seconds: float) -> None:
+    """Let the associations in progress end (their threads are daemons: exiting would cut
+    them off mid-C-STORE), at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    busy = server.active_associations
+    if busy and seconds > 0:
+        logger.info("draining %d associations (at most %.0f s)", len(busy), seconds)
+    while busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+        busy = server.active_associations
+    if busy and seconds > 0:
+        logger.warning("%d associations still open after %.0f s; closing", len(busy), seconds)
+
+
+def serve(
+    settings: Settings,
+    stop: threading.Event | None = None,
+    listener: socket.socket | None = None,
+) -> None:
+    """Run the SCP until SIGINT/SIGTERM (or ``stop`` is set), on ``listener`` (a listening
+    socket bound by :func:`scp.prefork.listen`, perhaps shared with other acceptor
+    processes) or else on a socket of its own. Stopped by a signal (no ``stop`` given), it
+    lets associations in progress end first (:data:`DRAIN_SECONDS`)."""
+    # pynetdicom's standard handlers format every PDU and DIMSE message for its logger,
+    # a good share of the CPU per instance; bind them only when that logger shows them.
+    verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    _config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
+    own_listener = listener is None
+    if listener is None:
+        listener = listen(settings.bind, settings.port)
     # Spooled: large objects (whole-slide images, tomosynthesis) go to a temporary file
     # as they arrive instead of into memory; the handler maps only the header back in.
     _config.STORE_RECV_CHUNKED_DATASET = settings.spool == "file"
@@ -107,7 +143,9 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         (settings.bind, settings.port),
         evt_handlers=handlers,
         ssl_context=tls_context(settings),
-        server_class=ReusePortServer,
+        server_class=AcceptorServer,
+        listener=listener,
+        shared=not own_listener and settings.scp_processes > 1,
         request_handler=PromptRequestHandler,
         policy=policy,
         slots=slots,
@@ -121,6 +159,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         " (DICOM TLS)" if settings.tls_cert else "",
     )
 
+    drain = stop is None
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -130,6 +169,9 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     finally:
         logger.info("ae=%s shutting down", settings.ae_title)
         server.shutdown()
+        if own_listener:
+            listener.close()
+        _drain(server, DRAIN_SECONDS if drain else 0)
         recorder.stop()
         clients.close()
         spool.close()

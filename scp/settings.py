@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from scp.access import parse_networks
+from scp.prefork import usable_cores
 from scp.secret import Secret as Secret  # re-exported: it lived here before scp.secret
 
 if TYPE_CHECKING:
@@ -72,9 +73,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "at start a process removes the folders of processes that are gone.",
     ),
     "SCP2FHIR_SCP_PROCESSES": (
-        "2",
-        "SCP processes started by `scp2fhir up`; they share the port (SO_REUSEPORT), so "
-        "parallel associations use several cores.",
+        "(cores)",
+        "Acceptor processes of `scp2fhir scp` (and so of `up`): it binds the port once and "
+        "forks this many, which share it, so parallel associations use several cores. "
+        "Default: the cores it may run on.",
     ),
     "SCP2FHIR_WORKERS": ("2", "Worker processes started by `scp2fhir up`."),
     "SCP2FHIR_ACCESSION_SYSTEM": (
@@ -389,7 +391,7 @@ class Settings:
     dashboard_bind: str = "127.0.0.1"
     dashboard_username: str | None = None
     dashboard_password: str | None = field(default=None, repr=False)
-    scp_processes: int = 2
+    scp_processes: int = field(default_factory=usable_cores)
     workers: int = 2
     dashboard_port: int = 9181
     web_port: int = 9464

@@ -30,8 +30,11 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
+
+from scp.store_response import success_pdata
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,16 @@ class SpoolingDIMSE(DIMSEServiceProvider):
 
     #: While not None: the message whose spool failed, the rest of its dataset dropped.
     _unspooled: Any = None
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        # The C-STORE-RSP Success, pre-encoded (scp.store_response), unless something
+        # listens for EVT_DIMSE_SENT (pynetdicom's logging at INFO): it wants the message.
+        if not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            pdata = success_pdata(primitive, context_id, self.maximum_pdu_size)
+            if pdata is not None:
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         if self._unspooled is not None:

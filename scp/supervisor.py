@@ -49,7 +49,9 @@ class Child:
 
 def children(settings: Settings) -> list[Child]:
     cli = [sys.executable, "-m", "scp.cli"]
-    result = [Child(f"scp-{n}", [*cli, "scp"]) for n in range(1, settings.scp_processes + 1)]
+    # One SCP: it binds the port and forks its own acceptor processes (scp.prefork).
+    processes = {"SCP2FHIR_SCP_PROCESSES": str(settings.scp_processes)}
+    result = [Child("scp", [*cli, "scp"], extra_env=processes)]
     result += [Child(f"worker-{n}", [*cli, "worker"]) for n in range(1, settings.workers + 1)]
     if settings.web_port:
         result.append(Child("web", [*cli, "web"]))

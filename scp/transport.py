@@ -8,15 +8,16 @@ message). Every C-STORE waits on both, which caps one association at about
 
 The classes here change only *how those loops wait*, not what they do:
 
-* :class:`PromptDUL` blocks in ``select()`` on the association's socket and on a
-  wake-up pipe that :meth:`PromptDUL.send_pdu` writes to, so it reacts as soon
-  as the peer sends or a response is queued. It still wakes at least every
-  :data:`TIMER_TICK` seconds to run the ARTIM and idle timers. It reads each PDU
-  with :func:`scp.pdu_reader.read_pdu`, bounded in time (the ACSE timeout from the
-  connection until the association is established, the DIMSE timeout per PDU after)
-  and in size (``SCP2FHIR_MAX_PDU`` for P-DATA, 256 KiB for the rest), where
-  pynetdicom would wait in ``recv()`` for as long as the peer likes and for as many
-  bytes as it announces.
+* :class:`PromptDUL` blocks in ``select()`` on the association's socket and on a wake-up
+  pipe that :meth:`PromptDUL.send_pdu` writes to while it waits, so it reacts as soon as
+  the peer sends or a response is queued; what that ``select()`` saw is what
+  :class:`PromptSocket` answers when pynetdicom asks whether the socket is readable. It
+  still wakes at least every :data:`TIMER_TICK` seconds to run the ARTIM and idle
+  timers. It reads each PDU with :func:`scp.pdu_reader.read_pdu`, bounded in time (the
+  ACSE timeout from the connection until the association is established, the DIMSE
+  timeout per PDU after) and in size (``SCP2FHIR_MAX_PDU`` for P-DATA, 256 KiB for the
+  rest), where pynetdicom would wait in ``recv()`` for as long as the peer likes and for
+  as many bytes as it announces.
 * :class:`PromptAssociation` blocks on the DIMSE message queue (again at most
   :data:`TIMER_TICK`) instead of sleeping before each non-blocking check; release,
   abort and timeout handling are unchanged.
@@ -24,11 +25,11 @@ The classes here change only *how those loops wait*, not what they do:
   its slot (:class:`scp.access.Slots`): pending from accept, an association's once
   admitted. It is passed to pynetdicom through its public
   ``AE.make_server(request_handler=...)``.
-* :class:`ReusePortServer` sets ``SO_REUSEPORT`` so several SCP processes can
-  share one port and the kernel spreads associations over them; it refuses peers
-  outside the allow-list at accept, and leaves the TLS handshake to the
-  connection's own thread (pynetdicom does it in the accept loop, where one
-  stalled peer blocks everyone).
+* :class:`AcceptorServer` serves a listening socket bound beforehand
+  (:func:`scp.prefork.listen`), which several acceptor processes share
+  (:mod:`scp.prefork`); it refuses peers outside the allow-list at accept, and leaves
+  the TLS handshake to the connection's own thread (pynetdicom does it in the accept
+  loop, where one stalled peer blocks everyone).
 
 The loop bodies follow pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
 ``Association._run_reactor`` step for step; ``tests/test_transport.py`` runs
@@ -46,6 +47,7 @@ import select
 import socket
 import socketserver
 import ssl
+import threading
 import time
 from typing import Any, cast
 
@@ -53,7 +55,12 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import (
+    AssociationServer,
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
 
 from scp.access import AccessPolicy, Slots, Ticket, record_rejection
 from scp.pdu_reader import PduTimeout, PduTooLarge, PeerClosed, UnknownPdu, bounds, read_pdu
@@ -63,6 +70,12 @@ logger = logging.getLogger(__name__)
 
 #: Longest a loop blocks before re-checking timers, release and abort (seconds).
 TIMER_TICK = 0.01
+#: With several acceptor processes, an acceptor waits this long per association it serves
+#: before it takes a new connection (at most :data:`BALANCE_MAX_WAIT`), so the less busy
+#: ones get it: the kernel wakes every process polling the shared socket and the first
+#: to call accept() wins, which left 3 of 4 simultaneous associations in one process.
+BALANCE_WAIT = 0.005
+BALANCE_MAX_WAIT = 0.05
 #: A-ABORT reasons (PS3.8 9.3.8): unrecognized PDU; invalid PDU parameter value.
 _UNRECOGNIZED_PDU, _INVALID_PARAMETER = 0x01, 0x06
 
@@ -77,12 +90,16 @@ class PromptDUL(DULServiceProvider):
         os.set_blocking(self._wake_write, False)
         self._opened = time.monotonic()
         self._max_p_data = assoc.acceptor.maximum_length or 0xFFFFFFFF
+        self._waiting = False  # in select(): a queued PDU must wake it (see _wake)
         self._requested = False  # an A-ASSOCIATE-RQ arrived
         self._negotiated = False  # the association was established (and may have ended)
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
-        self._wake()
+        # Only a loop blocked in select() needs the pipe: one about to block sees the
+        # queued PDU first (_wait sets _waiting before it looks at the queue).
+        if self._waiting:
+            self._wake()
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -95,16 +112,22 @@ class PromptDUL(DULServiceProvider):
 
     def _wait(self) -> None:
         """Block until the socket is readable, a PDU is queued to send, or a tick passes."""
-        if not self.to_provider_queue.empty():
-            return
-        sock = getattr(self.socket, "socket", None)
-        fds: list[Any] = [self._wake_read]
-        if sock is not None and sock.fileno() >= 0:
-            fds.append(sock)
+        self._waiting = True
         try:
-            ready, _, _ = select.select(fds, [], [], TIMER_TICK)
-        except (OSError, ValueError):  # the socket closed under us
-            return
+            if not self.to_provider_queue.empty():
+                return
+            sock = getattr(self.socket, "socket", None)
+            fds: list[Any] = [self._wake_read]
+            if sock is not None and sock.fileno() >= 0:
+                fds.append(sock)
+            try:
+                ready, _, _ = select.select(fds, [], [], TIMER_TICK)
+            except (OSError, ValueError):  # the socket closed under us
+                return
+        finally:
+            self._waiting = False
+        if sock is not None and sock in ready and isinstance(self.socket, PromptSocket):
+            self.socket.readable = True
         if self._wake_read in ready:
             with contextlib.suppress(BlockingIOError, OSError):
                 while os.read(self._wake_read, 4096):
@@ -226,6 +249,28 @@ class PromptDUL(DULServiceProvider):
         self._kill_thread = True
 
 
+class PromptSocket(AssociationSocket):
+    """pynetdicom's socket wrapper, told by :meth:`PromptDUL._wait` when its socket is
+    readable: pynetdicom asks ``ready`` (a ``select()`` of its own) on every loop turn,
+    two or three times per PDU, each a system call and a hand-over of the GIL."""
+
+    #: select() in PromptDUL._wait found the socket readable; not yet read.
+    readable = False
+
+    @property
+    def ready(self) -> bool:
+        if self.socket is None or self._is_connected is False:
+            return False
+        if self.readable:
+            self.readable = False
+            return True
+        # Closing (Sta13) pynetdicom reads what is left before it closes: ask the socket.
+        if self.assoc.dul.state_machine.current_state == "Sta13":
+            return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        # TLS may hold decrypted bytes that select() does not see.
+        return isinstance(self.socket, ssl.SSLSocket) and bool(self.socket.pending())
+
+
 class PromptAssociation(Association):
     """Acceptor association whose reactor blocks on the DIMSE queue instead of sleeping."""
 
@@ -306,13 +351,13 @@ class PromptAssociation(Association):
 class PromptRequestHandler(RequestHandler):
     """Accepts each association as a :class:`PromptAssociation` with a :class:`PromptDUL`."""
 
-    server: ReusePortServer
+    server: AcceptorServer
 
     def handle(self) -> None:
         sock = self.request
         self.ticket = self.server.slots.open(sock, _address(self.client_address))
         # The TLS handshake runs here, in this connection's own thread and bounded by
-        # the ACSE timeout, not in the accept loop (see ReusePortServer.get_request).
+        # the ACSE timeout, not in the accept loop (see AcceptorServer.get_request).
         if isinstance(sock, ssl.SSLSocket):
             try:
                 sock.settimeout(self.server.ae.acse_timeout)
@@ -337,6 +382,8 @@ class PromptRequestHandler(RequestHandler):
         stock = assoc.dul
         prompt = PromptDUL(assoc)
         prompt.socket = stock.socket
+        if prompt.socket is not None:
+            prompt.socket.__class__ = PromptSocket
         # The socket announced the new connection (Evt5) on the stock DUL's queue.
         while not stock.event_queue.empty():
             prompt.event_queue.put(stock.event_queue.get())
@@ -348,8 +395,34 @@ class PromptRequestHandler(RequestHandler):
         return assoc
 
 
-class ReusePortServer(ThreadedAssociationServer):
-    """Association server whose port other SCP processes may bind as well.
+class _SharedListener(AssociationServer):
+    """pynetdicom's server on a socket that is already bound and listening.
+
+    Through socketserver's documented hooks: ``server_bind`` swaps the socket
+    ``TCPServer`` made for the given one, ``server_activate`` does not listen again, and
+    ``server_close`` only closes this process's descriptor: pynetdicom's
+    ``shutdown(SHUT_RDWR)`` on a listening socket would stop accept() in every process
+    that shares it.
+    """
+
+    listener: socket.socket
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.close()
+        self.socket = self.listener
+        self.server_address = self.listener.getsockname()
+
+    def server_activate(self) -> None:
+        pass
+
+    def server_close(self) -> None:
+        assert self.socket is not None
+        self.socket.close()
+
+
+class AcceptorServer(ThreadedAssociationServer, _SharedListener):
+    """Association server on a listening socket shared by several SCP processes.
 
     Made with ``AE.make_server`` (not ``AE.start_server``), so the AE does not list it
     among its servers; :meth:`shutdown` does not expect it there. With a ``policy``,
@@ -359,10 +432,16 @@ class ReusePortServer(ThreadedAssociationServer):
     def __init__(
         self,
         *args: Any,
+        listener: socket.socket,
+        shared: bool = False,
         policy: AccessPolicy | None = None,
         slots: Slots | None = None,
         **kwargs: Any,
     ) -> None:
+        self.listener = listener
+        self.shared = shared
+        self._serving = 0  # connections this process holds (see BALANCE_WAIT)
+        self._serving_lock = threading.Lock()
         self.policy = policy or AccessPolicy()
         self.slots = slots or Slots(max_associations=10, max_pending=10)
         super().__init__(*args, **kwargs)
@@ -371,13 +450,37 @@ class ReusePortServer(ThreadedAssociationServer):
         # pynetdicom completes the TLS handshake right here, in the one thread that
         # accepts every connection: a peer that connects and stalls would block all
         # others. Wrap without the handshake; PromptRequestHandler.handle does it.
+        # The listener is non-blocking: when another acceptor process took the
+        # connection first, accept() raises BlockingIOError, which serve_forever skips.
         assert self.socket is not None
+        if self.shared and self._serving:
+            time.sleep(min(self._serving * BALANCE_WAIT, BALANCE_MAX_WAIT))
         client, address = self.socket.accept()
+        client.setblocking(True)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
         return client, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._serving_lock:
+            self._serving += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._served()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._served()
+
+    def _served(self) -> None:
+        with self._serving_lock:
+            self._serving -= 1
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         address = _address(client_address)
@@ -389,11 +492,6 @@ class ReusePortServer(ThreadedAssociationServer):
     def shutdown(self) -> None:
         socketserver.BaseServer.shutdown(self)
         self.server_close()
-
-    def server_bind(self) -> None:
-        if self.socket is not None and hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
 
 def _address(client_address: Any) -> str:

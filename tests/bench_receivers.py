@@ -258,7 +258,8 @@ class Scp:
         return int(self.client.info("memory")["used_memory"])
 
     def peak_rss_kib(self) -> int:
-        return peak_rss_kib(self.proc.pid)
+        """The largest of its processes' (the acceptors do the work, scp.prefork)."""
+        return max(peak_rss_kib(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -287,7 +288,9 @@ class System:
         self._roles: dict[str, list[int]] = {}
         _wait_ready(self.port, self.proc, "scp2fhir up", 60)
         counts = {role: len(pids) for role, pids in self.roles().items()}
-        self.label = f"scp2fhir up ({counts.get('scp', 0)} scp, {counts.get('worker', 0)} workers)"
+        # One scp child forks its acceptors (scp.prefork); they are the SCP processes.
+        acceptors = sum(len(_children(pid)) or 1 for pid in self.roles().get("scp", []))
+        self.label = f"scp2fhir up ({acceptors} scp, {counts.get('worker', 0)} workers)"
 
     def output(self, study_uid: str) -> Path:
         return self.cwd / "out" / "ImagingStudy" / f"{study_uid}.json"

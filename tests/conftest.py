@@ -139,6 +139,9 @@ def pipeline_env(redis_url: str, output_dir: Path, port: int, **extra: str) -> d
         "SCP2FHIR_QUIET_SECONDS": str(TEST_QUIET_SECONDS),
         "SCP2FHIR_OUTPUT_DIR": str(output_dir),
         "PYTHONPATH": CHILD_PYTHONPATH,
+        # One acceptor process per SCP (scp.prefork): tests start many SCPs on 2 shared
+        # cores; tests/test_prefork.py sets more.
+        "SCP2FHIR_SCP_PROCESSES": "1",
     }
     env.update(extra)
     return env

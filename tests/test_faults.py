@@ -82,9 +82,9 @@ class System:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_server.url, decode_responses=True)
 
-    def start_scp(self) -> Child:
+    def start_scp(self, **env: str) -> Child:
         log = self.tmp / f"scp-{len(self.scps) + 1}.log"
-        child = start_scp(self.env, log, self.port)
+        child = start_scp({**self.env, **env}, log, self.port)
         self.scps.append(child)
         return child
 
@@ -419,8 +419,8 @@ def test_scp_killed_mid_association(system: System) -> None:
 
 @pytest.mark.slow
 def test_load_eight_associations_twenty_studies(tmp_path: Path) -> None:
-    """8 parallel associations x 500 instances over 20 studies, two SCP processes sharing
-    the port and two workers (what `scp2fhir up` runs): every study emitted once with
+    """8 parallel associations x 500 instances over 20 studies, one SCP with two acceptor
+    processes and two workers (what `scp2fhir up` runs): every study emitted once with
     exact counts; the peak RSS of every process (and work horse) stays bounded."""
     system = make_system(tmp_path, quiet=4.0)
     try:
@@ -434,9 +434,10 @@ def test_load_eight_associations_twenty_studies(tmp_path: Path) -> None:
         ]
         parts = [everything[k::8] for k in range(8)]
         assert [len(part) for part in parts] == [500] * 8
-        scps = [system.start_scp(), system.start_scp()]
+        # One `scp2fhir scp` with two acceptor processes (scp.prefork), as `up` runs it.
+        scp = system.start_scp(SCP2FHIR_SCP_PROCESSES="2")
         workers = [system.start_worker(), system.start_worker()]
-        roots = {f"scp-{i + 1}": c.pid for i, c in enumerate(scps)}
+        roots = {"scp": scp.pid}
         roots |= {f"worker-{i + 1}": c.pid for i, c in enumerate(workers)}
         errors: list[BaseException] = []
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -17,9 +15,7 @@ from pynetdicom import AE
 
 from scp import keys, statuses
 from scp.settings import Settings
-from tests.conftest import ScpThread, pipeline_env
-from tests.faults import send_files
-from tests.faults import start_scp as start_scp_process
+from tests.conftest import ScpThread
 from tests.support import free_port, sample_file, wait_for
 
 CT = pydicom.dcmread(sample_file("CT_small.dcm"))
@@ -113,40 +109,3 @@ def test_idle_association_is_closed_by_the_network_timeout(redis_url: str) -> No
         assert 1.5 <= time.monotonic() - began <= 8
     finally:
         thread.stop()
-
-
-def test_two_processes_share_the_port_and_both_serve(redis_url: str, tmp_path: Path) -> None:
-    """Two SCP processes on one port (as `scp2fhir up` runs them): the kernel spreads
-    associations over both, and each stores what it was sent."""
-    port = free_port()
-    env = pipeline_env(redis_url, tmp_path / "out", port)
-    first = start_scp_process(env, tmp_path / "first.log", port)
-    second = start_scp_process(env, tmp_path / "second.log", port)
-    try:
-        stored = [send_files(port, [path]) for path in _one_ct_each(tmp_path, 16)]
-        assert stored == [[statuses.SUCCESS]] * 16
-        # One line per association, by the process that served it; the C-ECHO probes
-        # that found each process ready call as PROBE.
-        served = [
-            sum(
-                1
-                for line in scp.output().splitlines()
-                if "calling=FAULTSCU" in line and "stored=1 refused=0" in line
-            )
-            for scp in (first, second)
-        ]
-        assert sum(served) == 16 and min(served) >= 1, served
-    finally:
-        first.stop()
-        second.stop()
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) != 0, "both servers closed the port"
-
-
-def _one_ct_each(tmp_path: Path, count: int) -> list[Path]:
-    paths = []
-    for index in range(count):
-        path = tmp_path / f"ct{index}.dcm"
-        fresh_ct().save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths

@@ -1,0 +1,250 @@
+"""``scp2fhir scp`` on every core: one listening socket, N acceptor processes.
+
+Python runs one thread at a time per process, so one SCP process serves parallel
+associations on one core. :func:`run` binds the port once, then forks
+``SCP2FHIR_SCP_PROCESSES`` acceptors that each run the whole SCP
+(:func:`scp.server.serve`) on the inherited socket; the kernel hands each connection
+to whichever acceptor calls ``accept()`` first.
+
+The port is bound without ``SO_REUSEPORT``: only the acceptors of this one command
+share it, and a second, unrelated deployment on the same port fails at start
+(:class:`PortInUse`, one line and exit status 1) instead of silently taking half
+of the associations into another pipeline.
+
+The parent does nothing but supervise: it restarts an acceptor that died (with a
+growing delay when one keeps dying), forwards SIGTERM/SIGINT to the acceptors and
+waits for them (bounded by :data:`STOP_GRACE_SECONDS`), so each still drains its
+in-flight associations as a lone SCP does. Acceptors die with the parent
+(``PR_SET_PDEATHSIG``): killed with -9, it leaves no process behind holding the port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+#: Connections the kernel queues before an acceptor takes them.
+BACKLOG = 128
+#: How long the acceptors get to drain their associations after SIGTERM before they are
+#: killed (below `scp2fhir up`'s and Docker's own grace, so the parent can still report).
+STOP_GRACE_SECONDS = 25.0
+#: Delay before restarting an acceptor that died, doubled while it keeps dying young.
+RESTART_DELAY_SECONDS = 0.5
+MAX_RESTART_DELAY_SECONDS = 30.0
+#: An acceptor that ran this long before it died is restarted after the first delay again.
+STABLE_SECONDS = 60.0
+#: prctl(2) option: the signal a process gets when the thread that forked it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+class PortInUse(Exception):
+    """Another process (another deployment) listens on the port."""
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def listen(bind: str, port: int) -> socket.socket:
+    """A listening socket on (bind, port), non-blocking: acceptors that lose the race for
+    a connection get EAGAIN instead of blocking in accept(). Raises :class:`PortInUse`."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        bind or None, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # SO_REUSEADDR only lets a restart bind over connections in TIME_WAIT; unlike
+        # SO_REUSEPORT it never lets a second listener onto the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"port {port} is in use (another scp2fhir deployment or another DICOM "
+                f"receiver listens on {bind or '*'}:{port}); stop it or set SCP2FHIR_PORT"
+            ) from None
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask for SIGTERM when the parent ends; exit now if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # The parent may have died before prctl took effect: then we were re-parented.
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+@dataclass
+class _Acceptor:
+    index: int
+    pid: int = 0
+    started: float = 0.0
+    #: When a dead acceptor is due to be started again (0: running).
+    restart_at: float = 0.0
+    delay: float = RESTART_DELAY_SECONDS
+
+
+class Prefork:
+    """Runs ``serve(listener)`` in ``count`` forked processes and keeps them running."""
+
+    def __init__(
+        self, listener: socket.socket, count: int, serve: Callable[[socket.socket], None]
+    ) -> None:
+        self.listener = listener
+        self.serve = serve
+        self.acceptors = [_Acceptor(index) for index in range(1, count + 1)]
+        self._stopping = 0  # the signal that asked us to stop
+
+    def run(self) -> int:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._stop)
+        for acceptor in self.acceptors:
+            self._start(acceptor)
+        while not self._stopping:
+            self._reap()
+            now = time.monotonic()
+            for acceptor in self.acceptors:
+                if not acceptor.pid and now >= acceptor.restart_at:
+                    self._start(acceptor)
+            time.sleep(0.2)
+        return self._stop_all()
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        self._stopping = signum
+
+    def _start(self, acceptor: _Acceptor) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            self._child(parent, acceptor.index)
+        acceptor.pid, acceptor.started, acceptor.restart_at = pid, time.monotonic(), 0.0
+        logger.info("acceptor=%d pid=%d started", acceptor.index, pid)
+
+    def _child(self, parent: int, index: int) -> None:
+        code = 1
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_DFL)
+            die_with_parent(parent)
+            self.serve(self.listener)
+            code = 0
+        except BaseException:
+            logger.exception("acceptor=%d pid=%d failed", index, os.getpid())
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            # Never return into the parent's loop (nor run its atexit handlers).
+            os._exit(code)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for acceptor in self.acceptors:
+                if acceptor.pid == pid:
+                    self._died(acceptor, status)
+
+    def _died(self, acceptor: _Acceptor, status: int) -> None:
+        now = time.monotonic()
+        if now - acceptor.started >= STABLE_SECONDS:
+            acceptor.delay = RESTART_DELAY_SECONDS
+        logger.error(
+            "acceptor=%d pid=%d exited (%s); restarting in %.1f s",
+            acceptor.index,
+            acceptor.pid,
+            _describe(status),
+            acceptor.delay,
+        )
+        acceptor.pid, acceptor.restart_at = 0, now + acceptor.delay
+        acceptor.delay = min(acceptor.delay * 2, MAX_RESTART_DELAY_SECONDS)
+
+    def _stop_all(self) -> int:
+        running = [a for a in self.acceptors if a.pid]
+        logger.info("stopping %d acceptors (%s)", len(running), signal.Signals(self._stopping).name)
+        for acceptor in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(acceptor.pid, signal.SIGTERM)
+        # Our copy of the socket: the port is free as soon as the acceptors closed theirs.
+        self.listener.close()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        code = 0
+        for acceptor in running:
+            status = _wait(acceptor.pid, deadline)
+            if status is None:
+                logger.warning(
+                    "acceptor=%d pid=%d did not stop in %.0f s; killing it",
+                    acceptor.index,
+                    acceptor.pid,
+                    STOP_GRACE_SECONDS,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(acceptor.pid, signal.SIGKILL)
+                os.waitpid(acceptor.pid, 0)
+                code = 1
+            elif not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+                code = 1
+        return code
+
+
+def _wait(pid: int, deadline: float) -> int | None:
+    """The exit status of ``pid``, or None if it still runs at ``deadline``."""
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"status {os.waitstatus_to_exitcode(status)}"
+
+
+def run(bind: str, port: int, count: int, serve: Callable[[socket.socket], None]) -> int:
+    """Bind the port, then serve it with ``count`` acceptors (in this process if 1).
+    Exit status: 0 after a clean stop, 1 if the port is taken or an acceptor failed."""
+    try:
+        listener = listen(bind, port)
+    except PortInUse as exc:
+        print(f"scp2fhir scp: {exc}", file=sys.stderr)
+        return 1
+    if count == 1:
+        try:
+            serve(listener)
+        finally:
+            listener.close()
+        return 0
+    logger.info("port=%d serving with %d acceptor processes", port, count)
+    return Prefork(listener, count, serve).run()

@@ -1,0 +1,204 @@
+"""``scp2fhir scp`` with several acceptor processes (scp.prefork): one port, one
+deployment, every acceptor serving, restarted when it dies, gone with its parent."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pydicom
+import redis
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+
+from scp import keys, statuses
+from tests.conftest import ROOT, pipeline_env
+from tests.faults import Child, children_of, send_files, start_scp
+from tests.support import free_port, sample_file, wait_for
+
+CT = pydicom.dcmread(sample_file("CT_small.dcm"))
+_SERVED = re.compile(r"scp\[(\d+)\].*calling=FAULTSCU.*stored=1 refused=0")
+
+
+def _acceptors(parent: Child, count: int) -> list[int]:
+    wait_for(lambda: len(children_of(parent.pid)) == count, 20, f"{count} acceptor processes", 0.1)
+    return children_of(parent.pid)
+
+
+def _two_acceptors(redis_url: str, tmp_path: Path) -> tuple[int, Child]:
+    port = free_port()
+    env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_SCP_PROCESSES="2")
+    return port, start_scp(env, tmp_path / "scp.log", port)
+
+
+def _one_ct_each(tmp_path: Path, count: int) -> list[Path]:
+    paths = []
+    for index in range(count):
+        path = tmp_path / f"ct{index}.dcm"
+        ds = CT.copy()
+        ds.SOPInstanceUID = generate_uid()
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _served_by(scp: Child) -> dict[int, int]:
+    """Associations that stored one instance, by the pid that logged them."""
+    served: dict[int, int] = {}
+    for match in _SERVED.finditer(scp.output()):
+        served[int(match.group(1))] = served.get(int(match.group(1)), 0) + 1
+    return served
+
+
+def test_two_acceptors_both_serve(redis_url: str, data: redis.Redis, tmp_path: Path) -> None:
+    """Simultaneous associations spread over both acceptors, each stores what it was
+    sent; the parent serves none. (Sent two at a time: both acceptors are busy at once.)"""
+    port, scp = _two_acceptors(redis_url, tmp_path)
+    try:
+        acceptors = _acceptors(scp, 2)
+        files = _one_ct_each(tmp_path, 8)
+        results: list[list[int | None]] = []
+        for pair in (files[i : i + 2] for i in range(0, 8, 2)):
+            threads = [
+                threading.Thread(target=lambda p=p: results.append(send_files(port, [p])))
+                for p in pair
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        assert results == [[statuses.SUCCESS]] * 8
+        assert data.xlen(keys.INBOX) == 8
+        served = _served_by(scp)
+        assert set(served) == set(acceptors), (served, acceptors)
+        assert sum(served.values()) == 8
+    finally:
+        scp.stop()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the port is closed after the stop"
+
+
+def test_killed_acceptor_is_restarted(redis_url: str, tmp_path: Path) -> None:
+    port, scp = _two_acceptors(redis_url, tmp_path)
+    try:
+        first, second = _acceptors(scp, 2)
+        os.kill(first, signal.SIGKILL)
+        wait_for(
+            lambda: first not in children_of(scp.pid) and len(children_of(scp.pid)) == 2,
+            20,
+            "a new acceptor in place of the killed one",
+            0.1,
+        )
+        assert second in children_of(scp.pid)
+        assert re.search(rf"acceptor=\d pid={first} exited \(signal SIGKILL\)", scp.output())
+        stored = [send_files(port, [path]) for path in _one_ct_each(tmp_path, 6)]
+        assert stored == [[statuses.SUCCESS]] * 6
+    finally:
+        scp.stop()
+
+
+def test_acceptors_die_with_their_parent(redis_url: str, tmp_path: Path) -> None:
+    """kill -9 of the parent alone: the acceptors go too, and the port is free again."""
+    port, scp = _two_acceptors(redis_url, tmp_path)
+    try:
+        acceptors = _acceptors(scp, 2)
+        os.kill(scp.pid, signal.SIGKILL)
+        scp.process.wait(10)
+
+        def gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() for pid in acceptors)
+
+        wait_for(gone, 10, "the acceptors to exit after their parent", 0.1)
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        scp.stop()
+
+
+def test_second_deployment_on_the_port_fails_at_start(redis_url: str, tmp_path: Path) -> None:
+    """Another `scp2fhir scp` on a port in use exits 1 with one line, and the first one
+    keeps every association."""
+    port, scp = _two_acceptors(redis_url, tmp_path)
+    try:
+        env = pipeline_env(redis_url, tmp_path / "out2", port, SCP2FHIR_SCP_PROCESSES="2")
+        second = subprocess.run(
+            [sys.executable, "-m", "scp.cli", "scp"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"port {port} is in use" in lines[0], second.stderr
+        stored = [send_files(port, [path]) for path in _one_ct_each(tmp_path, 4)]
+        assert stored == [[statuses.SUCCESS]] * 4
+        assert sum(_served_by(scp).values()) == 4
+    finally:
+        scp.stop()
+
+
+def test_sigterm_lets_the_association_in_progress_finish(
+    redis_url: str, data: redis.Redis, tmp_path: Path
+) -> None:
+    """SIGTERM to the parent: no new associations, but one already open goes on storing
+    until it releases; then every process exits, the parent with status 0."""
+    port, scp = _two_acceptors(redis_url, tmp_path)
+    try:
+        acceptors = _acceptors(scp, 2)
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(CT.SOPClassUID, CT.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="SCP2FHIR")
+        assert assoc.is_established
+        first = CT.copy()
+        first.SOPInstanceUID = generate_uid()
+        assert assoc.send_c_store(first).Status == statuses.SUCCESS
+        scp.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining 1 associations" in scp.output(), 10, "the drain to begin")
+        for _ in range(3):
+            more = CT.copy()
+            more.SOPInstanceUID = generate_uid()
+            assert assoc.send_c_store(more).Status == statuses.SUCCESS
+        assoc.release()
+        assert assoc.is_released
+        assert scp.process.wait(30) == 0
+        assert not any(Path(f"/proc/{pid}").exists() for pid in acceptors)
+        assert data.xlen(keys.INBOX) == 4
+    finally:
+        scp.stop()
+
+
+def test_default_is_one_acceptor_per_usable_core() -> None:
+    """The cores the process may run on, not those of the machine: pinned to one core
+    (as a container's cpuset does), it defaults to one acceptor."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from scp.settings import Settings; print(Settings.from_env({}).scp_processes)"
+    )
+    pinned = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert pinned.stdout.strip() == "1"
+    from scp.settings import Settings
+
+    assert Settings.from_env({}).scp_processes == len(os.sched_getaffinity(0))
+    assert Settings.from_env({"SCP2FHIR_SCP_PROCESSES": "3"}).scp_processes == 3
+
+
+def test_up_starts_one_scp_that_forks_the_acceptors() -> None:
+    """`scp2fhir up` runs one `scp` child with the process count, not one child per
+    process: several would each bind the port, and all but one would fail."""
+    from scp.settings import Settings
+    from scp.supervisor import children
+
+    settings = Settings.from_env({"SCP2FHIR_SCP_PROCESSES": "3", "SCP2FHIR_WEB_PORT": "0"})
+    scps = [child for child in children(settings) if child.command[-1] == "scp"]
+    assert [child.name for child in scps] == ["scp"]
+    assert scps[0].extra_env == {"SCP2FHIR_SCP_PROCESSES": "3"}
