@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(settings, delivery, burst=args.burst, pacs=pacs)
         return 0
     if args.verb == "up":
-        from scp.supervisor import up as run_up
+        from scp.up.supervisor import up as run_up
 
         return run_up(settings, _environment(args))
     if args.verb == "status":

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from scp import config
-from scp.embedded_redis import EmbeddedRedis
 from scp.settings import Settings
+from scp.up.embedded_redis import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
 
