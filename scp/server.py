@@ -4,7 +4,6 @@ class pynetdicom knows, in every transfer syntax it knows, as received."""
 from __future__ import annotations
 
 import logging
-import signal
 import ssl
 import threading
 from typing import Any
@@ -22,6 +21,7 @@ from scp import metrics
 from scp.access import AccessPolicy, Slots, handle_requested, parse_networks
 from scp.associations import AssociationLog
 from scp.connections import connect
+from scp.drain import StopRequest, drain
 from scp.handlers import handle_echo, handle_store
 from scp.inbox import Inbox
 from scp.mpps import IAN_SOP_CLASS, MPPS_SOP_CLASS, CompletionSignals
@@ -72,7 +72,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Run the SCP until SIGINT/SIGTERM (or ``stop`` is set)."""
+    """Run the SCP until SIGINT, SIGTERM or SIGHUP (or ``stop`` is set), then drain
+    (:mod:`scp.drain`)."""
     # Spooled: large objects (whole-slide images, tomosynthesis) go to a temporary file
     # as they arrive instead of into memory; the handler maps only the header back in.
     _config.STORE_RECV_CHUNKED_DATASET = settings.spool == "file"
@@ -121,15 +122,12 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
         " (DICOM TLS)" if settings.tls_cert else "",
     )
 
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+    request = StopRequest(stop).install()
     try:
-        stop.wait()
+        request.stop.wait()
     finally:
         logger.info("ae=%s shutting down", settings.ae_title)
-        server.shutdown()
+        drain(server, settings.ae_title, request.hurry, settings.drain_seconds)
         recorder.stop()
         clients.close()
         spool.close()

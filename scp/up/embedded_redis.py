@@ -78,7 +78,9 @@ class EmbeddedRedis:
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        # A process group of its own: a Ctrl-C in the terminal reaches `up` only, which
+        # stops this Redis last, after everything that writes to it.
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0)
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         while True:
@@ -114,5 +116,7 @@ class EmbeddedRedis:
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            logger.warning("private redis did not stop in %.0f s; killing it", timeout)
             self.process.kill()
             self.process.wait()
+        logger.info("private redis stopped (exit %s)", self.process.returncode)

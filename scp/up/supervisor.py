@@ -2,8 +2,12 @@
 
 Starts a private Redis when none is configured, then the SCP, the workers and the
 RQ dashboard as child processes sharing that Redis. A child that dies is started
-again; Ctrl-C or SIGTERM stops the children (workers finish their current job),
-then the private Redis.
+again. SIGINT (Ctrl-C), SIGTERM and SIGHUP all stop everything in order
+(:func:`stop_in_order`): the SCPs drain their open associations, then the workers
+finish their current job, then the web page and the dashboard stop, and the private
+Redis last, so nothing acknowledged is lost and nothing writes to a Redis that is gone.
+Children run in process groups of their own: a Ctrl-C in the terminal reaches ``up``
+only, which does the ordering.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from scp import config
+from scp.drain import StopRequest
 from scp.settings import Settings
 from scp.up.embedded_redis import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
 
-#: Seconds children get to stop on their own before they are killed.
-STOP_GRACE_SECONDS = 30.0
+#: Seconds each stage of the stop gets before what is left of it is killed: the SCPs
+#: drain for up to SCP2FHIR_DRAIN_SECONDS and then abort (this is on top of it); a worker
+#: finishes its job.
+STAGE_GRACE_SECONDS = {"scp": 10.0, "worker": 60.0, "web": 10.0}
 #: A child that died is not restarted more often than this.
 RESTART_BACKOFF_SECONDS = 5.0
 
@@ -33,6 +40,8 @@ RESTART_BACKOFF_SECONDS = 5.0
 @dataclass
 class Child:
     name: str
+    #: The stop stage it belongs to (a key of :data:`STAGE_GRACE_SECONDS`).
+    stage: str
     command: list[str]
     #: Variables for this child only (credentials stay out of the command line and `ps`).
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -41,7 +50,10 @@ class Child:
 
     def start(self, env: Mapping[str, str]) -> None:
         self.process = subprocess.Popen(
-            self.command, env={**env, **self.extra_env}, stdin=subprocess.DEVNULL
+            self.command,
+            env={**env, **self.extra_env},
+            stdin=subprocess.DEVNULL,
+            process_group=0,  # out of the terminal's reach: `up` stops it, in order
         )
         self.started_at = time.monotonic()
         logger.info("started %s pid=%d", self.name, self.process.pid)
@@ -49,10 +61,12 @@ class Child:
 
 def children(settings: Settings) -> list[Child]:
     cli = [sys.executable, "-m", "scp.cli"]
-    result = [Child(f"scp-{n}", [*cli, "scp"]) for n in range(1, settings.scp_processes + 1)]
-    result += [Child(f"worker-{n}", [*cli, "worker"]) for n in range(1, settings.workers + 1)]
+    result = [Child(f"scp-{n}", "scp", [*cli, "scp"]) for n in range(1, settings.scp_processes + 1)]
+    result += [
+        Child(f"worker-{n}", "worker", [*cli, "worker"]) for n in range(1, settings.workers + 1)
+    ]
     if settings.web_port:
-        result.append(Child("web", [*cli, "web"]))
+        result.append(Child("web", "web", [*cli, "web"]))
     if settings.dashboard_port:
         credentials = {}
         if settings.dashboard_username and settings.dashboard_password:
@@ -71,15 +85,12 @@ def children(settings: Settings) -> list[Child]:
             "--redis-url",
             settings.redis_url or "",
         ]
-        result.append(Child("rq-dashboard", dashboard, extra_env=credentials))
+        result.append(Child("rq-dashboard", "web", dashboard, extra_env=credentials))
     return result
 
 
 def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None = None) -> int:
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+    stop = StopRequest(stop).install().stop
 
     private: EmbeddedRedis | None = None
     child_env = dict(env)
@@ -113,26 +124,32 @@ def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None 
                     )
                     child.start(child_env)
     finally:
-        _stop_all(procs)
+        stop_in_order(procs, settings.drain_seconds)
         if private is not None:
             private.stop()
     return 0
 
 
-def _stop_all(procs: list[Child]) -> None:
-    running = [c for c in procs if c.process is not None and c.process.poll() is None]
-    for child in running:
-        assert child.process is not None
-        child.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for child in running:
-        assert child.process is not None
-        try:
-            child.process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in time; killing it", child.name)
-            child.process.kill()
-            child.process.wait()
+def stop_in_order(procs: list[Child], drain_seconds: float) -> None:
+    """SCPs, then workers, then web and dashboard: each stage SIGTERMed together and
+    given its :data:`STAGE_GRACE_SECONDS` before what is left of it is killed."""
+    logger.info("stopping: scp, then workers, then web and dashboard, then redis")
+    for stage, grace in STAGE_GRACE_SECONDS.items():
+        running = [c for c in procs if c.stage == stage and c.process and c.process.poll() is None]
+        for child in running:
+            assert child.process is not None
+            child.process.send_signal(signal.SIGTERM)
+        allowed = grace + (drain_seconds if stage == "scp" else 0.0)
+        deadline = time.monotonic() + allowed
+        for child in running:
+            assert child.process is not None
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %.0f s; killing it", child.name, allowed)
+                child.process.kill()
+                child.process.wait()
+            logger.info("stopped %s (exit %s)", child.name, child.process.returncode)
     logger.info("all processes stopped")
 
 
