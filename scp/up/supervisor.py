@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from scp import config
 from scp.drain import StopRequest
 from scp.settings import Settings
+from scp.up import state
 from scp.up.embedded_redis import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,21 @@ def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None 
             logger.info(
                 "RQ dashboard on http://%s:%d", settings.dashboard_bind, settings.dashboard_port
             )
+        written = state.write(
+            settings.data_dir,
+            state.UpState(
+                pid=os.getpid(),
+                redis_url=settings.require_redis_url(),
+                redis_pid=private.process.pid if private and private.process else None,
+                quiet_seconds=settings.quiet_seconds,
+                ae_title=settings.ae_title,
+                port=settings.port,
+                web_port=settings.web_port,
+                dashboard_port=settings.dashboard_port,
+                started_at=time.time(),
+            ),
+        )
+        logger.info("state in %s (for scp2fhir status and the other verbs)", written)
         logger.info(
             "ready: send DICOM to %s@<this host>:%d; ImagingStudy JSON goes to %s",
             settings.ae_title,
@@ -127,6 +143,7 @@ def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None 
         stop_in_order(procs, settings.drain_seconds)
         if private is not None:
             private.stop()
+        state.remove(settings.data_dir, os.getpid())
     return 0
 
 
