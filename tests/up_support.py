@@ -19,6 +19,7 @@ import pydicom
 from pynetdicom import AE, StoragePresentationContexts
 
 from tests.conftest import CHILD_PYTHONPATH
+from tests.faults import children_of
 from tests.support import free_port, wait_for
 
 
@@ -64,10 +65,32 @@ class Up:
         os.killpg(self.process.pid, signum)
 
     def kill(self) -> None:
-        """Everything up started, whatever state it is in (test cleanup)."""
+        """Everything up started, whatever state it is in (test cleanup): its children
+        run in process groups of their own, and without the fix under test they may
+        outlive it, so each one found under it (or started in its folder) goes too."""
+        family = children_of(self.process.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
+        for pid in family + started_in(self.log.parent):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def started_in(folder: Path) -> list[int]:
+    """Processes whose working directory is ``folder`` or below (an orphaned child of an
+    up the test started there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if cwd == folder or folder in cwd.parents:
+            found.append(int(entry.name))
+    return found
 
 
 def start_up(cwd: Path, env: Mapping[str, str], log_name: str = "up.log") -> Up:

@@ -9,6 +9,7 @@ data folder (so open studies survive a restart of ``up``) and is shut down with
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from scp.up import orphans
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,13 @@ class EmbeddedRedis:
         ]
         # A process group of its own: a Ctrl-C in the terminal reaches `up` only, which
         # stops this Redis last, after everything that writes to it.
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0)
+        # It dies with its parent, kill -9 included (scp.up.orphans).
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+            preexec_fn=orphans.preexec(os.getpid()),
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         while True:

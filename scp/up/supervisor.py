@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from scp import config
 from scp.drain import StopRequest
 from scp.settings import Settings
-from scp.up import state
+from scp.up import lock, orphans, state
 from scp.up.embedded_redis import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Child:
             env={**env, **self.extra_env},
             stdin=subprocess.DEVNULL,
             process_group=0,  # out of the terminal's reach: `up` stops it, in order
+            preexec_fn=orphans.preexec(os.getpid()),  # and never outlives it (kill -9)
         )
         self.started_at = time.monotonic()
         logger.info("started %s pid=%d", self.name, self.process.pid)
@@ -91,8 +92,19 @@ def children(settings: Settings) -> list[Child]:
 
 
 def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None = None) -> int:
-    stop = StopRequest(stop).install().stop
+    try:
+        held = lock.acquire(settings.data_dir)
+    except lock.FolderInUse as exc:
+        print(f"scp2fhir up: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run(settings, env, StopRequest(stop).install().stop)
+    finally:
+        os.close(held)  # the lock goes with it
 
+
+def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> int:
+    """Everything, until ``stop``; then :func:`stop_in_order` and the private Redis last."""
     private: EmbeddedRedis | None = None
     child_env = dict(env)
     if settings.redis_url is None:
