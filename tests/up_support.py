@@ -5,6 +5,7 @@ output in a file, its working directory holding ``./scp2fhir-data`` and ``./out`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pynetdicom import AE, StoragePresentationContexts
@@ -165,3 +167,23 @@ class Sender:
         self.released = assoc.is_released
         self.aborted = assoc.is_aborted
         self.sent.set()
+
+
+def store(port: int, files: list[Path]) -> list[int]:
+    """Send ``files`` over one association; their C-STORE statuses (empty: no association)."""
+    ae = AE(ae_title="TESTSCU")
+    ae.requested_contexts = StoragePresentationContexts[:127]
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCP2FHIR")
+    if not assoc.is_established:
+        return []
+    statuses = []
+    for path in files:
+        status = assoc.send_c_store(pydicom.dcmread(path))
+        statuses.append(int(status.Status) if "Status" in status else -1)
+    assoc.release()
+    return statuses
+
+
+def state(cwd: Path) -> dict[str, Any]:
+    """The running up's ``up.json``."""
+    return dict(json.loads((cwd / "scp2fhir-data" / "up.json").read_text()))

@@ -21,12 +21,14 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from scp import config
 from scp.drain import StopRequest
 from scp.settings import Settings
 from scp.up import lock, orphans, state
 from scp.up.embedded_redis import EmbeddedRedis
+from scp.up.redis_watch import RedisWatch
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> i
         child_env["SCP2FHIR_REDIS_URL"] = private.url
         settings = config.settings(config.load(child_env))
     procs = children(settings)
+    exit_code = 0
     try:
         for child in procs:
             child.start(child_env)
@@ -120,20 +123,8 @@ def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> i
             logger.info(
                 "RQ dashboard on http://%s:%d", settings.dashboard_bind, settings.dashboard_port
             )
-        written = state.write(
-            settings.data_dir,
-            state.UpState(
-                pid=os.getpid(),
-                redis_url=settings.require_redis_url(),
-                redis_pid=private.process.pid if private and private.process else None,
-                quiet_seconds=settings.quiet_seconds,
-                ae_title=settings.ae_title,
-                port=settings.port,
-                web_port=settings.web_port,
-                dashboard_port=settings.dashboard_port,
-                started_at=time.time(),
-            ),
-        )
+        started_at = time.time()
+        written = _write_state(settings, private, started_at)
         logger.info("state in %s (for scp2fhir status and the other verbs)", written)
         logger.info(
             "ready: send DICOM to %s@<this host>:%d; ImagingStudy JSON goes to %s",
@@ -141,7 +132,15 @@ def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> i
             settings.port,
             settings.output_dir.resolve(),
         )
+        watch = RedisWatch(private) if private is not None else None
         while not stop.wait(0.5):
+            if watch is not None:
+                restarts = watch.restarts
+                if not watch.check():
+                    exit_code = 1
+                    break
+                if watch.restarts != restarts:
+                    _write_state(settings, private, started_at)  # Redis's new pid
             for child in procs:
                 assert child.process is not None
                 if child.process.poll() is not None and not stop.is_set():
@@ -156,7 +155,24 @@ def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> i
         if private is not None:
             private.stop()
         state.remove(settings.data_dir, os.getpid())
-    return 0
+    return exit_code
+
+
+def _write_state(settings: Settings, private: EmbeddedRedis | None, started_at: float) -> Path:
+    return state.write(
+        settings.data_dir,
+        state.UpState(
+            pid=os.getpid(),
+            redis_url=settings.require_redis_url(),
+            redis_pid=private.process.pid if private and private.process else None,
+            quiet_seconds=settings.quiet_seconds,
+            ae_title=settings.ae_title,
+            port=settings.port,
+            web_port=settings.web_port,
+            dashboard_port=settings.dashboard_port,
+            started_at=started_at,
+        ),
+    )
 
 
 def stop_in_order(procs: list[Child], drain_seconds: float) -> None:
