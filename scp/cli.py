@@ -219,6 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
         return 2
 
+    if args.verb in ("scp", "worker"):
+        from scp.up.preflight import PreflightError, check_redis
+
+        try:
+            check_redis(settings.require_redis_url())
+        except PreflightError as exc:
+            print(f"scp2fhir {args.verb}: {exc}", file=sys.stderr)
+            return 1
+
     from scp import logs
 
     logs.configure(settings.log_level, args.verb, settings.log_format, settings.log_hash_uids)

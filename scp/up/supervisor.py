@@ -23,12 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from scp import config
 from scp.drain import StopRequest
 from scp.settings import Settings
-from scp.up import lock, orphans, state
+from scp.up import lock, orphans, readiness, state
 from scp.up.embedded_redis import EmbeddedRedis
-from scp.up.redis_watch import RedisWatch
+from scp.up.preflight import PreflightError, check_bind, check_redis
+from scp.up.redis_watch import RedisWatch, describe
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,10 @@ logger = logging.getLogger(__name__)
 STAGE_GRACE_SECONDS = {"scp": 10.0, "worker": 60.0, "web": 10.0}
 #: A child that died is not restarted more often than this.
 RESTART_BACKOFF_SECONDS = 5.0
+#: A child that exits this often before everything is ready will not get better: up stops.
+EARLY_EXITS = 3
+#: While not ready, what is still awaited is logged this often.
+WAITING_LOG_SECONDS = 15.0
 
 
 @dataclass
@@ -50,8 +57,12 @@ class Child:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     started_at: float = field(default=0.0)
+    #: Times it exited (each counted once, when first seen).
+    exits: int = 0
+    exit_seen: bool = False
 
     def start(self, env: Mapping[str, str]) -> None:
+        self.exit_seen = False
         self.process = subprocess.Popen(
             self.command,
             env={**env, **self.extra_env},
@@ -100,6 +111,11 @@ def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None 
         print(f"scp2fhir up: {exc}", file=sys.stderr)
         return 1
     try:
+        try:
+            preflight(settings)
+        except PreflightError as exc:
+            print(f"scp2fhir up: {exc}", file=sys.stderr)
+            return 1
         return _run(settings, env, StopRequest(stop).install().stop)
     finally:
         os.close(held)  # the lock goes with it
@@ -126,13 +142,10 @@ def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> i
         started_at = time.time()
         written = _write_state(settings, private, started_at)
         logger.info("state in %s (for scp2fhir status and the other verbs)", written)
-        logger.info(
-            "ready: send DICOM to %s@<this host>:%d; ImagingStudy JSON goes to %s",
-            settings.ae_title,
-            settings.port,
-            settings.output_dir.resolve(),
-        )
+        client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
         watch = RedisWatch(private) if private is not None else None
+        ready = False
+        waiting_since = time.monotonic()
         while not stop.wait(0.5):
             if watch is not None:
                 restarts = watch.restarts
@@ -141,21 +154,88 @@ def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> i
                     break
                 if watch.restarts != restarts:
                     _write_state(settings, private, started_at)  # Redis's new pid
-            for child in procs:
-                assert child.process is not None
-                if child.process.poll() is not None and not stop.is_set():
-                    if time.monotonic() - child.started_at < RESTART_BACKOFF_SECONDS:
-                        continue
-                    logger.error(
-                        "%s exited with %s; restarting", child.name, child.process.returncode
-                    )
-                    child.start(child_env)
+            failed = _tend(procs, child_env, ready)
+            if failed is not None:
+                logger.error(
+                    "%s exited %d times before up was ready (last: %s); stopping",
+                    failed.name,
+                    failed.exits,
+                    describe(failed.process.returncode if failed.process else None),
+                )
+                exit_code = 1
+                break
+            if not ready:
+                ready = _ready(settings, procs, client, waiting_since)
+                if not ready and time.monotonic() - waiting_since > WAITING_LOG_SECONDS:
+                    waiting_since = time.monotonic()
+        client.close()
     finally:
         stop_in_order(procs, settings.drain_seconds)
         if private is not None:
             private.stop()
         state.remove(settings.data_dir, os.getpid())
     return exit_code
+
+
+def _tend(procs: list[Child], env: Mapping[str, str], ready: bool) -> Child | None:
+    """Restart the children that exited (after :data:`RESTART_BACKOFF_SECONDS`); the one
+    that exited :data:`EARLY_EXITS` times before ``up`` was ready, if any."""
+    for child in procs:
+        assert child.process is not None
+        if child.process.poll() is None:
+            continue
+        if not child.exit_seen:
+            child.exit_seen = True
+            child.exits += 1
+            if not ready and child.exits >= EARLY_EXITS:
+                return child
+        if time.monotonic() - child.started_at < RESTART_BACKOFF_SECONDS:
+            continue
+        logger.error(
+            "%s exited with %s; restarting", child.name, describe(child.process.returncode)
+        )
+        child.start(env)
+    return None
+
+
+def _ready(
+    settings: Settings, procs: list[Child], client: redis.Redis, waiting_since: float
+) -> bool:
+    """Logs ``ready:`` once every SCP listens and every worker is registered in RQ."""
+    pids = [(c.name, c.stage, c.process.pid) for c in procs if c.process]
+    waiting = readiness.missing(
+        [(name, pid) for name, stage, pid in pids if stage == "scp"],
+        [(name, pid) for name, stage, pid in pids if stage == "worker"],
+        settings.port,
+        client,
+    )
+    if waiting:
+        if time.monotonic() - waiting_since > WAITING_LOG_SECONDS:
+            logger.warning("not ready yet; waiting for %s", ", ".join(waiting))
+        return False
+    logger.info(
+        "ready: send DICOM to %s@<this host>:%d; ImagingStudy JSON goes to %s",
+        settings.ae_title,
+        settings.port,
+        settings.output_dir.resolve(),
+    )
+    return True
+
+
+def preflight(settings: Settings) -> None:
+    """Before anything starts (:mod:`scp.up.preflight`)."""
+    check_bind("the SCP", "SCP2FHIR_BIND, SCP2FHIR_PORT", settings.bind, settings.port)
+    if settings.web_port:
+        check_bind("scp2fhir web", "SCP2FHIR_WEB_PORT", settings.dashboard_bind, settings.web_port)
+    if settings.dashboard_port:
+        check_bind(
+            "the RQ dashboard",
+            "SCP2FHIR_DASHBOARD_BIND, SCP2FHIR_DASHBOARD_PORT",
+            settings.dashboard_bind,
+            settings.dashboard_port,
+        )
+    if settings.redis_url is not None:
+        check_redis(settings.redis_url)
 
 
 def _write_state(settings: Settings, private: EmbeddedRedis | None, started_at: float) -> Path:
