@@ -9,6 +9,7 @@ stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ from scp import config as configuration
 from scp.settings import VARIABLES, ConfigError, Settings
 
 if TYPE_CHECKING:
+    from scp.up.state import UpState
     from workers.delivery.settings import DeliverySettings
 
 #: flag dest -> environment variable it overrides
@@ -41,6 +43,9 @@ _FLAG_NAMES = {
 }
 
 #: Verbs that deliver or report on deliveries: they parse the destinations.
+#: Verbs that, without SCP2FHIR_REDIS_URL, use the Redis of the ``up`` running on the data
+#: folder (:mod:`scp.up.state`).
+_UP_VERBS = ("status", "web", "retry-failed", "retract", "forget")
 _DELIVERY_VERBS = ("worker", "up", "status", "web", "retry-failed", "config", "retract", "forget")
 
 
@@ -182,7 +187,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = configuration.load(os.environ, _flags(args), _FLAG_NAMES)
         settings = configuration.settings(config)
-        if args.verb in ("scp", "worker", "status", "web", "retry-failed", "retract", "forget"):
+        up_state = None
+        if args.verb in _UP_VERBS and settings.redis_url is None:
+            from scp.up import state
+
+            try:
+                up_state = state.read(settings.data_dir)
+            except state.UpNotRunning as exc:
+                print(f"scp2fhir {args.verb}: {exc}", file=sys.stderr)
+                return 1
+            # What the running up uses, not what this shell's environment says.
+            settings = dataclasses.replace(
+                settings, redis_url=up_state.redis_url, quiet_seconds=up_state.quiet_seconds
+            )
+        if args.verb in ("scp", "worker", *_UP_VERBS):
             settings.require_redis_url()
         if args.verb in ("worker", "up", "convert", "config", "retract"):
             from workers.context import mapping_options
@@ -201,6 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
         return 2
 
+    if args.verb in ("scp", "worker"):
+        from scp.up.preflight import PreflightError, check_redis
+
+        try:
+            check_redis(settings.require_redis_url())
+        except PreflightError as exc:
+            print(f"scp2fhir {args.verb}: {exc}", file=sys.stderr)
+            return 1
+
     from scp import logs
 
     logs.configure(settings.log_level, args.verb, settings.log_format, settings.log_hash_uids)
@@ -213,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.port,
             settings.scp_processes,
             lambda listener: serve(settings, listener=listener),
+            settings.drain_seconds,
         )
     if args.verb == "worker":
         from scp.pacs.settings import PacsSettings
@@ -224,12 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(settings, delivery, burst=args.burst, pacs=pacs)
         return 0
     if args.verb == "up":
-        from scp.supervisor import up as run_up
+        from scp.up.supervisor import up as run_up
 
         return run_up(settings, _environment(args))
     if args.verb == "status":
         assert delivery is not None
-        return _status(settings, delivery, args.json, args.last)
+        return _status(settings, delivery, args.json, args.last, up_state)
     if args.verb == "web":
         assert delivery is not None
         return _web(settings, delivery, args.port)
@@ -263,7 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _status(settings: Settings, delivery: DeliverySettings, as_json: bool, last: int) -> int:
+def _status(
+    settings: Settings,
+    delivery: DeliverySettings,
+    as_json: bool,
+    last: int,
+    up_state: UpState | None,
+) -> int:
     import json
 
     from scp.connections import connect
@@ -273,7 +307,15 @@ def _status(settings: Settings, delivery: DeliverySettings, as_json: bool, last:
     snap = snapshot(
         clients.data, clients.rq, settings.quiet_seconds, last=last, destinations=delivery.names
     )
-    print(json.dumps(snap.as_json(), indent=2) if as_json else render_text(snap))
+    source = f"scp2fhir up pid={up_state.pid}" if up_state else "SCP2FHIR_QUIET_SECONDS"
+    if as_json:
+        found = {**snap.as_json(), "quiet_seconds": settings.quiet_seconds}
+        if up_state:
+            found["up_pid"] = up_state.pid
+        print(json.dumps(found, indent=2))
+    else:
+        print(f"quiet period: {settings.quiet_seconds:g} s ({source})")
+        print(render_text(snap))
     return 0
 
 

@@ -98,6 +98,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Deliveries given up (dead-lettered), by destination.",
         ("destination",),
     ),
+    "redis_restarts_total": ("Restarts of scp2fhir up's private Redis after it died.", ()),
     "delivery_validation_warnings_total": (
         "Warnings of the server's $validate (a destination's validate), summed over "
         "deliveries, by destination.",

@@ -12,16 +12,16 @@ share it, and a second, unrelated deployment on the same port fails at start
 of the associations into another pipeline.
 
 The parent does nothing but supervise: it restarts an acceptor that died (with a
-growing delay when one keeps dying), forwards SIGTERM/SIGINT to the acceptors and
-waits for them (bounded by :data:`STOP_GRACE_SECONDS`), so each still drains its
-in-flight associations as a lone SCP does. Acceptors die with the parent
+growing delay when one keeps dying), on SIGTERM, SIGINT or SIGHUP sends the acceptors
+SIGTERM and waits for them (their drain bound plus :data:`STOP_GRACE_SECONDS`), so each
+drains its in-flight associations as a lone SCP does; acceptors that keep dying at start
+stop it (:data:`YOUNG_DEATHS`). Acceptors die with the parent
 (``PR_SET_PDEATHSIG``): killed with -9, it leaves no process behind holding the port.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -32,20 +32,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from scp import orphans
+
 logger = logging.getLogger(__name__)
 
 #: Connections the kernel queues before an acceptor takes them.
 BACKLOG = 128
-#: How long the acceptors get to drain their associations after SIGTERM before they are
-#: killed (below `scp2fhir up`'s and Docker's own grace, so the parent can still report).
-STOP_GRACE_SECONDS = 25.0
+#: How long the acceptors get after SIGTERM beyond their own drain bound
+#: (``SCP2FHIR_DRAIN_SECONDS``) before they are killed: enough to abort what is left.
+STOP_GRACE_SECONDS = 5.0
 #: Delay before restarting an acceptor that died, doubled while it keeps dying young.
 RESTART_DELAY_SECONDS = 0.5
 MAX_RESTART_DELAY_SECONDS = 30.0
 #: An acceptor that ran this long before it died is restarted after the first delay again.
 STABLE_SECONDS = 60.0
-#: prctl(2) option: the signal a process gets when the thread that forked it ends.
-_PR_SET_PDEATHSIG = 1
+#: Acceptors that die this many times in a row, each within :data:`YOUNG_SECONDS` of its
+#: start, have something wrong that a restart does not mend (an unwritable spool folder,
+#: a broken setting): the parent stops with exit status 1 rather than hold the port for
+#: nobody (``scp2fhir up`` would otherwise report a listening but useless SCP as ready).
+YOUNG_DEATHS = 3
+YOUNG_SECONDS = 10.0
 
 
 class PortInUse(Exception):
@@ -85,16 +91,6 @@ def listen(bind: str, port: int) -> socket.socket:
     return sock
 
 
-def die_with_parent(parent: int) -> None:
-    """Ask for SIGTERM when the parent ends; exit now if it already has."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    # The parent may have died before prctl took effect: then we were re-parented.
-    if os.getppid() != parent:
-        os._exit(0)
-
-
 @dataclass
 class _Acceptor:
     index: int
@@ -109,15 +105,21 @@ class Prefork:
     """Runs ``serve(listener)`` in ``count`` forked processes and keeps them running."""
 
     def __init__(
-        self, listener: socket.socket, count: int, serve: Callable[[socket.socket], None]
+        self,
+        listener: socket.socket,
+        count: int,
+        serve: Callable[[socket.socket], None],
+        drain_seconds: float = 0.0,
     ) -> None:
         self.listener = listener
         self.serve = serve
         self.acceptors = [_Acceptor(index) for index in range(1, count + 1)]
         self._stopping = 0  # the signal that asked us to stop
+        self._grace = drain_seconds + STOP_GRACE_SECONDS
+        self._young_deaths = 0  # in a row
 
     def run(self) -> int:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._stop)
         for acceptor in self.acceptors:
             self._start(acceptor)
@@ -128,7 +130,8 @@ class Prefork:
                 if not acceptor.pid and now >= acceptor.restart_at:
                     self._start(acceptor)
             time.sleep(0.2)
-        return self._stop_all()
+        code = self._stop_all()
+        return 1 if self._young_deaths >= YOUNG_DEATHS else code
 
     def _stop(self, signum: int, _frame: object) -> None:
         self._stopping = signum
@@ -144,9 +147,12 @@ class Prefork:
     def _child(self, parent: int, index: int) -> None:
         code = 1
         try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_DFL)
-            die_with_parent(parent)
+            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only: it stops us, once
+            orphans.die_with_parent()
+            if orphans.orphaned(parent):  # it died before the request took effect
+                os._exit(0)
             self.serve(self.listener)
             code = 0
         except BaseException:
@@ -172,6 +178,21 @@ class Prefork:
 
     def _died(self, acceptor: _Acceptor, status: int) -> None:
         now = time.monotonic()
+        young = now - acceptor.started < YOUNG_SECONDS
+        self._young_deaths = self._young_deaths + 1 if young else 0
+        if self._young_deaths >= YOUNG_DEATHS:
+            logger.error(
+                "acceptor=%d pid=%d exited (%s): acceptors died %d times in a row within "
+                "%.0f s of their start; stopping",
+                acceptor.index,
+                acceptor.pid,
+                _describe(status),
+                self._young_deaths,
+                YOUNG_SECONDS,
+            )
+            acceptor.pid = 0
+            self._stopping = self._stopping or signal.SIGTERM
+            return
         if now - acceptor.started >= STABLE_SECONDS:
             acceptor.delay = RESTART_DELAY_SECONDS
         logger.error(
@@ -192,7 +213,7 @@ class Prefork:
                 os.kill(acceptor.pid, signal.SIGTERM)
         # Our copy of the socket: the port is free as soon as the acceptors closed theirs.
         self.listener.close()
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        deadline = time.monotonic() + self._grace
         code = 0
         for acceptor in running:
             status = _wait(acceptor.pid, deadline)
@@ -201,7 +222,7 @@ class Prefork:
                     "acceptor=%d pid=%d did not stop in %.0f s; killing it",
                     acceptor.index,
                     acceptor.pid,
-                    STOP_GRACE_SECONDS,
+                    self._grace,
                 )
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(acceptor.pid, signal.SIGKILL)
@@ -232,7 +253,13 @@ def _describe(status: int) -> str:
     return f"status {os.waitstatus_to_exitcode(status)}"
 
 
-def run(bind: str, port: int, count: int, serve: Callable[[socket.socket], None]) -> int:
+def run(
+    bind: str,
+    port: int,
+    count: int,
+    serve: Callable[[socket.socket], None],
+    drain_seconds: float = 0.0,
+) -> int:
     """Bind the port, then serve it with ``count`` acceptors (in this process if 1).
     Exit status: 0 after a clean stop, 1 if the port is taken or an acceptor failed."""
     try:
@@ -247,4 +274,4 @@ def run(bind: str, port: int, count: int, serve: Callable[[socket.socket], None]
             listener.close()
         return 0
     logger.info("port=%d serving with %d acceptor processes", port, count)
-    return Prefork(listener, count, serve).run()
+    return Prefork(listener, count, serve, drain_seconds).run()

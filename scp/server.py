@@ -4,11 +4,9 @@ class pynetdicom knows, in every transfer syntax it knows, as received."""
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import ssl
 import threading
-import time
 from typing import Any
 
 from pynetdicom import (
@@ -24,6 +22,7 @@ from scp import metrics
 from scp.access import AccessPolicy, Slots, handle_requested, parse_networks
 from scp.associations import AssociationLog
 from scp.connections import connect
+from scp.drain import StopRequest, drain
 from scp.handlers import handle_echo, handle_store
 from scp.inbox import Inbox
 from scp.mpps import IAN_SOP_CLASS, MPPS_SOP_CLASS, CompletionSignals
@@ -74,34 +73,16 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-#: After SIGTERM, how long associations in progress may go on (no new ones are accepted);
-#: below scp.prefork's grace, so an acceptor process ends on its own.
-DRAIN_SECONDS = 20.0
-
-
-def _drain(server: Any, seconds: float) -> None:
-    """Let the associations in progress end (their threads are daemons: exiting would cut
-    them off mid-C-STORE), at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    busy = server.active_associations
-    if busy and seconds > 0:
-        logger.info("draining %d associations (at most %.0f s)", len(busy), seconds)
-    while busy and time.monotonic() < deadline:
-        time.sleep(0.05)
-        busy = server.active_associations
-    if busy and seconds > 0:
-        logger.warning("%d associations still open after %.0f s; closing", len(busy), seconds)
-
-
 def serve(
     settings: Settings,
     stop: threading.Event | None = None,
     listener: socket.socket | None = None,
 ) -> None:
-    """Run the SCP until SIGINT/SIGTERM (or ``stop`` is set), on ``listener`` (a listening
-    socket bound by :func:`scp.prefork.listen`, perhaps shared with other acceptor
-    processes) or else on a socket of its own. Stopped by a signal (no ``stop`` given), it
-    lets associations in progress end first (:data:`DRAIN_SECONDS`)."""
+    """Run the SCP until SIGINT, SIGTERM or SIGHUP (or ``stop`` is set), on ``listener``
+    (a listening socket bound by :func:`scp.prefork.listen`, perhaps shared with other
+    acceptor processes) or else on a socket of its own. Stopped by a signal (no ``stop``
+    given), it lets associations in progress end first (:mod:`scp.drain`); a caller that
+    sets ``stop`` has them aborted at once."""
     # pynetdicom's standard handlers format every PDU and DIMSE message for its logger,
     # a good share of the CPU per instance; bind them only when that logger shows them.
     verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
@@ -159,19 +140,15 @@ def serve(
         " (DICOM TLS)" if settings.tls_cert else "",
     )
 
-    drain = stop is None
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+    drain_seconds = settings.drain_seconds if stop is None else 0.0
+    request = StopRequest(stop).install()
     try:
-        stop.wait()
+        request.stop.wait()
     finally:
         logger.info("ae=%s shutting down", settings.ae_title)
-        server.shutdown()
+        drain(server, settings.ae_title, request.hurry, drain_seconds)
         if own_listener:
             listener.close()
-        _drain(server, DRAIN_SECONDS if drain else 0)
         recorder.stop()
         clients.close()
         spool.close()

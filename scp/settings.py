@@ -155,6 +155,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "Seconds to wait for association messages; also the most a connection may take "
         "from accept to an established association (and a TLS handshake).",
     ),
+    "SCP2FHIR_DRAIN_SECONDS": (
+        "20",
+        "On a stop (SIGTERM, SIGINT, SIGHUP) the SCP refuses new associations and lets "
+        "open ones go on for at most this many seconds, then aborts them.",
+    ),
     "SCP2FHIR_DIMSE_TIMEOUT": (
         "60",
         "Seconds to wait for DIMSE messages; also the most one PDU may take to arrive once begun.",
@@ -383,6 +388,7 @@ class Settings:
     max_header_bytes: int = 4 * 1024 * 1024
     max_inflated_bytes: int = 64 * 1024 * 1024
     acse_timeout: float = 30.0
+    drain_seconds: float = 20.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     tls_cert: Path | None = None
@@ -505,6 +511,7 @@ class Settings:
                 env, "SCP2FHIR_MAX_INFLATED_BYTES", defaults.max_inflated_bytes, 65536, 2**34
             ),
             acse_timeout=_float(env, "SCP2FHIR_ACSE_TIMEOUT", defaults.acse_timeout),
+            drain_seconds=_float(env, "SCP2FHIR_DRAIN_SECONDS", defaults.drain_seconds),
             dimse_timeout=_float(env, "SCP2FHIR_DIMSE_TIMEOUT", defaults.dimse_timeout),
             network_timeout=_float(env, "SCP2FHIR_NETWORK_TIMEOUT", defaults.network_timeout),
             tls_cert=tls["CERT"],

@@ -34,7 +34,7 @@ import httpx
 import redis
 
 from scp import keys
-from scp.embedded_redis import EmbeddedRedis
+from scp.up.embedded_redis import EmbeddedRedis
 from tests.bench_procs import cmdline, peak_rss_kib, read_stat
 from tests.orthanc import ORTHANC, OrthancProcess
 from tests.support import DCMTK_ENV, dcmtk, free_port, wait_for

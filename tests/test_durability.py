@@ -2,7 +2,7 @@
 
 A kill -9 of Redis loses nothing under any appendfsync (``test_faults.py``): the append-only
 file is in the kernel's page cache and reaches the disk anyway. An OS crash or a power cut
-loses that cache. Here ``scp2fhir up``'s own Redis (:class:`scp.embedded_redis.EmbeddedRedis`)
+loses that cache. Here ``scp2fhir up``'s own Redis (:class:`scp.up.embedded_redis.EmbeddedRedis`)
 keeps its data on :mod:`tests.crashfs`, a filesystem whose page cache the test can drop as a
 crash does, keeping the first kilobyte of each file's unsynced tail (a torn last write).
 Real C-STOREs go through the real SCP; after the crash, Redis starts again from what the
@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from scp import keys, statuses
-from scp.embedded_redis import EmbeddedRedis
 from scp.settings import Settings
+from scp.up.embedded_redis import EmbeddedRedis
 from tests.conftest import ScpThread
 from tests.crashfs import CrashDisk
 from tests.faults import send_files

@@ -604,7 +604,7 @@ def test_sweep_forgets_idle_consumers_and_old_emissions(
 def test_private_redis_of_up_keeps_what_it_acknowledged(tmp_path: Path, fsync: str) -> None:
     """`scp2fhir up`'s own Redis: append-only file on, with the configured appendfsync;
     what it acknowledged before a kill -9 is there after a restart."""
-    from scp.embedded_redis import EmbeddedRedis
+    from scp.up.embedded_redis import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "redis", fsync)
     server.start()

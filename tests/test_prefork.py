@@ -161,7 +161,7 @@ def test_sigterm_lets_the_association_in_progress_finish(
         first.SOPInstanceUID = generate_uid()
         assert assoc.send_c_store(first).Status == statuses.SUCCESS
         scp.process.send_signal(signal.SIGTERM)
-        wait_for(lambda: "draining 1 associations" in scp.output(), 10, "the drain to begin")
+        wait_for(lambda: "draining 1 open associations" in scp.output(), 10, "the drain to begin")
         for _ in range(3):
             more = CT.copy()
             more.SOPInstanceUID = generate_uid()
@@ -196,7 +196,7 @@ def test_up_starts_one_scp_that_forks_the_acceptors() -> None:
     """`scp2fhir up` runs one `scp` child with the process count, not one child per
     process: several would each bind the port, and all but one would fail."""
     from scp.settings import Settings
-    from scp.supervisor import children
+    from scp.up.supervisor import children
 
     settings = Settings.from_env({"SCP2FHIR_SCP_PROCESSES": "3", "SCP2FHIR_WEB_PORT": "0"})
     scps = [child for child in children(settings) if child.command[-1] == "scp"]

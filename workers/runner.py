@@ -13,12 +13,10 @@ one process that lives or dies.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from multiprocessing.process import BaseProcess
@@ -26,7 +24,7 @@ from types import FrameType
 
 from rq import Worker
 
-from scp import keys, logs, metrics
+from scp import keys, logs, metrics, orphans
 from scp.connections import connect
 from scp.logs import library_level
 from scp.pacs.settings import PacsSettings
@@ -42,8 +40,6 @@ logger = logging.getLogger(__name__)
 MAINTENANCE_SECONDS = 60
 #: Seconds the delivery workers get to finish their job after the main worker stopped.
 DELIVERIES_STOP_SECONDS = 30.0
-#: prctl(2) option: the signal the kernel sends this process when its parent dies.
-_PR_SET_PDEATHSIG = 1
 
 
 class _Worker(Worker):
@@ -74,6 +70,9 @@ def run(
     burst: bool = False,
     pacs: PacsSettings | None = None,
 ) -> None:
+    # RQ forks a work horse per job and a scheduler: they die with this process, as this
+    # process dies with `scp2fhir up` (a work horse runs in a session of its own).
+    orphans.install_fork_hook()
     delivery = delivery or DeliverySettings()
     context = _context(settings, delivery)
     # Aggregates an earlier release left in Redis (open, undelivered or retained studies)
@@ -157,10 +156,9 @@ def _serve_deliveries(
 ) -> None:
     """One destination's delivery worker process (started with ``spawn``: a fresh
     interpreter)."""
-    if sys.platform == "linux":
-        # Killed with its parent (kill -9 included): never an orphan serving on alone.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
+    # Killed with its parent (kill -9 included): never an orphan serving on alone.
+    orphans.die_with_parent()
+    if orphans.orphaned(parent):
         return  # the parent died before the line above took effect
     logs.configure(settings.log_level, "worker", settings.log_format, settings.log_hash_uids)
     destination = delivery.named(name)

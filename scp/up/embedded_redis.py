@@ -9,6 +9,7 @@ data folder (so open studies survive a restart of ``up``) and is shut down with
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from scp import orphans
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +81,15 @@ class EmbeddedRedis:
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        # A process group of its own: a Ctrl-C in the terminal reaches `up` only, which
+        # stops this Redis last, after everything that writes to it.
+        # It dies with its parent, kill -9 included (scp.orphans).
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+            preexec_fn=orphans.preexec(os.getpid()),
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         while True:
@@ -114,5 +125,7 @@ class EmbeddedRedis:
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            logger.warning("private redis did not stop in %.0f s; killing it", timeout)
             self.process.kill()
             self.process.wait()
+        logger.info("private redis stopped (exit %s)", self.process.returncode)

@@ -1,0 +1,38 @@
+"""One ``scp2fhir up`` per data folder: ``<data folder>/up.lock``, held with ``flock``.
+
+A second ``up`` on the same folder would start a second Redis on the same append-only
+file. The kernel releases the lock when the holder dies, kill -9 included, so a stale
+file never blocks a restart. The holder's pid is written into the file to name it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+NAME = "up.lock"
+
+
+class FolderInUse(RuntimeError):
+    """Another ``up`` holds the folder (one line, for the operator)."""
+
+
+def acquire(data_dir: Path) -> int:
+    """The locked file's descriptor (keep it open while running; children do not inherit
+    it: ``subprocess`` closes descriptors)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    where = data_dir / NAME
+    fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FolderInUse(
+            f"{data_dir.resolve()} is in use by scp2fhir up pid={holder} "
+            f"(one up per data folder; stop it or set SCP2FHIR_DATA_DIR)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

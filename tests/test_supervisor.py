@@ -1,0 +1,123 @@
+"""``scp2fhir up`` as the operator's supervisor: how it stops (README "Operations").
+
+Real processes throughout: ``up`` with its private Redis, SCPs, workers, web page and
+dashboard, a pynetdicom modality sending over one association."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from scp import keys
+from tests.conftest import echo
+from tests.faults import scp_process
+from tests.support import RedisProcess, make_study, read_json, wait_for
+from tests.up_support import Sender, start_up, up_env
+
+
+def _emitted_instances(path: Path) -> int:
+    return int(read_json(path)["numberOfInstances"]) if path.exists() else 0
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, False)],
+    ids=["ctrl-c", "sigterm", "sighup"],
+)
+def test_a_stop_drains_the_open_association_and_stops_redis_last(
+    tmp_path: Path, signum: int, to_group: bool
+) -> None:
+    study = make_study(tmp_path / "study", [("CT", 200)])
+    env = up_env()
+    up = start_up(tmp_path, env)
+    try:
+        up.wait_ready()
+        wait_for(lambda: echo(up.port), 60, "the SCP", step=0.5)
+        sender = Sender(up.port, study.files).start()
+        assert sender.sent.wait(60), sender.errors
+        if to_group:
+            up.signal_group(signum)  # Ctrl-C in up's terminal
+        else:
+            up.process.send_signal(signum)
+        time.sleep(1.0)  # the modality goes on sending while the SCP drains
+        sender.finish_after(5)
+        sender.join()
+        assert up.process.wait(120) == 0, up.output()
+    finally:
+        up.kill()
+    log = up.output()
+    assert not sender.errors, sender.errors
+    assert len(sender.statuses) >= 10
+    assert set(sender.statuses) == {0}, "every instance sent before the stop got Success"
+    assert sender.released and not sender.aborted, "the modality released the association"
+    assert "Traceback" not in log, log
+    stopped = [log.index(f"stopped {name} ") for name in ("scp", "worker-1", "web")]
+    assert stopped == sorted(stopped), log
+    assert log.index("private redis stopped") > max(stopped), "Redis stops last"
+
+    # What was acknowledged is in the private Redis's append-only file: up again on the
+    # same data folder emits all of it.
+    again = start_up(tmp_path, env, "up-again.log")
+    try:
+        again.wait_ready()
+        path = tmp_path / "out" / "ImagingStudy" / f"{study.study_uid}.json"
+        wait_for(
+            lambda: _emitted_instances(path) == len(sender.statuses),
+            90,
+            "the study with every acknowledged instance",
+            step=0.5,
+        )
+        again.process.send_signal(signal.SIGTERM)
+        assert again.process.wait(120) == 0
+    finally:
+        again.kill()
+
+
+def test_the_scp_alone_drains_on_sigterm(tmp_path: Path) -> None:
+    """``scp2fhir scp`` under a service manager (systemd, compose) stops the same way."""
+    study = make_study(tmp_path / "study", [("CT", 200)])
+    redis_server = RedisProcess().start()
+    try:
+        with scp_process(redis_server.url, tmp_path) as (port, scp):
+            sender = Sender(port, study.files).start()
+            assert sender.sent.wait(60), sender.errors
+            scp.process.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert echo(port) is False, "no new association while draining"
+            sender.finish_after(5)
+            sender.join()
+            assert scp.process.wait(60) == 0, scp.output()
+            log = scp.output()
+        client = redis.Redis.from_url(redis_server.url)
+        inbox = client.xlen(keys.INBOX)
+    finally:
+        redis_server.stop()
+    assert not sender.errors and set(sender.statuses) == {0}, sender.errors
+    assert sender.released and not sender.aborted
+    assert inbox == len(sender.statuses), "every acknowledged instance is in Redis"
+    assert "draining 1 open associations" in log and "Traceback" not in log, log
+
+
+def test_the_drain_is_bounded(tmp_path: Path) -> None:
+    """A sender that never stops is aborted after SCP2FHIR_DRAIN_SECONDS; what it got
+    Success for is in Redis."""
+    study = make_study(tmp_path / "study", [("CT", 200)])
+    redis_server = RedisProcess().start()
+    try:
+        with scp_process(redis_server.url, tmp_path, SCP2FHIR_DRAIN_SECONDS="2") as (port, scp):
+            sender = Sender(port, study.files).start()
+            assert sender.sent.wait(60), sender.errors
+            scp.process.send_signal(signal.SIGTERM)
+            sender.join(60)
+            assert scp.process.wait(60) == 0, scp.output()
+            log = scp.output()
+        inbox = redis.Redis.from_url(redis_server.url).xlen(keys.INBOX)
+    finally:
+        redis_server.stop()
+    assert sender.aborted and len(sender.statuses) < len(study.files)
+    assert set(sender.statuses) == {0} and inbox == len(sender.statuses)
+    assert "aborting 1 associations still open" in log and "Traceback" not in log, log

@@ -1,0 +1,105 @@
+"""Bad settings stop ``scp2fhir up`` before anything starts, and ``ready:`` means ready
+(#14.11). Real processes: ``up``, its children, ``scp2fhir scp`` and ``worker`` alone."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Worker
+
+from tests.conftest import echo
+from tests.support import free_port
+from tests.up_support import start_up, state, up_env
+
+
+def run(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scp.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variables", "needle"),
+    [
+        ({"SCP2FHIR_BIND": "999.1.1.1"}, "cannot listen on 999.1.1.1:"),
+        ({"SCP2FHIR_REDIS_URL": "redis://127.0.0.1:{free}/0"}, "does not answer PING within 5 s"),
+    ],
+    ids=["bad-bind", "unreachable-redis"],
+)
+def test_a_bad_setting_is_one_line_before_anything_starts(
+    tmp_path: Path, variables: dict[str, str], needle: str
+) -> None:
+    env = up_env(**{k: v.format(free=free_port()) for k, v in variables.items()})
+    result = run(tmp_path, env, "up")
+    one_line(result, "scp2fhir up:", needle)
+    assert not (tmp_path / "scp2fhir-data" / "redis").exists(), "no private Redis started"
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    env = up_env()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", int(env["SCP2FHIR_PORT"])))
+        taken.listen()
+        result = run(tmp_path, env, "up")
+    one_line(result, "the SCP cannot listen on 0.0.0.0:", "Address already in use")
+
+
+@pytest.mark.parametrize("verb", ["scp", "worker"])
+def test_scp_and_worker_on_an_unreachable_redis_are_one_line(tmp_path: Path, verb: str) -> None:
+    env = up_env(SCP2FHIR_REDIS_URL=f"redis://:secret@127.0.0.1:{free_port()}/0")
+    result = run(tmp_path, env, verb)
+    one_line(result, f"scp2fhir {verb}:", "does not answer PING")
+    assert "secret" not in result.stderr
+
+
+def test_ready_means_the_scps_listen_and_the_workers_are_registered(tmp_path: Path) -> None:
+    up = start_up(tmp_path, up_env())
+    try:
+        up.wait_ready()
+        # At once, no retry: the line is a promise.
+        assert echo(up.port), "the SCP answers as soon as up says ready"
+        client = redis.Redis.from_url(state(tmp_path)["redis_url"])
+        assert len(Worker.all(connection=client)) >= 2, "both workers are registered"
+        client.close()
+        log = up.output()
+        ready = log.index("ready:")
+        assert log.count("listening on") == 2 and log.rindex("listening on") < ready
+    finally:
+        up.kill()
+
+
+def test_a_child_that_keeps_exiting_before_ready_stops_up(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    env = up_env(SCP2FHIR_SPOOL_DIR=str(tmp_path / "not-a-folder"))  # every SCP fails at start
+    up = start_up(tmp_path, env)
+    try:
+        started = time.monotonic()
+        assert up.process.wait(120) == 1
+        assert time.monotonic() - started < 90
+    finally:
+        up.kill()
+    log = up.output()
+    assert "ready:" not in log
+    lines = [line for line in log.splitlines() if "times before up was ready" in line]
+    assert len(lines) == 1 and "scp exited" in lines[0] and "exited 3 times" in lines[0], log
+    assert "private redis stopped" in log, "the ordered stop ran"
