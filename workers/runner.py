@@ -23,6 +23,7 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from rq import Worker
 
@@ -35,6 +36,7 @@ from workers.context import WorkerContext, install
 from workers.delivery.settings import DeliverySettings
 from workers.jobs import ensure_group, ensure_sweep_scheduled
 from workers.reconcile import schedule
+from workers.scheduling import DEQUEUE_SECONDS, SchedulerKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +49,34 @@ _PR_SET_PDEATHSIG = 1
 
 
 class _Worker(Worker):
-    """An RQ worker that passes the stop signals it gets on to its delivery workers.
+    """An RQ worker that passes the stop signals it gets on to its delivery workers, and
+    keeps RQ's scheduler running (:mod:`workers.scheduling`).
 
     RQ ignores a second signal within a second of the first, so a delivery worker
-    stops warm even when a Ctrl-C reaches it both from the terminal and from here."""
+    stops warm even when a Ctrl-C reaches it both from the terminal and from here.
+
+    An idle worker waits :data:`~workers.scheduling.DEQUEUE_SECONDS` for a job, not RQ's
+    405 s, so it looks at the scheduler every few seconds: a scheduler that died with
+    Redis, or with the worker that held its lock, is running again within seconds."""
 
     companions: tuple[BaseProcess, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keeper = SchedulerKeeper(self.connection)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DEQUEUE_SECONDS
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return self.keeper.due(self.scheduler) or bool(super().should_run_maintenance_tasks)
+
+    def run_maintenance_tasks(self) -> None:
+        if super().should_run_maintenance_tasks:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        self.keeper.check(self.scheduler)
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self._forward(signum)
@@ -134,8 +158,8 @@ def _context(settings: Settings, delivery: DeliverySettings) -> WorkerContext:
 
 
 def _rq_worker(context: WorkerContext, queues: list[str]) -> _Worker:
-    # RQ retries the scheduler lock of a dead worker only at maintenance time (10 min by
-    # default), and no quiet check runs until someone holds it: check every minute.
+    # RQ's own maintenance (registries, expired jobs) every minute; the scheduler lock is
+    # looked at every few seconds (_Worker).
     worker = _Worker(
         queues, connection=context.clients.rq, maintenance_interval=MAINTENANCE_SECONDS
     )
