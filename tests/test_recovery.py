@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from typing import Any
 import pytest
 import redis
 from rq import Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.worker import BaseWorker
@@ -255,3 +258,64 @@ def test_scheduler_worker_killed_mid_quiet_period(site: Site) -> None:
     print(f"emitted {late:.1f}s after the quiet period")
     assert_emitted_once(site, study)
     assert_no_failed_jobs(site)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_drain(site: Site) -> None:
+    """kill -9 of a worker while its work horse runs a real drain job (a batch read, not
+    all folded): the supervisor starts a new worker, the sweep reclaims the batch, the
+    study is emitted once; the abandoned drain job is retried by RQ, not filed as failed."""
+    study = generate_study(site.tmp / "study", [("CT", 1500), ("MR", 500)])
+    client = site.client()
+    killed: dict[str, str] = {}
+
+    def drain_running() -> bool:
+        pending: Any = client.xpending(keys.INBOX, keys.INBOX_GROUP)
+        if not pending["pending"]:
+            return False
+        for worker in site.workers():
+            job_id = worker.get_current_job_id()
+            if job_id is None:
+                continue
+            job = Job.fetch(job_id, connection=worker.connection)
+            if job.func_name == "workers.jobs.drain_inbox":
+                killed["job"], killed["worker"] = job_id, str(worker.pid)
+                return True
+        return False
+
+    done = threading.Event()
+    acked: list[float] = []
+
+    def send_all() -> None:
+        acked.append(send(site, study))
+        done.set()
+
+    thread = threading.Thread(target=send_all, daemon=True)
+    thread.start()
+    try:
+        wait_for(drain_running, 120, "a drain job running with entries read", step=0.05)
+        kill9_family(int(killed["worker"]))
+        thread.join(300)
+        assert done.is_set()
+        late = wait_emitted(site, study, acked[0], RECLAIM_BOUND_SECONDS)
+        print(f"emitted {late:.1f}s after the quiet period")
+        assert_emitted_once(site, study)
+
+        def handled() -> bool:
+            connection = site.rq_client()
+            try:
+                job = Job.fetch(killed["job"], connection=connection)
+            except NoSuchJobError:
+                return True  # retried, done, and its result expired
+            finally:
+                connection.close()
+            return job.get_status() != JobStatus.STARTED
+
+        # RQ's maintenance finds the job abandoned; only then does the registry tell.
+        wait_for(handled, ABANDONED_SECONDS, "the abandoned drain job handled", step=1.0)
+        assert_no_failed_jobs(site)
+        pending: Any = client.xpending(keys.INBOX, keys.INBOX_GROUP)
+        assert pending["pending"] == 0
+        assert client.llen(keys.DEAD_LETTER) == 0
+    finally:
+        client.close()

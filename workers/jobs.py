@@ -33,6 +33,7 @@ import redis
 
 from scp import keys, metrics
 from scp.inbox import DRAIN_REQUEST_TTL_MS, request_drain_job
+from scp.retries import internal_retry
 from scp.signals import request_checks
 from workers import delivery
 from workers.aggregates import InboxEntry
@@ -229,6 +230,7 @@ def _enqueue_check(ctx: WorkerContext, study_uid: str, delay_ms: int) -> None:
         description=f"quiet check study={study_uid}",
         result_ttl=300,
         job_timeout=600,
+        retry=internal_retry(),
     )
 
 
@@ -464,6 +466,7 @@ def ensure_sweep_scheduled(ctx: WorkerContext) -> None:
             SWEEP_JOB,
             description="sweep: reclaim, re-drain, re-check",
             result_ttl=60,
+            retry=internal_retry(),
         )
 
 
