@@ -17,6 +17,8 @@ from pathlib import Path
 
 import redis
 
+from scp.file_access import make_dirs, umask_for
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,9 +47,17 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, appendfsync: str = "everysec", port: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        appendfsync: str = "everysec",
+        port: int = 0,
+        file_access: str = "private",
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.appendfsync = appendfsync
+        #: SCP2FHIR_FILE_ACCESS: the append-only file holds patient data
+        self.file_access = file_access
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -56,7 +66,7 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.data_dir, self.file_access)
         command = [
             find_redis_server(),
             "--bind",
@@ -78,7 +88,12 @@ class EmbeddedRedis:
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        # Under the umask of the access setting, so the files and folder Redis creates
+        # (appendonlydir/, the AOF, redis.log) get its modes.
+        umask = umask_for(self.file_access)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, umask=-1 if umask is None else umask
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         while True:

@@ -330,12 +330,13 @@ def emit(
     # Dose Observations and ImagingSelections (R5) as files of their own beside it,
     # written first: once the ImagingStudy's file is there, so are they.
     for derived in standalone_resources(aggregate, settings.fhir_version, ctx.options):
-        write_resource(settings.output_dir, with_origin(derived))
-    path = write_resource(settings.output_dir, resource)
+        write_resource(settings.output_dir, with_origin(derived), settings.file_access)
+    path = write_resource(settings.output_dir, resource, settings.file_access)
     if ctx.options.bundle:
         write_resource(
             settings.output_dir,
             with_origin(study_bundle(aggregate, settings.fhir_version, ctx.options)),
+            settings.file_access,
         )
     # With destinations the aggregate is kept until each has the output (the last
     # delivery starts the retention clock), so a redelivery can always rebuild it.
