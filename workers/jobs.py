@@ -46,6 +46,7 @@ from workers.lifecycle.rejection import REJECTION_TITLES
 from workers.mapping import Resource, imaging_study, standalone_resources, study_bundle
 from workers.output import write_resource
 from workers.profiles import Gaps
+from workers.reclaim import claim_from, dead_local_consumers
 from workers.reconcile import schedule as reconcile_schedule
 from workers.summary import InstanceSummary, log_warnings, summarize
 
@@ -478,6 +479,13 @@ def sweep() -> dict[str, Any]:
     data.delete(keys.SWEEP_SCHEDULED)
     ensure_group(data)
     reclaimed = 0
+    # A work horse of this host that died holds its entries until they look idle; it
+    # will never acknowledge them: fold them now.
+    for dead in dead_local_consumers(data, ctx.consumer):
+        while claimed := claim_from(data, dead, ctx.consumer, BATCH_SIZE):
+            entries = [_entry(entry_id, fields) for entry_id, fields in claimed if fields]
+            logger.warning("consumer=%s is gone: reclaimed %d inbox entries", dead, len(entries))
+            reclaimed += fold_entries(ctx, entries)
     start = "0-0"
     while True:
         reply: Any = data.xautoclaim(

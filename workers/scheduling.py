@@ -22,17 +22,17 @@ scheduler takes over within seconds, not when the lock expires. A holder is dead
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import redis
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
 from rq.utils import utcparse
+
+from workers.processes import running
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class SchedulerKeeper:
             if beat.tzinfo is None:
                 beat = beat.replace(tzinfo=UTC)
             age = (datetime.now(UTC) - beat).total_seconds()
-            if not _running(pid) and age > LOCAL_STALE_SECONDS:
+            if not running(pid) and age > LOCAL_STALE_SECONDS:
                 return f"pid={pid} of this host is gone, heartbeat {age:.0f}s old"
         if now - since > STALE_SECONDS:
             return f"no heartbeat for {now - since:.0f}s"
@@ -121,24 +121,6 @@ def _stopped(scheduler: RQScheduler | None) -> bool:
         return False
     process = scheduler._process
     return process is None or not process.is_alive()
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process of this host (a zombie is not: a scheduler that
-    died stays one until its worker notices)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust the signal
-    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def _text(value: Any) -> str:
