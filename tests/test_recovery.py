@@ -4,7 +4,9 @@ Unlike ``tests/test_faults.py`` nothing here shortens a reclaim, sweep or lease 
 deletes RQ's scheduler locks or restarts a worker: the supervisor restarts what dies, RQ
 and ``workers.scheduling`` recover the scheduler, and the test only measures. Only the
 quiet period is short (:data:`QUIET_SECONDS`). Redis is external (``SCP2FHIR_REDIS_URL``),
-owned by the test, which kills it with SIGKILL and starts it again on its append-only file.
+owned by the test, which kills it with SIGKILL and starts it again on its append-only file
+(`up` restarting its own Redis is the supervisor's business); one case interrupts `up`
+with its private Redis as a Ctrl-C does, and starts it again.
 
 Each case: the study is emitted exactly once with every acknowledged instance, within
 the quiet period plus the case's bound, and RQ's failed registry stays empty.
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +39,7 @@ from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.worker import BaseWorker
 
 from scp import keys
+from scp.inbox import DRAIN_JOB
 from tests.conftest import echo, pipeline_env
 from tests.faults import children_of, emitted_lines, generate_study
 from tests.support import GeneratedStudy, RedisProcess, free_port, read_json, storescu, wait_for
@@ -44,9 +49,9 @@ QUIET_SECONDS = 5.0
 #: Seconds past the quiet period within which a study is emitted after Redis or the
 #: scheduler's worker was killed (the scheduler is running again within ~5 s).
 SCHEDULER_BOUND_SECONDS = 30.0
-#: Seconds past the quiet period after a worker was killed mid-fold: its batch is
-#: reclaimed once idle for RECLAIM_IDLE_MS (60 s) by the sweep (every 30 s).
-RECLAIM_BOUND_SECONDS = 60 + 30 + 30.0
+#: Seconds past the quiet period after a worker was killed mid-drain: the next sweep
+#: (every 30 s) folds what its dead work horse had read (workers/reclaim.py).
+RECLAIM_BOUND_SECONDS = 45.0
 #: An abandoned job is found by RQ's maintenance (every minute) once its execution's
 #: heartbeat (90 s) expired.
 ABANDONED_SECONDS = 90 + 60 + 60.0
@@ -58,27 +63,30 @@ class Site:
     """`scp2fhir up` on an external Redis; its log holds every child's output."""
 
     tmp: Path
-    redis_server: RedisProcess
+    url: str
     port: int
     up: subprocess.Popen[bytes]
     log: Path
+    #: the external Redis, when the test owns one
+    redis_server: RedisProcess | None = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_server.url, decode_responses=True)
+        return redis.Redis.from_url(self.url, decode_responses=True)
 
     def rq_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_server.url)
+        return redis.Redis.from_url(self.url)
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
     def kill_redis(self) -> None:
-        assert self.redis_server.process is not None
+        assert self.redis_server is not None and self.redis_server.process is not None
         self.redis_server.process.kill()  # SIGKILL: no AOF flush, no goodbye
         self.redis_server.process.wait()
 
     def restart_redis(self) -> None:
         """A new redis-server on the same port and data folder (its append-only file)."""
+        assert self.redis_server is not None
         again = RedisProcess(*self.redis_server.extra)
         shutil.rmtree(again.dir)
         again.dir, again.port = self.redis_server.dir, self.redis_server.port
@@ -125,12 +133,11 @@ def kill9_family(pid: int) -> None:
             os.kill(target, signal.SIGKILL)
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    own = RedisProcess("--appendonly", "yes", "--appendfsync", "everysec").start()
-    port = free_port()
+def up_env(tmp_path: Path, port: int, redis_url: str | None) -> dict[str, str]:
+    """`scp2fhir up` with one SCP, two workers, no web or dashboard; its own Redis in
+    ``tmp_path/data`` unless ``redis_url``."""
     env = pipeline_env(
-        own.url,
+        redis_url or "",
         tmp_path / "out",
         port,
         SCP2FHIR_QUIET_SECONDS=str(QUIET_SECONDS),
@@ -141,8 +148,17 @@ def site(tmp_path: Path) -> Iterator[Site]:
         SCP2FHIR_DATA_DIR=str(tmp_path / "data"),
         SCP2FHIR_SPOOL_DIR=str(tmp_path / "spool"),
     )
+    if redis_url is None:
+        del env["SCP2FHIR_REDIS_URL"]
+    return env
+
+
+def start_up(tmp_path: Path, env: dict[str, str], url: str | None = None) -> Site:
+    """`scp2fhir up` in a session of its own (a Ctrl-C reaches all of it, as from a
+    terminal); returns once its SCP answers and both workers are registered."""
     log = tmp_path / "up.log"
-    with log.open("wb") as handle:
+    before = log.read_bytes() if log.exists() else b""
+    with log.open("ab") as handle:
         up = subprocess.Popen(
             [sys.executable, "-m", "scp.cli", "up"],
             cwd=tmp_path,
@@ -152,19 +168,42 @@ def site(tmp_path: Path) -> Iterator[Site]:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    made = Site(tmp_path, own, port, up, log)
+    port = int(env["SCP2FHIR_PORT"])
+
+    def fresh() -> bytes:
+        return log.read_bytes()[len(before) :]
+
+    wait_for(lambda: b"ready:" in fresh(), 60, "up to be ready")
+    if url is None:
+        found = re.findall(rb"private redis on (redis://\S+)", fresh())
+        url = found[-1].decode()
+    made = Site(tmp_path, url, port, up, log)
+    wait_for(lambda: echo(port), 30, "the SCP to answer C-ECHO", step=0.2)
+    wait_for(lambda: len(made.workers()) >= 2, 30, "two RQ workers", step=0.2)
+    return made
+
+
+def stop_up(site: Site) -> None:
+    site.up.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        site.up.wait(60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(site.up.pid, signal.SIGKILL)  # anything a killed worker left behind
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    own = RedisProcess("--appendonly", "yes", "--appendfsync", "everysec").start()
+    made: Site | None = None
     try:
-        wait_for(lambda: b"ready:" in log.read_bytes(), 60, "up to be ready")
-        wait_for(lambda: echo(port), 30, "the SCP to answer C-ECHO", step=0.2)
-        wait_for(lambda: len(made.workers()) == 2, 30, "two RQ workers", step=0.2)
+        made = start_up(tmp_path, up_env(tmp_path, free_port(), own.url), own.url)
+        made.redis_server = own
         yield made
     finally:
-        up.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            up.wait(60)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(up.pid, signal.SIGKILL)  # anything a killed worker left behind
-        made.redis_server.stop()
+        if made is not None:
+            stop_up(made)
+            own = made.redis_server or own  # the one the test restarted, if it did
+        own.stop()
 
 
 def send(site: Site, study: GeneratedStudy) -> float:
@@ -194,7 +233,7 @@ def wait_folded(site: Site, study: GeneratedStudy) -> None:
 
 def wait_emitted(site: Site, study: GeneratedStudy, last_ack: float, bound: float) -> float:
     """Waits for the complete study to be emitted and closed; returns how long after its
-    quiet period that was (seconds); fails past ``bound``."""
+    quiet period (from ``last_ack``, monotonic) that was; fails past ``bound``."""
 
     def done() -> bool:
         resource = site.study(study.study_uid)
@@ -209,7 +248,8 @@ def wait_emitted(site: Site, study: GeneratedStudy, last_ack: float, bound: floa
         except redis.ConnectionError:
             return False
 
-    wait_for(done, QUIET_SECONDS + bound, f"study emitted within quiet + {bound:.0f}s", 0.2)
+    timeout = max(0.0, last_ack + QUIET_SECONDS + bound - time.monotonic())
+    wait_for(done, timeout, f"study emitted within quiet + {bound:.0f}s", 0.2)
     return time.monotonic() - last_ack - QUIET_SECONDS
 
 
@@ -269,16 +309,20 @@ def test_worker_killed_mid_drain(site: Site) -> None:
     client = site.client()
     killed: dict[str, str] = {}
 
+    host = socket.gethostname()
+
     def drain_running() -> bool:
-        pending: Any = client.xpending(keys.INBOX, keys.INBOX_GROUP)
-        if not pending["pending"]:
-            return False
+        """A worker whose work horse (consumer <host>-<pid>) holds entries read and not
+        yet folded, running a drain job RQ has as started."""
+        consumers: Any = client.xinfo_consumers(keys.INBOX, keys.INBOX_GROUP)
+        holding = {str(c["name"]) for c in consumers if int(c["pending"])}
         for worker in site.workers():
             job_id = worker.get_current_job_id()
-            if job_id is None:
+            horses = [p for p in children_of(worker.pid or 0) if f"{host}-{p}" in holding]
+            if job_id is None or not horses:
                 continue
             job = Job.fetch(job_id, connection=worker.connection)
-            if job.func_name == "workers.jobs.drain_inbox":
+            if job.func_name == DRAIN_JOB and job.get_status() == JobStatus.STARTED:
                 killed["job"], killed["worker"] = job_id, str(worker.pid)
                 return True
         return False
@@ -295,6 +339,9 @@ def test_worker_killed_mid_drain(site: Site) -> None:
     try:
         wait_for(drain_running, 120, "a drain job running with entries read", step=0.05)
         kill9_family(int(killed["worker"]))
+        with site.rq_client() as connection:
+            status = Job.fetch(killed["job"], connection=connection).get_status()
+        assert status == JobStatus.STARTED, "the drain job ended before the kill"
         thread.join(300)
         assert done.is_set()
         late = wait_emitted(site, study, acked[0], RECLAIM_BOUND_SECONDS)
@@ -319,3 +366,32 @@ def test_worker_killed_mid_drain(site: Site) -> None:
         assert client.llen(keys.DEAD_LETTER) == 0
     finally:
         client.close()
+
+
+@pytest.mark.slow
+def test_up_interrupted_mid_quiet_period_then_started_again(tmp_path: Path) -> None:
+    """Ctrl-C of `scp2fhir up` (SIGINT to its process group, as a terminal sends it) with
+    its private Redis, while a study's quiet period runs: Redis stops at once, before RQ's
+    scheduler released its lock, and the lock comes back from the append-only file at the
+    next start. The study is emitted within the bound of that start (its quiet period is
+    over by then)."""
+    env = up_env(tmp_path, free_port(), None)
+    site = start_up(tmp_path, env)
+    study = generate_study(tmp_path / "study", [("CT", 40), ("MR", 20)])
+    try:
+        send(site, study)
+        wait_folded(site, study)
+        time.sleep(1.5)  # appendfsync everysec: the scheduled check is on disk
+        os.killpg(site.up.pid, signal.SIGINT)
+        site.up.wait(90)
+        assert site.study(study.study_uid) is None, "interrupted before its emission"
+    finally:
+        stop_up(site)
+    site = start_up(tmp_path, env)
+    try:
+        late = wait_emitted(site, study, time.monotonic() - QUIET_SECONDS, SCHEDULER_BOUND_SECONDS)
+        print(f"emitted {late:.1f}s after the second start")
+        assert_emitted_once(site, study)
+        assert_no_failed_jobs(site)
+    finally:
+        stop_up(site)
