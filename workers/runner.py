@@ -40,7 +40,7 @@ from workers.scheduling import DEQUEUE_SECONDS, SchedulerKeeper
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between RQ maintenance runs (which include taking over a dead scheduler's lock).
+#: Seconds between RQ maintenance runs (registries; the scheduler lock is looked at more often).
 MAINTENANCE_SECONDS = 60
 #: Seconds the delivery workers get to finish their job after the main worker stopped.
 DELIVERIES_STOP_SECONDS = 30.0
