@@ -60,6 +60,8 @@ class _Worker(Worker):
     Redis, or with the worker that held its lock, is running again within seconds."""
 
     companions: tuple[BaseProcess, ...] = ()
+    #: Off in burst mode: RQ then enqueues what is due once and starts no scheduler.
+    keep_scheduler = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,12 +73,14 @@ class _Worker(Worker):
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
-        return self.keeper.due(self.scheduler) or bool(super().should_run_maintenance_tasks)
+        due = self.keep_scheduler and self.keeper.due(self.scheduler)
+        return due or bool(super().should_run_maintenance_tasks)
 
     def run_maintenance_tasks(self) -> None:
         if super().should_run_maintenance_tasks:
             super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
-        self.keeper.check(self.scheduler)
+        if self.keep_scheduler:
+            self.keeper.check(self.scheduler)
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self._forward(signum)
@@ -173,6 +177,8 @@ def _work(worker: Worker, settings: Settings, burst: bool) -> None:
     # When Redis goes away mid-job RQ logs the error and returns; the process then ends
     # and `scp2fhir up` (or the service manager) starts it again.
     # RQ logs three lines per job at INFO: they stay out of the default log.
+    if isinstance(worker, _Worker):
+        worker.keep_scheduler = not burst
     worker.work(burst=burst, with_scheduler=True, logging_level=library_level(settings.log_level))
 
 
