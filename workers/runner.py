@@ -80,7 +80,7 @@ class _Worker(Worker):
         if super().should_run_maintenance_tasks:
             super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         if self.keep_scheduler:
-            self.keeper.check(self.scheduler)
+            self.keeper.check(self.scheduler, self.queue_names())
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self._forward(signum)

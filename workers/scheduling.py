@@ -62,13 +62,14 @@ class SchedulerKeeper:
     def due(self, scheduler: RQScheduler | None) -> bool:
         return _stopped(scheduler) and time.monotonic() >= self._next_check
 
-    def check(self, scheduler: RQScheduler | None) -> None:
-        """One look: release the locks of dead holders, then let ``scheduler`` (this
-        worker's, not running) try the locks again; it starts if it got one."""
+    def check(self, scheduler: RQScheduler | None, queues: list[str]) -> None:
+        """One look: release the locks of dead holders of ``queues`` (the worker's), then
+        let ``scheduler`` (this worker's, not running) try the locks again; it starts if
+        it got one."""
         if scheduler is None or not _stopped(scheduler):
             return
         self._next_check = time.monotonic() + CHECK_SECONDS
-        for queue in sorted(scheduler._queue_names):
+        for queue in sorted(queues):
             self._release_if_dead(RQScheduler.get_locking_key(queue), scheduler.name)
         if scheduler.acquire_locks(auto_start=True):  # type: ignore[no-untyped-call]
             logger.info(
