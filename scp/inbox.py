@@ -22,6 +22,7 @@ import redis
 from rq import Queue
 
 from scp import keys
+from scp.retries import internal_retry
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ def request_drain_job(fold_queue: Queue) -> None:
     """Enqueue a drain job; a failure is logged, not raised: the header is already stored
     and the workers' periodic sweep drains whatever a lost request left behind."""
     try:
-        fold_queue.enqueue(DRAIN_JOB, result_ttl=60, failure_ttl=7 * 86400, job_timeout=600)
+        fold_queue.enqueue(
+            DRAIN_JOB,
+            result_ttl=60,
+            failure_ttl=7 * 86400,
+            job_timeout=600,
+            retry=internal_retry(),
+        )
     except redis.RedisError as exc:
         logger.warning("drain job not enqueued (the periodic sweep will pick it up): %s", exc)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from scp.access import parse_networks
+from scp.file_access import ACCESS_CHOICES
 from scp.prefork import usable_cores
 from scp.secret import Secret as Secret  # re-exported: it lived here before scp.secret
 
@@ -196,6 +197,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SCP2FHIR_DATA_DIR": (
         "./scp2fhir-data",
         "Where `scp2fhir up` keeps its private Redis (append-only file).",
+    ),
+    "SCP2FHIR_FILE_ACCESS": (
+        "private",
+        "Who may read the ImagingStudy files and the private Redis's append-only file: "
+        "`private` (files 0600, new folders 0700), `group` (0640/0750) or `umask` (as the "
+        "process umask makes them).",
     ),
     "SCP2FHIR_REDIS_FSYNC": (
         "everysec",
@@ -405,6 +412,8 @@ class Settings:
     log_hash_uids: bool = False
     data_dir: Path = Path("scp2fhir-data")
     redis_fsync: str = "everysec"
+    # modes of the files (and new folders) holding patient data (scp.file_access)
+    file_access: str = "private"
     retention_seconds: int = 604800
     log_level: str = "INFO"
     # study lifecycle
@@ -528,6 +537,7 @@ class Settings:
             log_hash_uids=_flag(env, "SCP2FHIR_LOG_HASH_UIDS"),
             data_dir=Path(get("SCP2FHIR_DATA_DIR") or defaults.data_dir),
             redis_fsync=fsync,
+            file_access=_choice(env, "SCP2FHIR_FILE_ACCESS", defaults.file_access, ACCESS_CHOICES),
             retention_seconds=_int(
                 env, "SCP2FHIR_RETENTION_SECONDS", defaults.retention_seconds, 60, 10**9
             ),

@@ -25,6 +25,7 @@ import redis
 from rq import Queue
 
 from scp import keys
+from scp.retries import internal_retry
 
 #: Dotted path of the worker job that emits a study whose signals are satisfied.
 SIGNAL_CHECK_JOB = "workers.jobs.check_signal"
@@ -152,6 +153,7 @@ def request_checks(data: redis.Redis, queue: Queue, study_uids: Iterable[str]) -
                     description=f"completion check study={uid}",
                     result_ttl=300,
                     job_timeout=600,
+                    retry=internal_retry(),
                 )
             except BaseException:
                 data.delete(keys.study_signal_check(uid))  # the next request may try

@@ -33,6 +33,7 @@ import redis
 
 from scp import keys, metrics
 from scp.inbox import DRAIN_REQUEST_TTL_MS, request_drain_job
+from scp.retries import internal_retry
 from scp.signals import request_checks
 from workers import delivery
 from workers.aggregates import InboxEntry
@@ -45,6 +46,7 @@ from workers.lifecycle.rejection import REJECTION_TITLES
 from workers.mapping import Resource, imaging_study, standalone_resources, study_bundle
 from workers.output import write_resource
 from workers.profiles import Gaps
+from workers.reclaim import claim_from, dead_local_consumers
 from workers.reconcile import schedule as reconcile_schedule
 from workers.summary import InstanceSummary, log_warnings, summarize
 
@@ -229,6 +231,7 @@ def _enqueue_check(ctx: WorkerContext, study_uid: str, delay_ms: int) -> None:
         description=f"quiet check study={study_uid}",
         result_ttl=300,
         job_timeout=600,
+        retry=internal_retry(),
     )
 
 
@@ -328,12 +331,13 @@ def emit(
     # Dose Observations and ImagingSelections (R5) as files of their own beside it,
     # written first: once the ImagingStudy's file is there, so are they.
     for derived in standalone_resources(aggregate, settings.fhir_version, ctx.options):
-        write_resource(settings.output_dir, with_origin(derived))
-    path = write_resource(settings.output_dir, resource)
+        write_resource(settings.output_dir, with_origin(derived), settings.file_access)
+    path = write_resource(settings.output_dir, resource, settings.file_access)
     if ctx.options.bundle:
         write_resource(
             settings.output_dir,
             with_origin(study_bundle(aggregate, settings.fhir_version, ctx.options)),
+            settings.file_access,
         )
     # With destinations the aggregate is kept until each has the output (the last
     # delivery starts the retention clock), so a redelivery can always rebuild it.
@@ -464,6 +468,7 @@ def ensure_sweep_scheduled(ctx: WorkerContext) -> None:
             SWEEP_JOB,
             description="sweep: reclaim, re-drain, re-check",
             result_ttl=60,
+            retry=internal_retry(),
         )
 
 
@@ -474,6 +479,13 @@ def sweep() -> dict[str, Any]:
     data.delete(keys.SWEEP_SCHEDULED)
     ensure_group(data)
     reclaimed = 0
+    # A work horse of this host that died holds its entries until they look idle; it
+    # will never acknowledge them: fold them now.
+    for dead in dead_local_consumers(data, ctx.consumer):
+        while claimed := claim_from(data, dead, ctx.consumer, BATCH_SIZE):
+            entries = [_entry(entry_id, fields) for entry_id, fields in claimed if fields]
+            logger.warning("consumer=%s is gone: reclaimed %d inbox entries", dead, len(entries))
+            reclaimed += fold_entries(ctx, entries)
     start = "0-0"
     while True:
         reply: Any = data.xautoclaim(

@@ -9,25 +9,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from scp.file_access import file_mode, make_dirs
+
 
 def resource_path(output_dir: Path, resource: dict[str, Any]) -> Path:
     return output_dir / str(resource["resourceType"]) / f"{resource['id']}.json"
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def write_resource(output_dir: Path, resource: dict[str, Any]) -> Path:
+def write_resource(output_dir: Path, resource: dict[str, Any], access: str = "private") -> Path:
+    """Write ``resource`` under ``output_dir`` with the file modes of ``access``
+    (``SCP2FHIR_FILE_ACCESS``, :mod:`scp.file_access`)."""
     path = resource_path(output_dir, resource)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent, access)
     data = json.dumps(resource, indent=2, ensure_ascii=False).encode("utf-8")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    # mkstemp creates 0600; readers of the folder (an EHR import job, a web server) expect
-    # the permissions an ordinary file gets.
-    os.fchmod(fd, 0o666 & ~_umask())
+    # Set before the first byte is written: the temporary file is renamed into place, and
+    # never holds data with wider permissions than the final file.
+    os.fchmod(fd, file_mode(access))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -21,6 +21,7 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from rq import Worker
 
@@ -33,22 +34,49 @@ from workers.context import WorkerContext, install
 from workers.delivery.settings import DeliverySettings
 from workers.jobs import ensure_group, ensure_sweep_scheduled
 from workers.reconcile import schedule
+from workers.scheduling import DEQUEUE_SECONDS, SchedulerKeeper
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between RQ maintenance runs (which include taking over a dead scheduler's lock).
+#: Seconds between RQ maintenance runs (registries; the scheduler lock is looked at more often).
 MAINTENANCE_SECONDS = 60
 #: Seconds the delivery workers get to finish their job after the main worker stopped.
 DELIVERIES_STOP_SECONDS = 30.0
 
 
 class _Worker(Worker):
-    """An RQ worker that passes the stop signals it gets on to its delivery workers.
+    """An RQ worker that passes the stop signals it gets on to its delivery workers, and
+    keeps RQ's scheduler running (:mod:`workers.scheduling`).
 
     RQ ignores a second signal within a second of the first, so a delivery worker
-    stops warm even when a Ctrl-C reaches it both from the terminal and from here."""
+    stops warm even when a Ctrl-C reaches it both from the terminal and from here.
+
+    An idle worker waits :data:`~workers.scheduling.DEQUEUE_SECONDS` for a job, not RQ's
+    405 s, so it looks at the scheduler every few seconds: a scheduler that died with
+    Redis, or with the worker that held its lock, is running again within seconds."""
 
     companions: tuple[BaseProcess, ...] = ()
+    #: Off in burst mode: RQ then enqueues what is due once and starts no scheduler.
+    keep_scheduler = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keeper = SchedulerKeeper(self.connection)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DEQUEUE_SECONDS
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        due = self.keep_scheduler and self.keeper.due(self.scheduler)
+        return due or bool(super().should_run_maintenance_tasks)
+
+    def run_maintenance_tasks(self) -> None:
+        if super().should_run_maintenance_tasks:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        if self.keep_scheduler:
+            self.keeper.check(self.scheduler, self.queue_names())
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self._forward(signum)
@@ -133,8 +161,8 @@ def _context(settings: Settings, delivery: DeliverySettings) -> WorkerContext:
 
 
 def _rq_worker(context: WorkerContext, queues: list[str]) -> _Worker:
-    # RQ retries the scheduler lock of a dead worker only at maintenance time (10 min by
-    # default), and no quiet check runs until someone holds it: check every minute.
+    # RQ's own maintenance (registries, expired jobs) every minute; the scheduler lock is
+    # looked at every few seconds (_Worker).
     worker = _Worker(
         queues, connection=context.clients.rq, maintenance_interval=MAINTENANCE_SECONDS
     )
@@ -148,6 +176,8 @@ def _work(worker: Worker, settings: Settings, burst: bool) -> None:
     # When Redis goes away mid-job RQ logs the error and returns; the process then ends
     # and `scp2fhir up` (or the service manager) starts it again.
     # RQ logs three lines per job at INFO: they stay out of the default log.
+    if isinstance(worker, _Worker):
+        worker.keep_scheduler = not burst
     worker.work(burst=burst, with_scheduler=True, logging_level=library_level(settings.log_level))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from scp import orphans
+from scp.file_access import make_dirs, umask_for
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,17 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, appendfsync: str = "everysec", port: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        appendfsync: str = "everysec",
+        port: int = 0,
+        file_access: str = "private",
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.appendfsync = appendfsync
+        #: SCP2FHIR_FILE_ACCESS: the append-only file holds patient data
+        self.file_access = file_access
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -59,7 +68,7 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.data_dir, self.file_access)
         command = [
             find_redis_server(),
             "--bind",
@@ -82,13 +91,17 @@ class EmbeddedRedis:
             str(self.data_dir / "redis.log"),
         ]
         # A process group of its own: a Ctrl-C in the terminal reaches `up` only, which
-        # stops this Redis last, after everything that writes to it.
-        # It dies with its parent, kill -9 included (scp.orphans).
+        # stops this Redis last, after everything that writes to it. It dies with its
+        # parent, kill -9 included (scp.orphans). Under the umask of the access setting,
+        # so the files and folder Redis creates (appendonlydir/, the AOF, redis.log) get
+        # its modes.
+        umask = umask_for(self.file_access)
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             process_group=0,
             preexec_fn=orphans.preexec(os.getpid()),
+            umask=-1 if umask is None else umask,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout

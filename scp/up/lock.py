@@ -11,6 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from scp.file_access import make_dirs
+
 NAME = "up.lock"
 
 
@@ -18,10 +20,11 @@ class FolderInUse(RuntimeError):
     """Another ``up`` holds the folder (one line, for the operator)."""
 
 
-def acquire(data_dir: Path) -> int:
+def acquire(data_dir: Path, access: str = "private") -> int:
     """The locked file's descriptor (keep it open while running; children do not inherit
-    it: ``subprocess`` closes descriptors)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    it: ``subprocess`` closes descriptors). A data folder it creates gets the mode of
+    ``access`` (``SCP2FHIR_FILE_ACCESS``): the private Redis keeps patient data there."""
+    make_dirs(data_dir, access)
     where = data_dir / NAME
     fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

@@ -108,7 +108,7 @@ def children(settings: Settings) -> list[Child]:
 
 def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None = None) -> int:
     try:
-        held = lock.acquire(settings.data_dir)
+        held = lock.acquire(settings.data_dir, settings.file_access)
     except lock.FolderInUse as exc:
         print(f"scp2fhir up: {exc}", file=sys.stderr)
         return 1
@@ -128,7 +128,9 @@ def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> i
     private: EmbeddedRedis | None = None
     child_env = dict(env)
     if settings.redis_url is None:
-        private = EmbeddedRedis(settings.data_dir / "redis", settings.redis_fsync)
+        private = EmbeddedRedis(
+            settings.data_dir / "redis", settings.redis_fsync, file_access=settings.file_access
+        )
         private.start()
         child_env["SCP2FHIR_REDIS_URL"] = private.url
         settings = config.settings(config.load(child_env))

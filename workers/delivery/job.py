@@ -251,7 +251,7 @@ def _deliver_locked(
         )
         return f"unchanged: ImagingStudy/{known.resource_id} version {known.version}"
     if destination.folder is not None:
-        path = write_resource(destination.folder, output)
+        path = write_resource(destination.folder, output, ctx.settings.file_access)
         result = WriteResult(str(output["id"]), None, 0, f"file {path}")
     else:
         if destination.validate:

@@ -208,7 +208,9 @@ def _rewrite_files(ctx: WorkerContext, aggregate: StudyAggregate) -> list[Path]:
                     outputs.append(entered_in_error(found))
                 else:
                     logger.warning("file=%s was not written by scp2fhir: left alone", path)
-    return [write_resource(settings.output_dir, with_origin(o)) for o in outputs]
+    return [
+        write_resource(settings.output_dir, with_origin(o), settings.file_access) for o in outputs
+    ]
 
 
 # KEYS: retraction, open, inflight, emitted, disagreements, ledger, ledger dates (the
