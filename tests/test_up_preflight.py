@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,18 +14,7 @@ from rq import Worker
 
 from tests.conftest import echo
 from tests.support import free_port
-from tests.up_support import start_up, state, up_env
-
-
-def run(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scp.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.up_support import start_up, state, up_env, verb
 
 
 def one_line(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -50,7 +38,7 @@ def test_a_bad_setting_is_one_line_before_anything_starts(
     tmp_path: Path, variables: dict[str, str], needle: str
 ) -> None:
     env = up_env(**{k: v.format(free=free_port()) for k, v in variables.items()})
-    result = run(tmp_path, env, "up")
+    result = verb(tmp_path, env, "up")
     one_line(result, "scp2fhir up:", needle)
     assert not (tmp_path / "scp2fhir-data" / "redis").exists(), "no private Redis started"
 
@@ -60,15 +48,15 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", int(env["SCP2FHIR_PORT"])))
         taken.listen()
-        result = run(tmp_path, env, "up")
+        result = verb(tmp_path, env, "up")
     one_line(result, "the SCP cannot listen on 0.0.0.0:", "Address already in use")
 
 
-@pytest.mark.parametrize("verb", ["scp", "worker"])
-def test_scp_and_worker_on_an_unreachable_redis_are_one_line(tmp_path: Path, verb: str) -> None:
+@pytest.mark.parametrize("command", ["scp", "worker"])
+def test_scp_and_worker_on_an_unreachable_redis_are_one_line(tmp_path: Path, command: str) -> None:
     env = up_env(SCP2FHIR_REDIS_URL=f"redis://:secret@127.0.0.1:{free_port()}/0")
-    result = run(tmp_path, env, verb)
-    one_line(result, f"scp2fhir {verb}:", "does not answer PING")
+    result = verb(tmp_path, env, command)
+    one_line(result, f"scp2fhir {command}:", "does not answer PING")
     assert "secret" not in result.stderr
 
 

@@ -12,18 +12,7 @@ import sys
 from pathlib import Path
 
 from tests.support import make_study, storescu, wait_for
-from tests.up_support import start_up, up_env
-
-
-def verb(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scp.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.up_support import start_up, up_env, verb
 
 
 def test_status_and_retry_failed_find_the_running_up(tmp_path: Path) -> None:

@@ -187,3 +187,17 @@ def store(port: int, files: list[Path]) -> list[int]:
 def state(cwd: Path) -> dict[str, Any]:
     """The running up's ``up.json``."""
     return dict(json.loads((cwd / "scp2fhir-data" / "up.json").read_text()))
+
+
+def verb(
+    cwd: Path, env: Mapping[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``scp2fhir <args>`` run from ``cwd`` (where ``up`` runs), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "scp.cli", *args],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from scp import keys
-from workers.processes import running
+from scp.processes import running
 
 
 def dead_local_consumers(data: redis.Redis, own: str) -> list[str]:

@@ -32,7 +32,7 @@ from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.scripts import release_lock
 from rq.utils import utcparse
 
-from workers.processes import running
+from scp.processes import running
 
 logger = logging.getLogger(__name__)
 

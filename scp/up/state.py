@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scp.processes import running
+
 #: The file's name in the data folder.
 NAME = "up.json"
 
@@ -76,19 +78,9 @@ def read(data_dir: Path) -> UpState:
         ) from None
     except (OSError, ValueError, TypeError) as exc:
         raise UpNotRunning(f"{where} is unreadable ({exc}); is scp2fhir up running?") from None
-    if not alive(state.pid):
+    if not running(state.pid):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.started_at))
         raise UpNotRunning(
             f"{where} is stale: scp2fhir up pid={state.pid} (started {started}) is not running"
         )
     return state
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True

@@ -1,5 +1,6 @@
 """Whether a process of this host still runs: how a worker tells a crashed peer (a
-scheduler holding RQ's lock, a work horse holding inbox entries) from a live one."""
+scheduler holding RQ's lock, a work horse holding inbox entries) from a live one, and the
+verbs beside ``up`` a stale ``up.json`` from a running ``up``."""
 
 from __future__ import annotations
 
