@@ -51,6 +51,38 @@ def listening(pid: int, port: int) -> bool:
     return bool(socket_inodes(pid) & listening_inodes(port))
 
 
+def threads(pid: int) -> int:
+    try:
+        return len(list(Path(f"/proc/{pid}/task").iterdir()))
+    except OSError:
+        return 0
+
+
+def child_pids(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def serving(pid: int, port: int) -> bool:
+    """``pid`` listens on ``port`` and an SCP behind it got through its start: the socket
+    is bound before any SCP code runs (by ``scp2fhir scp`` itself, and inherited by its
+    forked acceptors, :mod:`scp.prefork`), so listening alone also holds for acceptors
+    that are failing at start. A serving SCP runs threads (its metrics flush, its accept
+    loop); a prefork parent and an acceptor that has not got that far run one."""
+    if not listening(pid, port):
+        return False
+    return threads(pid) > 1 or any(threads(child) > 1 for child in child_pids(pid))
+
+
 def registered_workers(client: redis.Redis) -> set[int]:
     """The pids of the RQ workers registered on this host (any host: pids are checked
     against our own children only)."""
@@ -67,7 +99,7 @@ def missing(
     client: redis.Redis,
 ) -> list[str]:
     """What is not ready yet, by child name (empty: ready)."""
-    waiting = [f"{name} (listening on {port})" for name, pid in scps if not listening(pid, port)]
+    waiting = [f"{name} (listening on {port})" for name, pid in scps if not serving(pid, port)]
     workers = list(workers)
     if workers:
         registered = registered_workers(client)
