@@ -86,8 +86,13 @@ def test_the_scp_alone_drains_on_sigterm(tmp_path: Path) -> None:
             sender = Sender(port, study.files).start()
             assert sender.sent.wait(60), sender.errors
             scp.process.send_signal(signal.SIGTERM)
-            time.sleep(1.0)
-            assert echo(port) is False, "no new association while draining"
+            wait_for(
+                lambda: "draining 1 open associations" in scp.output(), 60, "the drain", step=0.1
+            )
+            # Refused while the association is still open (it goes on until finish_after):
+            # an SCP that accepted during its drain would keep answering and time this out.
+            wait_for(lambda: echo(port) is False, 30, "new associations refused", step=0.1)
+            assert not sender.released and not sender.errors, "refused during the drain"
             sender.finish_after(5)
             sender.join()
             assert scp.process.wait(60) == 0, scp.output()
