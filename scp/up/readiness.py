@@ -80,7 +80,10 @@ def serving(pid: int, port: int) -> bool:
     loop); a prefork parent and an acceptor that has not got that far run one."""
     if not listening(pid, port):
         return False
-    return threads(pid) > 1 or any(threads(child) > 1 for child in child_pids(pid))
+    acceptors = child_pids(pid)
+    if not acceptors:  # SCP2FHIR_SCP_PROCESSES=1: it serves itself
+        return threads(pid) > 1
+    return all(threads(acceptor) > 1 for acceptor in acceptors)
 
 
 def registered_workers(client: redis.Redis) -> set[int]:
