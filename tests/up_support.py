@@ -24,6 +24,9 @@ from tests.conftest import CHILD_PYTHONPATH
 from tests.faults import children_of
 from tests.support import free_port, wait_for
 
+#: Acceptor processes of up's SCP in these tests (SCP2FHIR_SCP_PROCESSES).
+SCP_PROCESSES = 2
+
 
 def up_env(**extra: str) -> dict[str, str]:
     """Production settings on free loopback ports, a private Redis, a short quiet period."""
@@ -34,6 +37,8 @@ def up_env(**extra: str) -> dict[str, str]:
             "SCP2FHIR_WEB_PORT": str(free_port()),
             "SCP2FHIR_DASHBOARD_PORT": str(free_port()),
             "SCP2FHIR_QUIET_SECONDS": "3",
+            # Not the default (usable cores): the same acceptors on any machine.
+            "SCP2FHIR_SCP_PROCESSES": str(SCP_PROCESSES),
             "PYTHONPATH": CHILD_PYTHONPATH,
             **extra,
         }
