@@ -9,15 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pydicom
 import redis
 from pydicom.uid import generate_uid
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 from scp import keys, statuses
+from scp.up.readiness import socket_inodes
 from tests.conftest import ROOT, pipeline_env
 from tests.faults import Child, children_of, send_files, start_scp
 from tests.support import free_port, sample_file, wait_for
@@ -56,29 +57,62 @@ def _served_by(scp: Child) -> dict[int, int]:
     return served
 
 
+def _serving_pid(port: int, client_port: int, acceptors: list[int]) -> int | None:
+    """The acceptor holding the server side of the connection from ``client_port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if (
+                state == "01"  # ESTABLISHED
+                and int(local.rsplit(":", 1)[1], 16) == port
+                and int(remote.rsplit(":", 1)[1], 16) == client_port
+            ):
+                inodes.add(fields[9])
+    holders = [pid for pid in acceptors if socket_inodes(pid) & inodes]
+    return holders[0] if len(holders) == 1 else None
+
+
 def test_two_acceptors_both_serve(redis_url: str, data: redis.Redis, tmp_path: Path) -> None:
-    """Simultaneous associations spread over both acceptors, each stores what it was
-    sent; the parent serves none. (Sent two at a time: both acceptors are busy at once.)"""
+    """Both acceptors serve, each stores what it was sent; the parent serves none.
+    Associations are held open until one lands on the acceptor that does not hold the
+    first (a bounded number: the busy one waits before accept(), so the idle one wins
+    nearly always), then each stores one instance and is released."""
     port, scp = _two_acceptors(redis_url, tmp_path)
+    held: list[Association] = []
     try:
         acceptors = _acceptors(scp, 2)
-        files = _one_ct_each(tmp_path, 8)
-        results: list[list[int | None]] = []
-        for pair in (files[i : i + 2] for i in range(0, 8, 2)):
-            threads = [
-                threading.Thread(target=lambda p=p: results.append(send_files(port, [p])))
-                for p in pair
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(60)
-        assert results == [[statuses.SUCCESS]] * 8
-        assert data.xlen(keys.INBOX) == 8
-        served = _served_by(scp)
-        assert set(served) == set(acceptors), (served, acceptors)
-        assert sum(served.values()) == 8
+        ae = AE(ae_title="FAULTSCU")
+        ae.add_requested_context(CT.SOPClassUID, CT.file_meta.TransferSyntaxUID)
+        holders: list[int | None] = []
+        for _ in range(10):
+            assoc = ae.associate("127.0.0.1", port, ae_title="SCP2FHIR")
+            assert assoc.is_established
+            held.append(assoc)
+            assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+            client_port = assoc.dul.socket.socket.getsockname()[1]
+            holders.append(_serving_pid(port, client_port, acceptors))
+            assert holders[-1] in acceptors, (holders, acceptors)
+            if set(holders) == set(acceptors):
+                break
+        assert set(holders) == set(acceptors), f"every association went to {holders[0]}"
+        for assoc in held:
+            ds = CT.copy()
+            ds.SOPInstanceUID = generate_uid()
+            assert assoc.send_c_store(ds).Status == statuses.SUCCESS
+            assoc.release()
+        held.clear()
+        assert data.xlen(keys.INBOX) == len(holders)
+        served = wait_for(
+            lambda: _served_by(scp) if sum(_served_by(scp).values()) == len(holders) else None,
+            10,
+            "every association logged",
+        )
+        assert served == {pid: holders.count(pid) for pid in acceptors}, (served, holders)
     finally:
+        for assoc in held:
+            assoc.abort()
         scp.stop()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the port is closed after the stop"
