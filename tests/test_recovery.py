@@ -193,7 +193,9 @@ def stop_up(site: Site) -> None:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    own = RedisProcess("--appendonly", "yes", "--appendfsync", "everysec").start()
+    # appendfsync always: what Redis answered is in its append-only file, so a kill -9
+    # right after an acknowledgement loses nothing (everysec may postpone up to 2 s).
+    own = RedisProcess("--appendonly", "yes", "--appendfsync", "always").start()
     made: Site | None = None
     try:
         made = start_up(tmp_path, up_env(tmp_path, free_port(), own.url), own.url)
@@ -274,8 +276,7 @@ def test_redis_killed_mid_quiet_period(site: Site) -> None:
     from the file; the quiet check still fires within seconds of its time."""
     study = generate_study(site.tmp / "study", [("CT", 40), ("MR", 20)])
     last_ack = send(site, study)
-    wait_folded(site, study)
-    time.sleep(1.5)  # appendfsync everysec: the scheduled check is on disk
+    wait_folded(site, study)  # and with appendfsync always the scheduled check is on disk
     site.kill_redis()
     time.sleep(1.0)
     site.restart_redis()
@@ -376,12 +377,12 @@ def test_up_interrupted_mid_quiet_period_then_started_again(tmp_path: Path) -> N
     next start. The study is emitted within the bound of that start (its quiet period is
     over by then)."""
     env = up_env(tmp_path, free_port(), None)
+    env["SCP2FHIR_REDIS_FSYNC"] = "always"  # what Redis answered is in its append-only file
     site = start_up(tmp_path, env)
     study = generate_study(tmp_path / "study", [("CT", 40), ("MR", 20)])
     try:
         send(site, study)
-        wait_folded(site, study)
-        time.sleep(1.5)  # appendfsync everysec: the scheduled check is on disk
+        wait_folded(site, study)  # and with appendfsync always the check is on disk
         os.killpg(site.up.pid, signal.SIGINT)
         site.up.wait(90)
         assert site.study(study.study_uid) is None, "interrupted before its emission"
