@@ -6,7 +6,6 @@ dashboard, a pynetdicom modality sending over one association."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,10 @@ def test_a_stop_drains_the_open_association_and_stops_redis_last(
             up.signal_group(signum)  # Ctrl-C in up's terminal
         else:
             up.process.send_signal(signum)
-        time.sleep(1.0)  # the modality goes on sending while the SCP drains
+        # The modality goes on sending while the SCP drains: three more instances.
+        wait_for(lambda: "draining 1 open associations" in up.output(), 60, "the drain")
+        draining_from = len(sender.statuses)
+        wait_for(lambda: len(sender.statuses) >= draining_from + 3, 60, "sends in the drain")
         sender.finish_after(5)
         sender.join()
         assert up.process.wait(120) == 0, up.output()
@@ -52,11 +54,19 @@ def test_a_stop_drains_the_open_association_and_stops_redis_last(
     log = up.output()
     assert not sender.errors, sender.errors
     assert len(sender.statuses) >= 10
+    during = sender.statuses[draining_from:]
+    assert len(during) >= 3 and set(during) == {0}, f"Success during the drain: {during}"
     assert set(sender.statuses) == {0}, "every instance sent before the stop got Success"
     assert sender.released and not sender.aborted, "the modality released the association"
     assert "Traceback" not in log, log
     stopped = [log.index(f"stopped {name} ") for name in ("scp", "worker-1", "web")]
     assert stopped == sorted(stopped), log
+    assert "stopped scp (exit 0)" in log, log
+    # EmbeddedRedis.stop logs this only when it finds redis-server still running (and
+    # stops it with SIGTERM): the one private Redis (started once, never restarted) was
+    # alive after every stage, the scp's drain included.
+    assert log.count("private redis on ") == 1, log
+    assert "private redis stopped (exit 0)" in log, log
     assert log.index("private redis stopped") > max(stopped), "Redis stops last"
 
     # What was acknowledged is in the private Redis's append-only file: up again on the
