@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -92,3 +93,41 @@ def test_a_child_that_keeps_exiting_before_ready_stops_up(tmp_path: Path) -> Non
     lines = [line for line in log.splitlines() if "times before up was ready" in line]
     assert len(lines) == 1 and "scp exited" in lines[0] and "exited 3 times" in lines[0], log
     assert "private redis stopped" in log, "the ordered stop ran"
+
+
+_LISTENER = """
+import os, socket, sys, threading
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+sock.listen()
+if sys.argv[1] == "fork" and os.fork() == 0:  # an acceptor that never got going
+    sys.stdin.read()
+    os._exit(0)
+if sys.argv[1] == "thread":  # as a serving SCP: its accept loop in a thread
+    threading.Thread(target=sys.stdin.read, daemon=True).start()
+print(sock.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize(("mode", "serves"), [("alone", False), ("fork", False), ("thread", True)])
+def test_ready_needs_more_than_a_listening_socket(mode: str, serves: bool) -> None:
+    """The port is bound before any SCP code runs (and inherited by prefork acceptors):
+    listening alone is no sign of an SCP that got through its start."""
+    from scp.up.readiness import listening, serving
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _LISTENER, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        assert listening(child.pid, port)
+        assert serving(child.pid, port) is serves
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
