@@ -143,10 +143,10 @@ def serve(
     drain_seconds = settings.drain_seconds if stop is None else 0.0
     request = StopRequest(stop).install()
     try:
-        request.stop.wait()
+        request.wait()
     finally:
         logger.info("ae=%s shutting down", settings.ae_title)
-        drain(server, settings.ae_title, request.hurry, drain_seconds)
+        drain(server, settings.ae_title, request, drain_seconds)
         if own_listener:
             listener.close()
         recorder.stop()
