@@ -37,8 +37,6 @@ from scp.drain import DOUBLE_SIGNAL_SECONDS, STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 
-#: Connections the kernel queues before an acceptor takes them.
-BACKLOG = 128
 #: How long the acceptors get after SIGTERM beyond their own drain bound
 #: (``SCP2FHIR_DRAIN_SECONDS``) before they are killed: enough to abort what is left.
 STOP_GRACE_SECONDS = 5.0
@@ -68,8 +66,11 @@ def usable_cores() -> int:
 
 
 def listen(bind: str, port: int) -> socket.socket:
-    """A listening socket on (bind, port), non-blocking: acceptors that lose the race for
-    a connection get EAGAIN instead of blocking in accept(). Raises :class:`PortInUse`."""
+    """A socket bound to (bind, port), non-blocking: acceptors that lose the race for a
+    connection get EAGAIN instead of blocking in accept(). It listens once the first
+    acceptor is ready (:class:`scp.transport.AcceptorServer`): until then a sender is
+    refused rather than queued for an acceptor that may never come, and ``up`` sees the
+    port listening only when it is served. Raises :class:`PortInUse`."""
     family, kind, proto, _, address = socket.getaddrinfo(
         bind or None, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
     )[0]
@@ -79,7 +80,6 @@ def listen(bind: str, port: int) -> socket.socket:
         # SO_REUSEPORT it never lets a second listener onto the port.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
