@@ -33,11 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from scp import orphans
+from scp.drain import DOUBLE_SIGNAL_SECONDS, STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 
-#: Connections the kernel queues before an acceptor takes them.
-BACKLOG = 128
 #: How long the acceptors get after SIGTERM beyond their own drain bound
 #: (``SCP2FHIR_DRAIN_SECONDS``) before they are killed: enough to abort what is left.
 STOP_GRACE_SECONDS = 5.0
@@ -67,8 +66,11 @@ def usable_cores() -> int:
 
 
 def listen(bind: str, port: int) -> socket.socket:
-    """A listening socket on (bind, port), non-blocking: acceptors that lose the race for
-    a connection get EAGAIN instead of blocking in accept(). Raises :class:`PortInUse`."""
+    """A socket bound to (bind, port), non-blocking: acceptors that lose the race for a
+    connection get EAGAIN instead of blocking in accept(). It listens once the first
+    acceptor is ready (:class:`scp.transport.AcceptorServer`): until then a sender is
+    refused rather than queued for an acceptor that may never come, and ``up`` sees the
+    port listening only when it is served. Raises :class:`PortInUse`."""
     family, kind, proto, _, address = socket.getaddrinfo(
         bind or None, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
     )[0]
@@ -78,7 +80,6 @@ def listen(bind: str, port: int) -> socket.socket:
         # SO_REUSEPORT it never lets a second listener onto the port.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -117,9 +118,10 @@ class Prefork:
         self._stopping = 0  # the signal that asked us to stop
         self._grace = drain_seconds + STOP_GRACE_SECONDS
         self._young_deaths = 0  # in a row
+        self._stopping_at = 0.0
 
     def run(self) -> int:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self._stop)
         for acceptor in self.acceptors:
             self._start(acceptor)
@@ -134,21 +136,37 @@ class Prefork:
         return 1 if self._young_deaths >= YOUNG_DEATHS else code
 
     def _stop(self, signum: int, _frame: object) -> None:
-        self._stopping = signum
+        if not self._stopping:
+            self._stopping, self._stopping_at = signum, time.monotonic()
+        elif time.monotonic() - self._stopping_at >= DOUBLE_SIGNAL_SECONDS:
+            # A second request: the acceptors abort what they still drain (scp.drain).
+            for acceptor in self.acceptors:
+                if acceptor.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(acceptor.pid, signal.SIGTERM)
 
     def _start(self, acceptor: _Acceptor) -> None:
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            self._child(parent, acceptor.index)
+        # Blocked across the fork: a stop signal must reach the new acceptor only once its
+        # own handlers are in place (scp.drain.StopRequest.install unblocks them), never
+        # this process's handler nor the default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        pid = -1
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(parent, acceptor.index)
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         acceptor.pid, acceptor.started, acceptor.restart_at = pid, time.monotonic(), 0.0
         logger.info("acceptor=%d pid=%d started", acceptor.index, pid)
 
     def _child(self, parent: int, index: int) -> None:
         code = 1
         try:
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(signum, signal.SIG_DFL)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)  # (still blocked: see _start)
             os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only: it stops us, once
             orphans.die_with_parent()
             if orphans.orphaned(parent):  # it died before the request took effect
@@ -266,6 +284,14 @@ def run(
         listener = listen(bind, port)
     except PortInUse as exc:
         print(f"scp2fhir scp: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an address not of this host, a privileged port, a bad name
+        reason = exc.strerror or type(exc).__name__
+        print(
+            f"scp2fhir scp: cannot listen on {bind}:{port} ({reason}); "
+            "check SCP2FHIR_BIND and SCP2FHIR_PORT",
+            file=sys.stderr,
+        )
         return 1
     if count == 1:
         try:

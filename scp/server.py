@@ -79,7 +79,7 @@ def serve(
     listener: socket.socket | None = None,
 ) -> None:
     """Run the SCP until SIGINT, SIGTERM or SIGHUP (or ``stop`` is set), on ``listener``
-    (a listening socket bound by :func:`scp.prefork.listen`, perhaps shared with other
+    (a socket bound by :func:`scp.prefork.listen`, perhaps shared with other
     acceptor processes) or else on a socket of its own. Stopped by a signal (no ``stop``
     given), it lets associations in progress end first (:mod:`scp.drain`); a caller that
     sets ``stop`` has them aborted at once."""
@@ -143,10 +143,10 @@ def serve(
     drain_seconds = settings.drain_seconds if stop is None else 0.0
     request = StopRequest(stop).install()
     try:
-        request.stop.wait()
+        request.wait()
     finally:
         logger.info("ae=%s shutting down", settings.ae_title)
-        drain(server, settings.ae_title, request.hurry, drain_seconds)
+        drain(server, settings.ae_title, request, drain_seconds)
         if own_listener:
             listener.close()
         recorder.stop()

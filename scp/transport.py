@@ -68,6 +68,8 @@ from scp.spool import SpoolingDIMSE, delete_spool_file
 
 logger = logging.getLogger(__name__)
 
+#: Connections the kernel queues before an acceptor takes them.
+BACKLOG = 128
 #: Longest a loop blocks before re-checking timers, release and abort (seconds).
 TIMER_TICK = 0.01
 #: With several acceptor processes, an acceptor waits this long per association it serves
@@ -396,10 +398,10 @@ class PromptRequestHandler(RequestHandler):
 
 
 class _SharedListener(AssociationServer):
-    """pynetdicom's server on a socket that is already bound and listening.
+    """pynetdicom's server on a socket that is already bound.
 
     Through socketserver's documented hooks: ``server_bind`` swaps the socket
-    ``TCPServer`` made for the given one, ``server_activate`` does not listen again, and
+    ``TCPServer`` made for the given one, ``server_activate`` listens on it, and
     ``server_close`` only closes this process's descriptor: pynetdicom's
     ``shutdown(SHUT_RDWR)`` on a listening socket would stop accept() in every process
     that shares it.
@@ -414,7 +416,11 @@ class _SharedListener(AssociationServer):
         self.server_address = self.listener.getsockname()
 
     def server_activate(self) -> None:
-        pass
+        # The port is bound, not yet listening (scp.prefork.listen): it listens once an
+        # acceptor is ready to take connections, which is what `up` waits for before it
+        # says ready. A second acceptor's listen() on the same socket changes nothing.
+        assert self.socket is not None
+        self.socket.listen(BACKLOG)
 
     def server_close(self) -> None:
         assert self.socket is not None

@@ -179,6 +179,27 @@ def test_second_deployment_on_the_port_fails_at_start(redis_url: str, tmp_path: 
         scp.stop()
 
 
+def test_an_address_it_cannot_listen_on_is_one_line(redis_url: str, tmp_path: Path) -> None:
+    """An address not of this host (TEST-NET-1; names that do not resolve fail the same
+    way, but the tests' network guard refuses any lookup): one line naming the settings,
+    exit 1, no traceback."""
+    bind = "192.0.2.1"
+    env = pipeline_env(
+        redis_url, tmp_path / "out", free_port(), SCP2FHIR_BIND=bind, SCP2FHIR_SCP_PROCESSES="2"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "scp.cli", "scp"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert f"cannot listen on {bind}:" in lines[0] and "SCP2FHIR_BIND" in lines[0]
+
+
 def test_sigterm_lets_the_association_in_progress_finish(
     redis_url: str, data: redis.Redis, tmp_path: Path
 ) -> None:

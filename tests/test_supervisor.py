@@ -6,6 +6,7 @@ dashboard, a pynetdicom modality sending over one association."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,35 @@ def test_the_drain_is_bounded(tmp_path: Path) -> None:
             scp.process.send_signal(signal.SIGTERM)
             sender.join(60)
             assert scp.process.wait(60) == 0, scp.output()
+            log = scp.output()
+        inbox = redis.Redis.from_url(redis_server.url).xlen(keys.INBOX)
+    finally:
+        redis_server.stop()
+    assert sender.aborted and len(sender.statuses) < len(study.files)
+    assert set(sender.statuses) == {0} and inbox == len(sender.statuses)
+    assert "aborting 1 associations still open" in log and "Traceback" not in log, log
+
+
+def test_a_second_signal_aborts_the_drain_through_the_acceptors(tmp_path: Path) -> None:
+    """Two acceptor processes, a long drain: the first SIGTERM to `scp2fhir scp` starts
+    the drain, a second one (a second later: sooner, it counts as the same request) makes
+    the acceptors abort at once; what was acknowledged is in Redis."""
+    study = make_study(tmp_path / "study", [("CT", 400)])
+    redis_server = RedisProcess().start()
+    try:
+        with scp_process(
+            redis_server.url, tmp_path, SCP2FHIR_DRAIN_SECONDS="120", SCP2FHIR_SCP_PROCESSES="2"
+        ) as (port, scp):
+            sender = Sender(port, study.files).start()
+            assert sender.sent.wait(60), sender.errors
+            scp.process.send_signal(signal.SIGTERM)
+            first = time.monotonic()
+            wait_for(lambda: "draining 1 open associations" in scp.output(), 30, "the drain")
+            time.sleep(max(0.0, first + 1.5 - time.monotonic()))
+            assert scp.process.poll() is None and not sender.aborted, "no drain at all"
+            scp.process.send_signal(signal.SIGTERM)
+            assert scp.process.wait(30) == 0, scp.output()  # long before the 120 s drain
+            sender.join(60)
             log = scp.output()
         inbox = redis.Redis.from_url(redis_server.url).xlen(keys.INBOX)
     finally:

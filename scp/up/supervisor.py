@@ -118,13 +118,14 @@ def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None 
         except PreflightError as exc:
             print(f"scp2fhir up: {exc}", file=sys.stderr)
             return 1
-        return _run(settings, env, StopRequest(stop).install().stop)
+        return _run(settings, env, StopRequest(stop).install())
     finally:
         os.close(held)  # the lock goes with it
 
 
-def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> int:
-    """Everything, until ``stop``; then :func:`stop_in_order` and the private Redis last."""
+def _run(settings: Settings, env: Mapping[str, str], request: StopRequest) -> int:
+    """Everything, until a stop is requested; then :func:`stop_in_order` and the private
+    Redis last."""
     private: EmbeddedRedis | None = None
     child_env = dict(env)
     if settings.redis_url is None:
@@ -150,7 +151,7 @@ def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> i
         watch = RedisWatch(private) if private is not None else None
         ready = False
         waiting_since = time.monotonic()
-        while not stop.wait(0.5):
+        while not request.wait(0.5):
             if watch is not None:
                 restarts = watch.restarts
                 if not watch.check():
@@ -174,7 +175,7 @@ def _run(settings: Settings, env: Mapping[str, str], stop: threading.Event) -> i
                     waiting_since = time.monotonic()
         client.close()
     finally:
-        stop_in_order(procs, settings.drain_seconds)
+        stop_in_order(procs, settings.drain_seconds, request)
         if private is not None:
             private.stop()
         state.remove(settings.data_dir, os.getpid())
@@ -259,9 +260,13 @@ def _write_state(settings: Settings, private: EmbeddedRedis | None, started_at: 
     )
 
 
-def stop_in_order(procs: list[Child], drain_seconds: float) -> None:
+def stop_in_order(
+    procs: list[Child], drain_seconds: float, request: StopRequest | None = None
+) -> None:
     """SCPs, then workers, then web and dashboard: each stage SIGTERMed together and
-    given its :data:`STAGE_GRACE_SECONDS` before what is left of it is killed."""
+    given its :data:`STAGE_GRACE_SECONDS` before what is left of it is killed. A second
+    stop signal to ``up`` while the SCPs drain is passed on to them: they abort their
+    open associations at once."""
     logger.info("stopping: scp, then workers, then web and dashboard, then redis")
     for stage, grace in STAGE_GRACE_SECONDS.items():
         running = [c for c in procs if c.stage == stage and c.process and c.process.poll() is None]
@@ -270,11 +275,17 @@ def stop_in_order(procs: list[Child], drain_seconds: float) -> None:
             child.process.send_signal(signal.SIGTERM)
         allowed = grace + (drain_seconds if stage == "scp" else 0.0)
         deadline = time.monotonic() + allowed
+        hurried = False
         for child in running:
             assert child.process is not None
-            try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            while child.process.poll() is None and time.monotonic() < deadline:
+                if request is not None and request.hurried and not hurried:
+                    hurried = True
+                    for other in running:
+                        if other.process is not None and other.process.poll() is None:
+                            other.process.send_signal(signal.SIGTERM)
+                time.sleep(0.1)
+            if child.process.poll() is None:
                 logger.warning("%s did not stop in %.0f s; killing it", child.name, allowed)
                 child.process.kill()
                 child.process.wait()
