@@ -31,8 +31,14 @@ def one_line(result: subprocess.CompletedProcess[str], *needles: str) -> None:
     [
         ({"SCP2FHIR_BIND": "999.1.1.1"}, "cannot listen on 999.1.1.1:"),
         ({"SCP2FHIR_REDIS_URL": "redis://127.0.0.1:{free}/0"}, "does not answer PING within 5 s"),
+        # README documents Sentinel: the check must use the client that understands it
+        ({"SCP2FHIR_REDIS_URL": "redis+sentinel://127.0.0.1:{free}"}, "names no service"),
+        (
+            {"SCP2FHIR_REDIS_URL": "redis+sentinel://127.0.0.1:{free}/mymaster/0"},
+            "Redis at sentinel 127.0.0.1:",
+        ),
     ],
-    ids=["bad-bind", "unreachable-redis"],
+    ids=["bad-bind", "unreachable-redis", "sentinel-without-service", "unreachable-sentinel"],
 )
 def test_a_bad_setting_is_one_line_before_anything_starts(
     tmp_path: Path, variables: dict[str, str], needle: str
@@ -52,9 +58,14 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     one_line(result, "the SCP cannot listen on 0.0.0.0:", "Address already in use")
 
 
+@pytest.mark.parametrize("scheme", ["redis", "redis+sentinel"])
 @pytest.mark.parametrize("command", ["scp", "worker"])
-def test_scp_and_worker_on_an_unreachable_redis_are_one_line(tmp_path: Path, command: str) -> None:
-    env = up_env(SCP2FHIR_REDIS_URL=f"redis://:secret@127.0.0.1:{free_port()}/0")
+def test_scp_and_worker_on_an_unreachable_redis_are_one_line(
+    tmp_path: Path, command: str, scheme: str
+) -> None:
+    env = up_env(SCP2FHIR_REDIS_URL=f"{scheme}://:secret@127.0.0.1:{free_port()}/mymaster/0")
+    if scheme == "redis":
+        env["SCP2FHIR_REDIS_URL"] = f"redis://:secret@127.0.0.1:{free_port()}/0"
     result = verb(tmp_path, env, command)
     one_line(result, f"scp2fhir {command}:", "does not answer PING")
     assert "secret" not in result.stderr
