@@ -102,3 +102,14 @@ def test_a_child_that_keeps_exiting_before_ready_stops_up(tmp_path: Path) -> Non
     lines = [line for line in log.splitlines() if "times before up was ready" in line]
     assert len(lines) == 1 and "scp exited" in lines[0] and "exited 3 times" in lines[0], log
     assert "private redis stopped" in log, "the ordered stop ran"
+
+
+def test_a_private_redis_that_does_not_start_is_one_line(tmp_path: Path) -> None:
+    """A damaged append-only file: redis-server exits at start. up says so in one line
+    (pointing at redis.log), exits 1 and starts nothing else."""
+    aof_dir = tmp_path / "scp2fhir-data" / "redis" / "appendonlydir"
+    aof_dir.mkdir(parents=True)
+    (aof_dir / "appendonly.aof.manifest").write_text("this is not a manifest\n")
+    result = verb(tmp_path, up_env(), "up")
+    one_line(result, "scp2fhir up: the private redis-server exited at start", "redis.log")
+    assert not (tmp_path / "scp2fhir-data" / "up.json").exists()

@@ -28,6 +28,10 @@ class RedisNotFound(RuntimeError):
     pass
 
 
+class RedisStartError(RuntimeError):
+    """redis-server exited or did not answer in time (one line, for the operator)."""
+
+
 def find_redis_server() -> str:
     found = shutil.which("redis-server")
     if found:
@@ -68,6 +72,8 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> None:
+        """Until Redis answers PING. ``timeout``: how long it may go without answering;
+        while it answers LOADING (a large append-only file) it gets ``timeout`` again."""
         make_dirs(self.data_dir, self.file_access)
         command = [
             find_redis_server(),
@@ -107,21 +113,26 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited ({self.process.returncode}); "
+                client.close()
+                raise RedisStartError(
+                    f"the private redis-server exited at start ({self.process.returncode}); "
                     f"see {self.data_dir / 'redis.log'}"
                 )
             try:
                 if client.ping():
-                    # Loading a large AOF answers LOADING until done.
                     break
             except redis.BusyLoadingError:
-                pass
+                # Loading a large AOF answers LOADING until done: it is making progress.
+                deadline = time.monotonic() + timeout
             except redis.ConnectionError:
                 pass
             if time.monotonic() > deadline:
+                client.close()
                 self.stop()
-                raise RuntimeError("redis-server did not come up")
+                raise RedisStartError(
+                    f"the private redis-server did not answer within {timeout:g} s; "
+                    f"see {self.data_dir / 'redis.log'}"
+                )
             time.sleep(0.05)
         client.close()
         logger.info(
