@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 
 from scp import orphans
-from scp.file_access import make_dirs, umask_for
+from scp.file_access import dir_mode, file_mode, make_dirs, umask_for
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class EmbeddedRedis:
         """Until Redis answers PING. ``timeout``: how long it may go without answering;
         while it answers LOADING (a large append-only file) it gets ``timeout`` again."""
         make_dirs(self.data_dir, self.file_access)
+        self._restrict()
         command = [
             find_redis_server(),
             "--bind",
@@ -141,6 +142,21 @@ class EmbeddedRedis:
             self.data_dir,
             self.appendfsync,
         )
+
+    def _restrict(self) -> None:
+        """The access setting's modes on what an earlier run left (after an upgrade: a
+        data folder 0755, an append-only file and log 0644): the folder, appendonlydir/
+        and the files in them. ``umask`` leaves them as they are."""
+        if self.file_access == "umask":
+            return
+        folder, files = dir_mode(self.file_access), file_mode(self.file_access)
+        for where in (self.data_dir, self.data_dir / "appendonlydir"):
+            if not where.is_dir() or where.is_symlink():
+                continue
+            os.chmod(where, folder)
+            for entry in where.iterdir():
+                if entry.is_file() and not entry.is_symlink():
+                    os.chmod(entry, files)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:
