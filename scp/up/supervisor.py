@@ -27,11 +27,12 @@ import redis
 
 from scp import config, orphans
 from scp.drain import StopRequest
+from scp.processes import describe
 from scp.settings import Settings
 from scp.up import lock, readiness, state
 from scp.up.embedded_redis import EmbeddedRedis, RedisNotFound, RedisStartError
 from scp.up.preflight import PreflightError, check_bind, check_redis
-from scp.up.redis_watch import RedisWatch, describe
+from scp.up.redis_watch import RedisWatch
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +298,3 @@ def stop_in_order(
                 child.process.wait()
             logger.info("stopped %s (exit %s)", child.name, child.process.returncode)
     logger.info("all processes stopped")
-
-
-def current_env() -> dict[str, str]:
-    return dict(os.environ)
