@@ -42,10 +42,10 @@ _FLAG_NAMES = {
     variable: "--" + dest.replace("_", "-") for dest, variable in _FLAG_VARIABLES.items()
 }
 
-#: Verbs that deliver or report on deliveries: they parse the destinations.
 #: Verbs that, without SCP2FHIR_REDIS_URL, use the Redis of the ``up`` running on the data
 #: folder (:mod:`scp.up.state`).
 _UP_VERBS = ("status", "web", "retry-failed", "retract", "forget")
+#: Verbs that deliver or report on deliveries: they parse the destinations.
 _DELIVERY_VERBS = ("worker", "up", "status", "web", "retry-failed", "config", "retract", "forget")
 
 

@@ -25,6 +25,16 @@ _MODES: dict[str, tuple[int, int]] = {"private": (0o600, 0o700), "group": (0o640
 
 
 def process_umask() -> int:
+    """The umask, read from ``/proc/self/status`` (Linux 4.7+): setting it to read it back
+    would leave it 0 for a moment for the whole process, and a file another thread creates
+    then would be world-writable. Only without that line, the set-and-restore way."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     current = os.umask(0)
     os.umask(current)
     return current

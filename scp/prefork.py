@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from scp import orphans
 from scp.drain import DOUBLE_SIGNAL_SECONDS, STOP_SIGNALS
+from scp.processes import describe
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class Prefork:
                 "%.0f s of their start; stopping",
                 acceptor.index,
                 acceptor.pid,
-                _describe(status),
+                describe(os.waitstatus_to_exitcode(status)),
                 self._young_deaths,
                 YOUNG_SECONDS,
             )
@@ -217,7 +218,7 @@ class Prefork:
             "acceptor=%d pid=%d exited (%s); restarting in %.1f s",
             acceptor.index,
             acceptor.pid,
-            _describe(status),
+            describe(os.waitstatus_to_exitcode(status)),
             acceptor.delay,
         )
         acceptor.pid, acceptor.restart_at = 0, now + acceptor.delay
@@ -263,12 +264,6 @@ def _wait(pid: int, deadline: float) -> int | None:
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.05)
-
-
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"status {os.waitstatus_to_exitcode(status)}"
 
 
 def run(

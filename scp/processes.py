@@ -5,7 +5,19 @@ verbs beside ``up`` a stale ``up.json`` from a running ``up``."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
+
+
+def describe(returncode: int | None) -> str:
+    """How a child ended, for a log line: ``signal SIGKILL`` or ``exit status 1``
+    (``returncode`` as :mod:`subprocess` gives it: negative for a signal)."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 def running(pid: int) -> bool:

@@ -110,3 +110,48 @@ def test_private_redis_append_only_file_gets_the_access_modes(tmp_path: Path, ac
     assert {p.name: oct(mode(p)) for p in files} == {p.name: oct(file_expected) for p in files}
     for folder in folders:
         assert oct(mode(folder)) == oct(folder_expected), folder
+
+
+@pytest.mark.parametrize("value", [0o002, 0o022, 0o077])
+def test_the_umask_is_read_without_changing_it(monkeypatch: pytest.MonkeyPatch, value: int) -> None:
+    """process_umask must not set the umask to read it: for that moment it is 0 for every
+    thread, and a file another thread creates is world-writable. The momentary change
+    cannot be caught reliably from outside, so os.umask is made to fail while it runs."""
+    from scp import file_access
+
+    with umask(value):
+
+        def forbidden(_: int) -> int:
+            raise AssertionError("process_umask changed the process umask")
+
+        monkeypatch.setattr(os, "umask", forbidden)
+        assert file_access.process_umask() == value
+        assert file_access.file_mode("umask") == 0o666 & ~value
+        assert file_access.dir_mode("umask") == 0o777 & ~value
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("access", ["private", "group"])
+def test_an_existing_redis_folder_gets_the_access_modes(tmp_path: Path, access: str) -> None:
+    """After an upgrade the data folder, append-only file and log an older version left are
+    0755/0644: starting the private Redis restricts them to the setting's modes."""
+    data_dir = tmp_path / "data" / "redis"
+    with umask(0o022):
+        before = EmbeddedRedis(data_dir, "always", file_access="umask")
+        before.start()
+        client = redis.Redis.from_url(before.url)
+        client.set("scp2fhir:test", "patient data lives here")
+        client.close()
+        before.stop()
+    aof_dir = data_dir / "appendonlydir"
+    files = [p for p in aof_dir.iterdir() if p.is_file()] + [data_dir / "redis.log"]
+    assert mode(data_dir) == 0o755 and mode(files[0]) & 0o044, "an old, readable layout"
+    with umask(UMASK):
+        private = EmbeddedRedis(data_dir, "always", file_access=access)
+        private.start()
+        private.stop()
+    file_expected, folder_expected = EXPECTED[access]
+    files = [p for p in aof_dir.iterdir() if p.is_file()] + [data_dir / "redis.log"]
+    assert {p.name: oct(mode(p)) for p in files} == {p.name: oct(file_expected) for p in files}
+    for folder in (data_dir, aof_dir):
+        assert oct(mode(folder)) == oct(folder_expected), folder

@@ -47,8 +47,8 @@ def test_kill_9_of_up_takes_all_its_children_with_it(tmp_path: Path) -> None:
         def family() -> dict[int, str]:
             return names(children_of(up.process.pid))
 
-        # 2 SCPs, 2 workers, RQ's scheduler (forked by the worker holding its lock), web,
-        # dashboard, Redis.
+        # the scp and its acceptor processes, 2 workers, RQ's scheduler (forked by the
+        # worker holding its lock), web, dashboard, Redis.
         wait_for(lambda: len(family()) >= 8, 60, "every child and the scheduler", step=0.5)
         before = family()
         assert any("redis-server" in c for c in before.values()), before

@@ -32,8 +32,14 @@ def one_line(result: subprocess.CompletedProcess[str], *needles: str) -> None:
     [
         ({"SCP2FHIR_BIND": "999.1.1.1"}, "cannot listen on 999.1.1.1:"),
         ({"SCP2FHIR_REDIS_URL": "redis://127.0.0.1:{free}/0"}, "does not answer PING within 5 s"),
+        # README documents Sentinel: the check must use the client that understands it
+        ({"SCP2FHIR_REDIS_URL": "redis+sentinel://127.0.0.1:{free}"}, "names no service"),
+        (
+            {"SCP2FHIR_REDIS_URL": "redis+sentinel://127.0.0.1:{free}/mymaster/0"},
+            "Redis at sentinel 127.0.0.1:",
+        ),
     ],
-    ids=["bad-bind", "unreachable-redis"],
+    ids=["bad-bind", "unreachable-redis", "sentinel-without-service", "unreachable-sentinel"],
 )
 def test_a_bad_setting_is_one_line_before_anything_starts(
     tmp_path: Path, variables: dict[str, str], needle: str
@@ -53,9 +59,14 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     one_line(result, "the SCP cannot listen on 0.0.0.0:", "Address already in use")
 
 
+@pytest.mark.parametrize("scheme", ["redis", "redis+sentinel"])
 @pytest.mark.parametrize("command", ["scp", "worker"])
-def test_scp_and_worker_on_an_unreachable_redis_are_one_line(tmp_path: Path, command: str) -> None:
-    env = up_env(SCP2FHIR_REDIS_URL=f"redis://:secret@127.0.0.1:{free_port()}/0")
+def test_scp_and_worker_on_an_unreachable_redis_are_one_line(
+    tmp_path: Path, command: str, scheme: str
+) -> None:
+    env = up_env(SCP2FHIR_REDIS_URL=f"{scheme}://:secret@127.0.0.1:{free_port()}/mymaster/0")
+    if scheme == "redis":
+        env["SCP2FHIR_REDIS_URL"] = f"redis://:secret@127.0.0.1:{free_port()}/0"
     result = verb(tmp_path, env, command)
     one_line(result, f"scp2fhir {command}:", "does not answer PING")
     assert "secret" not in result.stderr
@@ -131,3 +142,14 @@ def test_ready_needs_more_than_a_listening_socket(mode: str, serves: bool) -> No
         assert child.stdin is not None
         child.stdin.close()
         child.wait(10)
+
+
+def test_a_private_redis_that_does_not_start_is_one_line(tmp_path: Path) -> None:
+    """A damaged append-only file: redis-server exits at start. up says so in one line
+    (pointing at redis.log), exits 1 and starts nothing else."""
+    aof_dir = tmp_path / "scp2fhir-data" / "redis" / "appendonlydir"
+    aof_dir.mkdir(parents=True)
+    (aof_dir / "appendonly.aof.manifest").write_text("this is not a manifest\n")
+    result = verb(tmp_path, up_env(), "up")
+    one_line(result, "scp2fhir up: the private redis-server exited at start", "redis.log")
+    assert not (tmp_path / "scp2fhir-data" / "up.json").exists()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import redis
 
 from scp import keys, metrics
+from scp.up.embedded_redis import EmbeddedRedis
 from tests.conftest import echo
 from tests.support import make_study, read_json, wait_for
 from tests.up_support import start_up, state, store, up_env
@@ -74,3 +76,41 @@ def test_a_redis_that_keeps_dying_stops_up(tmp_path: Path) -> None:
     assert len(gave_up) == 1 and " ERROR up[" in gave_up[0], log
     assert "stopping: scp, then workers" in log, "the ordered stop ran"
     assert not (tmp_path / "scp2fhir-data" / "up.json").exists()
+
+
+def _write_aof(data_dir: Path, count: int) -> None:
+    """An append-only file of ``count`` SETs, as redis-server 7 keeps it (base + manifest)."""
+    aof_dir = data_dir / "appendonlydir"
+    aof_dir.mkdir(parents=True)
+    with (aof_dir / "appendonly.aof.1.base.aof").open("wb") as handle:
+        for start in range(0, count, 100_000):
+            handle.write(
+                b"".join(
+                    b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\nv\r\n" % (len(k), k)
+                    for k in (b"k%d" % i for i in range(start, min(count, start + 100_000)))
+                )
+            )
+    (aof_dir / "appendonly.aof.manifest").write_text(
+        "file appendonly.aof.1.base.aof seq 1 type b\n"
+    )
+
+
+def test_a_large_append_only_file_still_loading_is_waited_for(tmp_path: Path) -> None:
+    """A Redis that answers LOADING while it reads a large AOF is making progress, not
+    failing to come up: the start timeout counts from the last LOADING answer. (The
+    redis-server 7.0 here accepts no client until loaded, so the PING blocks instead; this
+    guards that a load three times the timeout still starts.)"""
+    data_dir = tmp_path / "redis"
+    count = 1_000_000  # about 1.5 s to load here, three times the timeout below
+    _write_aof(data_dir, count)
+    private = EmbeddedRedis(data_dir, "everysec")
+    began = time.monotonic()
+    try:
+        private.start(timeout=0.5)
+        took = time.monotonic() - began
+        client = redis.Redis.from_url(private.url)
+        assert client.dbsize() == count
+        client.close()
+    finally:
+        private.stop()
+    assert took > 0.5, f"loading took {took:.2f} s: not a test of the timeout"

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import make_study, storescu, wait_for
 from tests.up_support import start_up, up_env, verb
 
@@ -55,17 +57,22 @@ def test_status_and_retry_failed_find_the_running_up(tmp_path: Path) -> None:
     assert gone.stderr.count("\n") == 1 and "no scp2fhir up runs on" in gone.stderr, gone.stderr
 
 
-def test_a_stale_state_file_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pid", ["dead", "reused"])
+def test_a_stale_state_file_is_one_line(tmp_path: Path, pid: str) -> None:
+    """The up that wrote up.json is gone; "reused": after a reboot its pid belongs to
+    another live process (here a sleep), and up.lock, which no up holds, tells."""
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         text=True,
         capture_output=True,
         check=True,
     )
+    other = subprocess.Popen(["sleep", "120"])
     data = tmp_path / "scp2fhir-data"
     data.mkdir()
+    (data / "up.lock").write_text(f"{other.pid}\n")
     state = {
-        "pid": int(dead.stdout),
+        "pid": other.pid if pid == "reused" else int(dead.stdout),
         "redis_url": "redis://127.0.0.1:1/0",
         "redis_pid": None,
         "quiet_seconds": 60,
@@ -82,3 +89,5 @@ def test_a_stale_state_file_is_one_line(tmp_path: Path) -> None:
         assert result.returncode == 1, result
         assert result.stderr.count("\n") == 1 and "is stale" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+    other.kill()
+    other.wait()

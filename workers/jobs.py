@@ -484,7 +484,10 @@ def sweep() -> dict[str, Any]:
     for dead in dead_local_consumers(data, ctx.consumer):
         while claimed := claim_from(data, dead, ctx.consumer, BATCH_SIZE):
             entries = [_entry(entry_id, fields) for entry_id, fields in claimed if fields]
-            logger.warning("consumer=%s is gone: reclaimed %d inbox entries", dead, len(entries))
+            if entries:  # a batch of deleted entries only reclaims nothing
+                logger.warning(
+                    "consumer=%s is gone: reclaimed %d inbox entries", dead, len(entries)
+                )
             reclaimed += fold_entries(ctx, entries)
     start = "0-0"
     while True:

@@ -19,13 +19,17 @@ from pathlib import Path
 import redis
 
 from scp import orphans
-from scp.file_access import make_dirs, umask_for
+from scp.file_access import dir_mode, file_mode, make_dirs, umask_for
 
 logger = logging.getLogger(__name__)
 
 
 class RedisNotFound(RuntimeError):
     pass
+
+
+class RedisStartError(RuntimeError):
+    """redis-server exited or did not answer in time (one line, for the operator)."""
 
 
 def find_redis_server() -> str:
@@ -68,7 +72,10 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> None:
+        """Until Redis answers PING. ``timeout``: how long it may go without answering;
+        while it answers LOADING (a large append-only file) it gets ``timeout`` again."""
         make_dirs(self.data_dir, self.file_access)
+        self._restrict()
         command = [
             find_redis_server(),
             "--bind",
@@ -107,21 +114,26 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited ({self.process.returncode}); "
+                client.close()
+                raise RedisStartError(
+                    f"the private redis-server exited at start ({self.process.returncode}); "
                     f"see {self.data_dir / 'redis.log'}"
                 )
             try:
                 if client.ping():
-                    # Loading a large AOF answers LOADING until done.
                     break
             except redis.BusyLoadingError:
-                pass
+                # Loading a large AOF answers LOADING until done: it is making progress.
+                deadline = time.monotonic() + timeout
             except redis.ConnectionError:
                 pass
             if time.monotonic() > deadline:
+                client.close()
                 self.stop()
-                raise RuntimeError("redis-server did not come up")
+                raise RedisStartError(
+                    f"the private redis-server did not answer within {timeout:g} s; "
+                    f"see {self.data_dir / 'redis.log'}"
+                )
             time.sleep(0.05)
         client.close()
         logger.info(
@@ -130,6 +142,21 @@ class EmbeddedRedis:
             self.data_dir,
             self.appendfsync,
         )
+
+    def _restrict(self) -> None:
+        """The access setting's modes on what an earlier run left (after an upgrade: a
+        data folder 0755, an append-only file and log 0644): the folder, appendonlydir/
+        and the files in them. ``umask`` leaves them as they are."""
+        if self.file_access == "umask":
+            return
+        folder, files = dir_mode(self.file_access), file_mode(self.file_access)
+        for where in (self.data_dir, self.data_dir / "appendonlydir"):
+            if not where.is_dir() or where.is_symlink():
+                continue
+            os.chmod(where, folder)
+            for entry in where.iterdir():
+                if entry.is_file() and not entry.is_symlink():
+                    os.chmod(entry, files)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from scp.file_access import make_dirs
 
 NAME = "up.lock"
+#: How long :func:`acquire` retries a lock that is taken: :func:`held` takes it shared for
+#: an instant, and an ``up`` starting in that instant must not be refused.
+RETRY_SECONDS = 1.0
 
 
 class FolderInUse(RuntimeError):
@@ -27,9 +31,15 @@ def acquire(data_dir: Path, access: str = "private") -> int:
     make_dirs(data_dir, access)
     where = data_dir / NAME
     fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    deadline = time.monotonic() + RETRY_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise FolderInUse(
@@ -39,3 +49,20 @@ def acquire(data_dir: Path, access: str = "private") -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def held(data_dir: Path) -> bool:
+    """Whether an ``up`` holds ``data_dir``'s lock now. Not the pid in ``up.json``: after a
+    reboot that pid may belong to another process. A shared lock taken (and released at
+    once) means nobody holds the exclusive one."""
+    try:
+        fd = os.open(data_dir / NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+    return False

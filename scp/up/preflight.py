@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import redis
 
+from scp.connections import SENTINEL_SCHEME, connect
+
 #: How long an external Redis may take to answer PING.
 REDIS_SECONDS = 5.0
 
@@ -38,11 +40,23 @@ def check_bind(what: str, variable: str, host: str, port: int) -> None:
 def where(url: str) -> str:
     """host:port/db of a Redis URL, without its password."""
     parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
+    if parts.scheme == SENTINEL_SCHEME:  # host:port,host:port/service/db
+        return f"sentinel {parts.netloc.rsplit('@', 1)[-1]}{parts.path or ''}"
+    try:
+        return f"{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
+    except ValueError:  # a port that is not a number
+        return f"{parts.hostname}{parts.path or ''}"
 
 
 def check_redis(url: str, seconds: float = REDIS_SECONDS) -> None:
-    client = redis.Redis.from_url(url, socket_connect_timeout=seconds, socket_timeout=seconds)
+    """PING through the client the processes use (:func:`scp.connections.connect`), so a
+    ``redis+sentinel://`` URL is asked of its Sentinels, and a URL that client cannot use is
+    one line too."""
+    try:
+        clients = connect(url)
+    except ValueError as exc:
+        raise PreflightError(f"SCP2FHIR_REDIS_URL is not usable: {exc}") from None
+    client = clients.rq
     try:
         client.ping()
     except redis.AuthenticationError as exc:
@@ -55,4 +69,4 @@ def check_redis(url: str, seconds: float = REDIS_SECONDS) -> None:
             f"(SCP2FHIR_REDIS_URL): {exc}"
         ) from None
     finally:
-        client.close()
+        clients.close()

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import signal
 import time
 
 import redis
 
 from scp import metrics
+from scp.processes import describe
 from scp.up.embedded_redis import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
@@ -24,15 +24,6 @@ logger = logging.getLogger(__name__)
 #: This many deaths within :data:`WINDOW_SECONDS` and ``up`` gives up.
 MAX_DEATHS = 3
 WINDOW_SECONDS = 60.0
-
-
-def describe(returncode: int | None) -> str:
-    if returncode is not None and returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 class RedisWatch:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scp.processes import running
+from scp.up import lock
 
 #: The file's name in the data folder.
 NAME = "up.json"
@@ -78,9 +79,10 @@ def read(data_dir: Path) -> UpState:
         ) from None
     except (OSError, ValueError, TypeError) as exc:
         raise UpNotRunning(f"{where} is unreadable ({exc}); is scp2fhir up running?") from None
-    if not running(state.pid):
+    if not running(state.pid) or not lock.held(data_dir):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.started_at))
         raise UpNotRunning(
-            f"{where} is stale: scp2fhir up pid={state.pid} (started {started}) is not running"
+            f"{where} is stale: scp2fhir up pid={state.pid} (started {started}) is not running "
+            f"(it holds no lock on {data_dir.resolve() / lock.NAME})"
         )
     return state

@@ -27,11 +27,12 @@ import redis
 
 from scp import config, orphans
 from scp.drain import StopRequest
+from scp.processes import describe
 from scp.settings import Settings
 from scp.up import lock, readiness, state
-from scp.up.embedded_redis import EmbeddedRedis
+from scp.up.embedded_redis import EmbeddedRedis, RedisNotFound, RedisStartError
 from scp.up.preflight import PreflightError, check_bind, check_redis
-from scp.up.redis_watch import RedisWatch, describe
+from scp.up.redis_watch import RedisWatch
 
 logger = logging.getLogger(__name__)
 
@@ -128,16 +129,21 @@ def _run(settings: Settings, env: Mapping[str, str], request: StopRequest) -> in
     Redis last."""
     private: EmbeddedRedis | None = None
     child_env = dict(env)
-    if settings.redis_url is None:
-        private = EmbeddedRedis(
-            settings.data_dir / "redis", settings.redis_fsync, file_access=settings.file_access
-        )
-        private.start()
-        child_env["SCP2FHIR_REDIS_URL"] = private.url
-        settings = config.settings(config.load(child_env))
-    procs = children(settings)
+    procs: list[Child] = []
     exit_code = 0
     try:
+        if settings.redis_url is None:
+            private = EmbeddedRedis(
+                settings.data_dir / "redis", settings.redis_fsync, file_access=settings.file_access
+            )
+            try:
+                private.start()
+            except (RedisNotFound, RedisStartError, OSError) as exc:
+                print(f"scp2fhir up: {exc}", file=sys.stderr)
+                return 1
+            child_env["SCP2FHIR_REDIS_URL"] = private.url
+            settings = config.settings(config.load(child_env))
+        procs = children(settings)
         for child in procs:
             child.start(child_env)
         if settings.dashboard_port:
@@ -175,7 +181,8 @@ def _run(settings: Settings, env: Mapping[str, str], request: StopRequest) -> in
                     waiting_since = time.monotonic()
         client.close()
     finally:
-        stop_in_order(procs, settings.drain_seconds, request)
+        if procs:  # none when the private Redis did not start (or the settings failed)
+            stop_in_order(procs, settings.drain_seconds, request)
         if private is not None:
             private.stop()
         state.remove(settings.data_dir, os.getpid())
@@ -291,7 +298,3 @@ def stop_in_order(
                 child.process.wait()
             logger.info("stopped %s (exit %s)", child.name, child.process.returncode)
     logger.info("all processes stopped")
-
-
-def current_env() -> dict[str, str]:
-    return dict(os.environ)
