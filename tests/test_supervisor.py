@@ -135,7 +135,10 @@ def test_the_drain_is_bounded(tmp_path: Path) -> None:
     finally:
         redis_server.stop()
     assert sender.aborted and len(sender.statuses) < len(study.files)
-    assert set(sender.statuses) == {0} and inbox == len(sender.statuses)
+    # Every acknowledged instance is in Redis; the abort may have cut off the answer to
+    # one more, already stored (the sender then sends it again: stored twice is no loss).
+    assert set(sender.statuses) == {0}
+    assert len(sender.statuses) <= inbox <= len(sender.statuses) + 1
     assert "aborting 1 associations still open" in log and "Traceback" not in log, log
 
 
@@ -164,5 +167,8 @@ def test_a_second_signal_aborts_the_drain_through_the_acceptors(tmp_path: Path) 
     finally:
         redis_server.stop()
     assert sender.aborted and len(sender.statuses) < len(study.files)
-    assert set(sender.statuses) == {0} and inbox == len(sender.statuses)
+    # Every acknowledged instance is in Redis; the abort may have cut off the answer to
+    # one more, already stored (the sender then sends it again: stored twice is no loss).
+    assert set(sender.statuses) == {0}
+    assert len(sender.statuses) <= inbox <= len(sender.statuses) + 1
     assert "aborting 1 associations still open" in log and "Traceback" not in log, log
