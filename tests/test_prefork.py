@@ -49,6 +49,18 @@ def _one_ct_each(tmp_path: Path, count: int) -> list[Path]:
     return paths
 
 
+def _scp_that_should_not_start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``scp2fhir scp`` run to its end (it is expected to refuse to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "scp.cli", "scp"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _served_by(scp: Child) -> dict[int, int]:
     """Associations that stored one instance, by the pid that logged them."""
     served: dict[int, int] = {}
@@ -161,14 +173,7 @@ def test_second_deployment_on_the_port_fails_at_start(redis_url: str, tmp_path: 
     port, scp = _two_acceptors(redis_url, tmp_path)
     try:
         env = pipeline_env(redis_url, tmp_path / "out2", port, SCP2FHIR_SCP_PROCESSES="2")
-        second = subprocess.run(
-            [sys.executable, "-m", "scp.cli", "scp"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        second = _scp_that_should_not_start(env)
         assert second.returncode == 1
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"port {port} is in use" in lines[0], second.stderr
@@ -187,14 +192,7 @@ def test_an_address_it_cannot_listen_on_is_one_line(redis_url: str, tmp_path: Pa
     env = pipeline_env(
         redis_url, tmp_path / "out", free_port(), SCP2FHIR_BIND=bind, SCP2FHIR_SCP_PROCESSES="2"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "scp.cli", "scp"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _scp_that_should_not_start(env)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert f"cannot listen on {bind}:" in lines[0] and "SCP2FHIR_BIND" in lines[0]
