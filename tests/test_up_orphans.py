@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.conftest import echo, pipeline_env
 from tests.faults import children_of, scp_process, start_worker
 from tests.support import RedisProcess, make_study, storescu, wait_for
-from tests.up_support import start_up, up_env
+from tests.up_support import start_up, up_env, verb
 
 
 def gone(pid: int) -> bool:
@@ -96,14 +94,7 @@ def test_a_second_up_on_the_same_data_folder_is_refused(tmp_path: Path) -> None:
     try:
         first.wait_ready()
         state = (tmp_path / "scp2fhir-data" / "up.json").read_text()
-        second = subprocess.run(
-            [sys.executable, "-m", "scp.cli", "up"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        second = verb(tmp_path, env, "up", timeout=60)
         assert second.returncode == 1, second
         lines = (second.stdout + second.stderr).strip().splitlines()
         assert len(lines) == 1, lines
