@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import platform
 import shutil
@@ -60,6 +61,7 @@ from tests.bench_receivers import (
     tool_version,
 )
 from tests.support import RedisProcess, make_study, sample_file, wait_for
+from workers import collector
 from workers.context import WorkerContext, install
 from workers.fold import StudyAggregate
 from workers.jobs import drain_inbox, ensure_group
@@ -291,6 +293,8 @@ def fold_and_build(reps: int, work: Path, instances: int) -> None:
         flush=True,
     )
     server = RedisProcess().start()
+    # The garbage collector as `scp2fhir worker` sets it (workers/runner.py), restored after.
+    thresholds = collector.tune()
     try:
         url = server.url
         clients = connect(url)
@@ -369,6 +373,7 @@ def fold_and_build(reps: int, work: Path, instances: int) -> None:
         clients.close()
         shutil.rmtree(work / "fold", ignore_errors=True)
     finally:
+        gc.set_threshold(*thresholds)
         server.stop()
 
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom._uid_dict import UID_dictionary
+from pydicom.uid import UID
 
+from tests.samples import corpus_files
 from workers import terminology
 from workers.dicomjson import is_oid
 from workers.terminology import (
@@ -83,6 +88,41 @@ def test_sop_class_names_come_from_the_uid_dictionary() -> None:
     assert sop_class_coding("1.2.3.4.5") == {"system": RFC3986, "code": "urn:oid:1.2.3.4.5"}
     # A DICOM-looking UID that is no OID gets no urn:oid: code.
     assert sop_class_coding("999.999.2.19941105.112000") is None
+
+
+def _sop_class_coding_uncached(uid: str) -> dict[str, str] | None:
+    """The straightforward sop_class_coding (before its cache), to compare with."""
+    if not is_oid(uid):
+        return None
+    out = {"system": RFC3986, "code": f"urn:oid:{uid}"}
+    name = UID(uid).name
+    if name and name != uid:
+        out["display"] = name
+    return out
+
+
+def test_cached_sop_class_coding_equals_the_straightforward_one() -> None:
+    # Every SOP class of pydicom's UID dictionary, the SOP Class UIDs the installed corpus
+    # carries (pydicom's and pydicom-data's files) and UIDs that are no OID or no class.
+    uids = {uid for uid, entry in UID_dictionary.items() if entry[1] == "SOP Class"}
+    for path in corpus_files():
+        try:
+            with warnings.catch_warnings():  # the corpus holds damaged files on purpose
+                warnings.simplefilter("ignore")
+                ds = dcmread(path, specific_tags=["SOPClassUID"], force=True)
+                value = ds.get("SOPClassUID")
+        except Exception:  # not DICOM, or not readable: nothing to compare
+            continue
+        if isinstance(value, str):
+            uids.add(str(value))
+    corpus = len(uids)
+    uids |= {"1.2.3.4.5", "999.999.2.19941105.112000", "", "1.2.840.10008.1.2", "x"}
+    assert corpus > 100
+    for uid in sorted(uids):
+        first, again = sop_class_coding(uid), sop_class_coding(uid)
+        assert first == again == _sop_class_coding_uncached(uid), uid
+        # Each caller gets a dict of its own (a cached one would be shared).
+        assert first is None or first is not again
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from scp.connections import connect
 from scp.logs import library_level
 from scp.pacs.settings import PacsSettings
 from scp.settings import Settings
+from workers import collector
 from workers.context import WorkerContext, install
 from workers.delivery.settings import DeliverySettings
 from workers.jobs import ensure_group, ensure_sweep_scheduled
@@ -150,6 +151,8 @@ def run(
 
 
 def _context(settings: Settings, delivery: DeliverySettings) -> WorkerContext:
+    # Before any job: RQ's work horses are forked from here and inherit the settings.
+    collector.tune()
     clients = connect(settings.require_redis_url())
     ensure_group(clients.data)
     # No flush thread here: RQ forks a work horse per job, and a thread holding the

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import re
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -184,13 +184,26 @@ def concept(codes: list[Code], local: dict[str, str] | None = None) -> dict[str,
 def sop_class_coding(uid: str) -> Coding | None:
     """A SOP Class UID as the coding ImagingStudy uses, with the class name as display;
     ``None`` for a UID that is no OID (``urn:oid:`` would be false)."""
-    if not is_oid(uid):
+    known, name = _sop_class(uid)
+    if not known:
         return None
+    # A new dict each time: callers own (and may extend) what they are given.
     out: Coding = {"system": RFC3986_SYSTEM, "code": f"urn:oid:{uid}"}
-    name = UID(uid).name
-    if name and name != uid:
+    if name is not None:
         out["display"] = name
     return out
+
+
+@lru_cache(maxsize=512)
+def _sop_class(uid: str) -> tuple[bool, str | None]:
+    """Whether ``uid`` is an OID, and its SOP class name. Cached: a study names a few
+    classes for thousands of instances, and pydicom's ``UID`` validates each one anew
+    (most of an ImagingStudy's build time before). Bounded, as the UIDs come from
+    headers."""
+    if not is_oid(uid):
+        return False, None
+    name = UID(uid).name
+    return True, name if name and name != uid else None
 
 
 def function_concept(function: dict[str, str]) -> dict[str, Any]:
