@@ -115,6 +115,8 @@ class _Connections:
             # Checked out of the pool for good (never released): the pool still
             # disconnects it on close, and a Sentinel pool connects it to the master.
             connection = self._pool.get_connection()
+        else:
+            _ready(connection)
         try:
             return connection.retry.call_with_retry(
                 lambda: _round_trip(connection, args),
@@ -128,6 +130,18 @@ class _Connections:
             raise
         finally:
             self._idle.append(connection)
+
+
+def _ready(connection: Any) -> None:
+    """Reconnect an idle connection that Redis closed (a restart, its idle timeout), as
+    the pool checks its connections before handing them out: a command sent on it
+    would fail with the instance refused."""
+    try:
+        if connection.can_read():  # EOF, or data nobody asked for
+            raise redis.ConnectionError("idle connection not ready")
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        connection.disconnect()
+        connection.connect()
 
 
 def _round_trip(connection: Any, args: tuple[Any, ...]) -> Any:
