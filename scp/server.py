@@ -29,7 +29,7 @@ from scp.mpps import IAN_SOP_CLASS, MPPS_SOP_CLASS, CompletionSignals
 from scp.prefork import listen
 from scp.settings import Settings
 from scp.signals import SignalStore
-from scp.spool import SpoolFolder
+from scp.spool import ROLLOVER_BYTES, SpoolFolder, SpoolingDIMSE
 from scp.transport import AcceptorServer, PromptRequestHandler
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,12 @@ def serve(
     own_listener = listener is None
     if listener is None:
         listener = listen(settings.bind, settings.port)
-    # Spooled: large objects (whole-slide images, tomosynthesis) go to a temporary file
-    # as they arrive instead of into memory; the handler maps only the header back in.
-    _config.STORE_RECV_CHUNKED_DATASET = settings.spool == "file"
+    # Spooled: large objects (whole-slide images, tomosynthesis) roll over to a temporary
+    # file as they arrive instead of growing in memory (scp.spool.SpoolingDIMSE); the
+    # handler maps only the header back in. pynetdicom's own chunked mode would write a
+    # file for every instance, however small.
+    _config.STORE_RECV_CHUNKED_DATASET = False
+    SpoolingDIMSE.rollover_bytes = ROLLOVER_BYTES if settings.spool == "file" else None
     spool = SpoolFolder.claim(settings.spool_parent())
     spool.use()
     clients = connect(settings.require_redis_url())

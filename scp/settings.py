@@ -63,9 +63,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SCP2FHIR_FHIR_VERSION": ("R4", "FHIR version of the output: R4 (4.0.1) or R5 (5.0.0)."),
     "SCP2FHIR_SPOOL": (
         "file",
-        "Where the SCP holds a dataset while it arrives: `file` (a temporary file, memory "
-        "stays flat for objects of any size) or `memory` (~25% faster, RAM per association "
-        "= largest object).",
+        "Where the SCP holds a dataset while it arrives: `file` (in memory up to 4 MiB, then "
+        "rolled over to a temporary file in the spool folder: memory stays flat for objects "
+        "of any size, at most 4 MiB and one PDU per association receiving at once) or "
+        "`memory` (always in memory: RAM per association = largest object).",
     ),
     # --- where datasets wait while they arrive (scp.spool)
     "SCP2FHIR_SPOOL_DIR": (

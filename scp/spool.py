@@ -1,8 +1,12 @@
 """The spool: where an SCP process keeps datasets on disk while they arrive.
 
-With ``SCP2FHIR_SPOOL=file`` pynetdicom writes each incoming C-STORE dataset to a
-temporary file (in :data:`tempfile.tempdir`) and hands the handler its path; the
-handler reads the header and pynetdicom deletes the file.
+With ``SCP2FHIR_SPOOL=file`` (the default) an incoming C-STORE dataset is kept in
+memory up to :data:`ROLLOVER_BYTES` and rolls over to a temporary file (in
+:data:`tempfile.tempdir`, written as pynetdicom writes its own chunked datasets) once it
+grows beyond: a CT slice never touches the disk (a file per instance cost 0.7 ms of CPU),
+a 200 MiB object still streams to disk. The handler then gets the file's path, reads the
+header and pynetdicom deletes the file. Memory per association is bounded by
+:data:`ROLLOVER_BYTES` plus one PDU. With ``memory`` there is no rollover.
 
 * :class:`SpoolFolder`: one folder per SCP process under ``SCP2FHIR_SPOOL_DIR``,
   ``scp-<pid>-<random>``, locked (``flock``) for as long as the process runs. At start
@@ -10,12 +14,12 @@ handler reads the header and pynetdicom deletes the file.
   process that was killed (``kill -9``, a crash, a power cut) with datasets half
   received. Folders of processes still running are left alone, so several SCP
   processes may share the parent.
-* :class:`SpoolingDIMSE`: when a spool file cannot be written (disk full, quota, file
-  size limit), pynetdicom's reactor fails and the association is aborted: the sender
-  gets no status for the instance and loses its other transfers too. Here the file is
-  deleted, the rest of that dataset is read and dropped, and the C-STORE is answered
-  0xA700 (out of resources; :func:`spool_failed`), so the sender retries it later and
-  the association carries on.
+* :class:`SpoolingDIMSE`: does the rollover; and when a spool file cannot be written
+  (disk full, quota, file size limit), pynetdicom's reactor fails and the association
+  is aborted: the sender gets no status for the instance and loses its other transfers
+  too. Here the file is deleted, the rest of that dataset is read and dropped, and the
+  C-STORE is answered 0xA700 (out of resources; :func:`spool_failed`), so the sender
+  retries it later and the association carries on.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 
 from scp.store_response import success_pdata
@@ -39,6 +46,10 @@ from scp.store_response import success_pdata
 logger = logging.getLogger(__name__)
 
 _LOCK_SUFFIX = ".lock"
+#: With ``SCP2FHIR_SPOOL=file``: a dataset larger than this goes to a spool file, a
+#: smaller one stays in memory. 4 MiB holds any CT/MR/CR slice and most single-frame
+#: objects; the memory it costs is this per association receiving at once.
+ROLLOVER_BYTES = 4 * 1024 * 1024
 #: Marks a C-STORE request whose dataset could not be spooled.
 _SPOOL_FAILED = "_scp2fhir_spool_failed"
 
@@ -137,6 +148,9 @@ class SpoolingDIMSE(DIMSEServiceProvider):
 
     #: While not None: the message whose spool failed, the rest of its dataset dropped.
     _unspooled: Any = None
+    #: A dataset beyond this many bytes rolls over to a spool file; None: never (set by
+    #: the server from ``SCP2FHIR_SPOOL``, like pynetdicom's own ``_config``).
+    rollover_bytes: int | None = ROLLOVER_BYTES
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         # The C-STORE-RSP Success, pre-encoded (scp.store_response), unless something
@@ -155,6 +169,7 @@ class SpoolingDIMSE(DIMSEServiceProvider):
             return
         try:
             super().receive_primitive(primitive)
+            self._roll_over()
         except OSError as exc:
             message = self.message
             if message is None or getattr(message, "command_set", None) is None:
@@ -166,9 +181,48 @@ class SpoolingDIMSE(DIMSEServiceProvider):
                 os.strerror(exc.errno) if exc.errno else type(exc).__name__,
             )
             _discard_file(message)
+            message.data_set = BytesIO()  # what had arrived before the rollover
             self._unspooled = message
             if _ends_dataset(primitive):
                 self._deliver_unspooled()
+
+    def _roll_over(self) -> None:
+        """Move the dataset arriving to a spool file once it outgrows
+        :attr:`rollover_bytes`; pynetdicom then writes the rest of it there."""
+        message = self.message
+        limit = self.rollover_bytes
+        if (
+            limit is None
+            or message is None
+            or message._data_set_file is not None
+            or not isinstance(message, C_STORE_RQ)
+        ):
+            return
+        buffered = message.data_set
+        if buffered is None or buffered.tell() <= limit:
+            return
+        command = message.command_set
+        # Closed and deleted by pynetdicom once served, or by _discard_file.
+        spooled: Any = tempfile.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")  # noqa: SIM115
+        # Named before it is written to: a write that fails leaves a file to delete.
+        message._data_set_file = spooled
+        message._data_set_path = Path(spooled.name)
+        # The Part 10 layout pynetdicom writes with STORE_RECV_CHUNKED_DATASET, so the
+        # handler reads either the same way.
+        spooled.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(
+            spooled,
+            create_file_meta(
+                sop_class_uid=command.AffectedSOPClassUID,
+                sop_instance_uid=command.AffectedSOPInstanceUID,
+                transfer_syntax=self.assoc._accepted_cx[
+                    int(message.context_id or 0)
+                ].transfer_syntax[0],
+            ),
+        )
+        spooled.write(buffered.getbuffer())
+        spooled.flush()
+        message.data_set = BytesIO()
 
     def _deliver_unspooled(self) -> None:
         """Queue the C-STORE request, without a dataset and marked, for the handler."""

@@ -28,6 +28,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
 from scp import keys, statuses
+from scp.spool import ROLLOVER_BYTES
 from tests.conftest import echo, pipeline_env
 from tests.faults import (
     UNDEFINED_LENGTH,
@@ -396,7 +397,8 @@ def _send_half_a_dataset(port: int, abort: bool, spool: Path) -> None:
     request.AffectedSOPClassUID = CT
     request.AffectedSOPInstanceUID = generate_uid()
     request.Priority = 2
-    request.DataSet = BytesIO(Instance().body() + b"\0" * 200_000)
+    # Beyond the rollover: a smaller dataset stays in memory, never in the spool.
+    request.DataSet = BytesIO(Instance().body() + b"\0" * (ROLLOVER_BYTES + 200_000))
     message = C_STORE_RQ()
     message.primitive_to_message(request)
     assert context.context_id is not None
