@@ -8,13 +8,16 @@ classes (:data:`scp.variables.VARIABLES`, which the README's configuration table
 checked against, is collected from them, so it cannot drift from what is parsed).
 Cross-field checks are each class's ``__post_init__``.
 
-Why not ``pydantic-settings`` (the issue names it): its errors are multi-line reports
-naming model fields (``port\\n  Input should be ...``), not the variable or the file key
-the operator wrote; getting one line naming ``SCP2FHIR_PORT`` or the file's ``port``
-back means catching and rewriting every validation error, and the file keys are already
-merged into variables by :mod:`scp.config`, so its own file sources would go unused.
-These ~100 lines keep the messages exact, need no new dependency, and let the file
-value of a variable be named by its file key (:meth:`scp.config.Configuration.explain`).
+Why not ``pydantic-settings`` (the issue names it; tried with 2.14): its errors are
+multi-line reports naming model fields (``1 validation error for S``, then ``port``,
+then ``Input should be less than or equal to 65535 [type=...]``), not the variable or
+file key the operator wrote, and ``extra="forbid"`` does not refuse an unknown
+``SCP2FHIR_*`` variable (``SCP2FHIR_QUIET_SECOND`` passes silently). One line naming
+``SCP2FHIR_PORT`` or the file's ``port`` would mean rewriting every validation error,
+and its file sources would go unused (:mod:`scp.config` already merges file keys into
+variables). These ~100 lines keep the messages exact, need no new dependency, and let
+the file value of a variable be named by its file key
+(:meth:`scp.config.Configuration.explain`).
 """
 
 from __future__ import annotations
