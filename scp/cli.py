@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scp import config as configuration
-from scp.settings import VARIABLES, ConfigError, Settings
+from scp.settings import ScpSettings
+from scp.shared_settings import SharedSettings
+from scp.typed_settings import ConfigError
+from scp.up.settings import UpSettings
+from scp.variables import VARIABLES
+from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from scp.up.state import UpState
@@ -186,35 +191,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     delivery: DeliverySettings | None = None
     try:
         config = configuration.load(os.environ, _flags(args), _FLAG_NAMES)
-        settings = configuration.settings(config)
+        # Every part is parsed for every verb, as one flat settings object was: a bad
+        # value is an error whichever verb reads it.
+        shared = configuration.settings(config, SharedSettings)
+        scp = configuration.settings(config, ScpSettings)
+        worker = configuration.settings(config, WorkerSettings)
+        up = configuration.settings(config, UpSettings)
         up_state = None
-        if args.verb in _UP_VERBS and settings.redis_url is None:
+        if args.verb in _UP_VERBS and shared.redis_url is None:
             from scp.up import state
 
             try:
-                up_state = state.read(settings.data_dir)
+                up_state = state.read(up.data_dir)
             except state.UpNotRunning as exc:
                 print(f"scp2fhir {args.verb}: {exc}", file=sys.stderr)
                 return 1
             # What the running up uses, not what this shell's environment says.
-            settings = dataclasses.replace(
-                settings, redis_url=up_state.redis_url, quiet_seconds=up_state.quiet_seconds
-            )
+            shared = dataclasses.replace(shared, redis_url=up_state.redis_url)
+            worker = dataclasses.replace(worker, quiet_seconds=up_state.quiet_seconds)
         if args.verb in ("scp", "worker", *_UP_VERBS):
-            settings.require_redis_url()
+            shared.require_redis_url()
         if args.verb in ("worker", "up", "convert", "config", "retract"):
             from workers.context import mapping_options
 
-            configuration.explained(config, mapping_options, settings)
+            configuration.explained(config, mapping_options, worker)
         if args.verb in ("worker", "up", "config"):
             from scp.pacs.settings import PacsSettings
 
             # the scheduled reconcile's
-            configuration.explained(config, PacsSettings.from_env, config.values, settings.ae_title)
+            configuration.explained(config, PacsSettings.from_env, config.values, scp.ae_title)
         if args.verb in _DELIVERY_VERBS:
             from workers.delivery.settings import delivery_settings
 
-            delivery = delivery_settings(config, settings)
+            delivery = delivery_settings(config, worker)
     except ConfigError as exc:
         print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -223,66 +232,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scp.up.preflight import PreflightError, check_redis
 
         try:
-            check_redis(settings.require_redis_url())
+            check_redis(shared.require_redis_url())
         except PreflightError as exc:
             print(f"scp2fhir {args.verb}: {exc}", file=sys.stderr)
             return 1
 
     from scp import logs
 
-    logs.configure(settings.log_level, args.verb, settings.log_format, settings.log_hash_uids)
+    logs.configure(shared.log_level, args.verb, shared.log_format, shared.log_hash_uids)
     if args.verb == "scp":
         from scp import prefork
         from scp.server import serve
 
         return prefork.run(
-            settings.bind,
-            settings.port,
-            settings.scp_processes,
-            lambda listener: serve(settings, listener=listener),
-            settings.drain_seconds,
+            scp.bind,
+            scp.port,
+            scp.scp_processes,
+            lambda listener: serve(scp, shared, listener=listener),
+            scp.drain_seconds,
         )
     if args.verb == "worker":
         from scp.pacs.settings import PacsSettings
         from workers.runner import run
 
-        pacs = configuration.explained(
-            config, PacsSettings.from_env, config.values, settings.ae_title
-        )
-        run(settings, delivery, burst=args.burst, pacs=pacs)
+        pacs = configuration.explained(config, PacsSettings.from_env, config.values, scp.ae_title)
+        run(worker, shared, delivery, burst=args.burst, pacs=pacs)
         return 0
     if args.verb == "up":
         from scp.up.supervisor import up as run_up
 
-        return run_up(settings, _environment(args))
+        return run_up(shared, scp, worker, up, _environment(args))
     if args.verb == "status":
         assert delivery is not None
-        return _status(settings, delivery, args.json, args.last, up_state)
+        return _status(shared, worker, delivery, args.json, args.last, up_state)
     if args.verb == "web":
         assert delivery is not None
-        return _web(settings, delivery, args.port)
+        return _web(shared, worker, up, delivery, args.port)
     if args.verb == "retry-failed":
         assert delivery is not None
-        return _retry_failed(settings, delivery, args.study, args.destination)
+        return _retry_failed(shared, delivery, args.study, args.destination)
     if args.verb == "config":
         from scp.config_check import check
 
         assert delivery is not None
-        return check(config, settings, delivery, sys.stdout, offline=args.offline)
+        return check(config, shared, delivery, sys.stdout, offline=args.offline)
     if args.verb in ("retract", "forget"):
         assert delivery is not None
-        return _lifecycle(settings, delivery, args.verb, args.study, getattr(args, "reason", None))
+        reason = getattr(args, "reason", None)
+        return _lifecycle(shared, worker, delivery, args.verb, args.study, reason)
     if args.verb in ("reconcile", "backfill"):
         from workers.reconcile import command
 
-        return command.run(args.verb, settings, dict(config.values), args)
+        return command.run(args.verb, scp, shared, dict(config.values), args)
     if args.verb == "convert":
         from workers.context import mapping_options
         from workers.convert import convert
 
-        options = mapping_options(settings)
+        options = mapping_options(worker)
         studies, unreadable = convert(
-            args.paths, settings.fhir_version, sys.stdout, options, explain=args.explain
+            args.paths, worker.fhir_version, sys.stdout, options, explain=args.explain
         )
         logging.getLogger("scp2fhir.convert").info(
             "%d studies written, %d files unreadable", studies, unreadable
@@ -292,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _status(
-    settings: Settings,
+    shared: SharedSettings,
+    worker: WorkerSettings,
     delivery: DeliverySettings,
     as_json: bool,
     last: int,
@@ -303,23 +312,29 @@ def _status(
     from scp.connections import connect
     from scp.status import render_text, snapshot
 
-    clients = connect(settings.require_redis_url())
+    clients = connect(shared.require_redis_url())
     snap = snapshot(
-        clients.data, clients.rq, settings.quiet_seconds, last=last, destinations=delivery.names
+        clients.data, clients.rq, worker.quiet_seconds, last=last, destinations=delivery.names
     )
     source = f"scp2fhir up pid={up_state.pid}" if up_state else "SCP2FHIR_QUIET_SECONDS"
     if as_json:
-        found = {**snap.as_json(), "quiet_seconds": settings.quiet_seconds}
+        found = {**snap.as_json(), "quiet_seconds": worker.quiet_seconds}
         if up_state:
             found["up_pid"] = up_state.pid
         print(json.dumps(found, indent=2))
     else:
-        print(f"quiet period: {settings.quiet_seconds:g} s ({source})")
+        print(f"quiet period: {worker.quiet_seconds:g} s ({source})")
         print(render_text(snap))
     return 0
 
 
-def _web(settings: Settings, delivery: DeliverySettings, port: int | None) -> int:
+def _web(
+    shared: SharedSettings,
+    worker: WorkerSettings,
+    up: UpSettings,
+    delivery: DeliverySettings,
+    port: int | None,
+) -> int:
     import signal
     import threading
 
@@ -329,13 +344,13 @@ def _web(settings: Settings, delivery: DeliverySettings, port: int | None) -> in
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    clients = connect(settings.require_redis_url())
-    serve(settings, clients, port or settings.web_port, stop, destinations=delivery.names)
+    clients = connect(shared.require_redis_url())
+    serve(up, worker.quiet_seconds, clients, port or up.web_port, stop, destinations=delivery.names)
     return 0
 
 
 def _retry_failed(
-    settings: Settings, delivery: DeliverySettings, studies: list[str], names: list[str]
+    shared: SharedSettings, delivery: DeliverySettings, studies: list[str], names: list[str]
 ) -> int:
     """Queue a fresh delivery for each dead-lettered study (``scp2fhir retry-failed``)."""
     for name in names:
@@ -350,7 +365,7 @@ def _retry_failed(
     from scp.connections import connect
     from workers.delivery import retry_failed
 
-    clients = connect(settings.require_redis_url())
+    clients = connect(shared.require_redis_url())
     counts = []
     for destination in delivery.destinations:
         if names and destination.name not in names:
@@ -367,20 +382,25 @@ def _retry_failed(
 
 
 def _lifecycle(
-    settings: Settings, delivery: DeliverySettings, verb: str, study_uid: str, reason: str | None
+    shared: SharedSettings,
+    worker: WorkerSettings,
+    delivery: DeliverySettings,
+    verb: str,
+    study_uid: str,
+    reason: str | None,
 ) -> int:
     """``scp2fhir retract`` / ``scp2fhir forget``: what was done, one line each."""
     from scp.connections import connect
     from workers.context import WorkerContext
     from workers.lifecycle.retraction import LifecycleError, forget, retract
 
-    clients = connect(settings.require_redis_url())
+    clients = connect(shared.require_redis_url())
     try:
         if verb == "retract":
-            context = WorkerContext.build(settings, clients, delivery)
+            context = WorkerContext.build(worker, shared, clients, delivery)
             outcome = retract(context, study_uid, reason)
         else:
-            outcome = forget(clients, settings, study_uid, delivery.names)
+            outcome = forget(clients, worker, study_uid, delivery.names)
     except LifecycleError as exc:
         print(f"scp2fhir {verb}: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ environment variable set to the empty string counts as not set.
 
 The file (``SCP2FHIR_CONFIG`` or ``--config``) holds
 
-* every variable of :data:`scp.settings.VARIABLES` at its top level, under its name
+* every variable of :data:`scp.variables.VARIABLES` at its top level, under its name
   without ``SCP2FHIR_`` in lower case: ``SCP2FHIR_QUIET_SECONDS`` is ``quiet_seconds``;
   values are TOML strings, numbers, booleans or (for comma-separated variables) lists;
 * ``[[destinations]]`` tables (:mod:`workers.delivery.settings`), which no environment
@@ -14,13 +14,14 @@ The file (``SCP2FHIR_CONFIG`` or ``--config``) holds
 
 A key the file does not know and an ``SCP2FHIR_*`` variable the registry does not know
 are errors, with the nearest known name as a hint, so a typo never goes unnoticed. The
-registry is :data:`scp.settings.VARIABLES` plus :data:`CONFIG_VARIABLE`; names starting
+registry is :data:`scp.variables.VARIABLES` (which holds :data:`CONFIG_VARIABLE`); names starting
 with ``SCP2FHIR_TEST_`` and :data:`TEST_SUITE_VARIABLES` belong to the test suite and are
 let through (the product never reads them).
 
-:func:`load` reads both sources once, in ``main()``. Settings of each concern are then
-parsed from it through a :class:`Reader`, which gives typed values and one-line
-:class:`~scp.settings.ConfigError` messages naming the key as its source spells it
+:func:`load` reads both sources once, in ``main()``. Each concern's typed settings are then
+built from it by :func:`settings` (:func:`scp.typed_settings.from_env`), the destinations
+through a :class:`Reader`, which gives typed values of nested tables and one-line
+:class:`~scp.typed_settings.ConfigError` messages naming the key as its source spells it
 (``SCP2FHIR_FHIR_TIMEOUT_SECONDS`` or ``scp2fhir.toml: destinations[1].timeout_seconds``)
 and remembers where each value came from (``scp2fhir config check`` prints it).
 """
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from scp.settings import VARIABLES, ConfigError, Settings
+from scp.typed_settings import ConfigError, from_env
 
 PREFIX = "SCP2FHIR_"
 #: The variable naming the configuration file (also ``--config``).
@@ -79,8 +80,11 @@ def file_key(variable: str) -> str:
 
 
 def known_variables() -> dict[str, str]:
-    """Every variable scp2fhir reads -> its file key (read from the registry each time,
-    so variables other modules add to :data:`scp.settings.VARIABLES` are known)."""
+    """Every variable scp2fhir reads -> its file key (:data:`scp.variables.VARIABLES`)."""
+    # Imported here: the registry imports every settings module, the delivery settings
+    # among them, which import this module.
+    from scp.variables import VARIABLES
+
     return {name: file_key(name) for name in VARIABLES}
 
 
@@ -175,15 +179,14 @@ def load(
 
 def top_level(config: Configuration) -> EnvironmentReader:
     """A reader of the top-level settings by file key (``quiet_seconds``), each read from
-    its variable or the file and named as it was given: what each concern's typed
-    settings read once the flat :class:`Settings` is split (``r.integer("port", 11112, 1,
-    65535)`` for ``_int(env, "SCP2FHIR_PORT", 11112, 1, 65535)``)."""
+    its variable or the file and named as it was given."""
     return EnvironmentReader(config, {key: name for name, key in known_variables().items()})
 
 
-def settings(config: Configuration) -> Settings:
-    """The flat settings of ``config`` (errors name file keys for file values)."""
-    return explained(config, Settings.from_env, config.values)
+def settings(config: Configuration, cls: type[_T]) -> _T:
+    """The typed settings ``cls`` of ``config`` (:func:`scp.typed_settings.from_env`;
+    errors name file keys for file values)."""
+    return explained(config, from_env, cls, config.values)
 
 
 def explained(

@@ -19,13 +19,14 @@ from typing import Any, TextIO
 
 from scp.config import CONFIG_VARIABLE, Configuration, Origin, is_secret, masked
 from scp.secret import Secret
-from scp.settings import VARIABLES, Settings
+from scp.shared_settings import SharedSettings
+from scp.variables import VARIABLES
 from workers.delivery.settings import DeliverySettings, Destination
 
 
 def check(
     config: Configuration,
-    settings: Settings,
+    settings: SharedSettings,
     delivery: DeliverySettings,
     out: TextIO,
     offline: bool = False,
@@ -99,7 +100,7 @@ def _printable(value: Any) -> str:
     return masked(str(value))
 
 
-def _checks(settings: Settings, delivery: DeliverySettings) -> Iterator[tuple[bool, str]]:
+def _checks(settings: SharedSettings, delivery: DeliverySettings) -> Iterator[tuple[bool, str]]:
     yield _redis(settings)
     for destination in delivery.destinations:
         if destination.folder is not None:
@@ -108,7 +109,7 @@ def _checks(settings: Settings, delivery: DeliverySettings) -> Iterator[tuple[bo
             yield _server(destination)
 
 
-def _redis(settings: Settings) -> tuple[bool, str]:
+def _redis(settings: SharedSettings) -> tuple[bool, str]:
     import redis
 
     from scp.connections import connect

@@ -27,7 +27,8 @@ from scp.handlers import handle_echo, handle_store
 from scp.inbox import Inbox
 from scp.mpps import IAN_SOP_CLASS, MPPS_SOP_CLASS, CompletionSignals
 from scp.prefork import listen
-from scp.settings import Settings
+from scp.settings import ScpSettings
+from scp.shared_settings import SharedSettings
 from scp.signals import SignalStore
 from scp.spool import ROLLOVER_BYTES, SpoolFolder, SpoolingDIMSE
 from scp.transport import AcceptorServer, PromptRequestHandler
@@ -35,7 +36,7 @@ from scp.transport import AcceptorServer, PromptRequestHandler
 logger = logging.getLogger(__name__)
 
 
-def build_ae(settings: Settings) -> AE:
+def build_ae(settings: ScpSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
@@ -60,7 +61,7 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: ScpSettings) -> ssl.SSLContext | None:
     """DICOM TLS (PS3.15 B.1): TLS 1.2 or newer; client certificates when a CA is set."""
     if settings.tls_cert is None or settings.tls_key is None:
         return None
@@ -74,7 +75,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def serve(
-    settings: Settings,
+    settings: ScpSettings,
+    shared: SharedSettings,
     stop: threading.Event | None = None,
     listener: socket.socket | None = None,
 ) -> None:
@@ -98,7 +100,7 @@ def serve(
     SpoolingDIMSE.rollover_bytes = ROLLOVER_BYTES if settings.spool == "file" else None
     spool = SpoolFolder.claim(settings.spool_parent())
     spool.use()
-    clients = connect(settings.require_redis_url())
+    clients = connect(shared.require_redis_url())
     inbox = Inbox(clients.data, clients.rq)
     policy = AccessPolicy(parse_networks(",".join(settings.allowed_peers)))
     slots = Slots(
@@ -116,7 +118,7 @@ def serve(
         (evt.EVT_C_STORE, handle_store, [inbox, associations, settings.read_limits(spool.path)]),
     ]
     signals = CompletionSignals(
-        SignalStore(clients.data, clients.rq, settings.retention_seconds * 1000)
+        SignalStore(clients.data, clients.rq, shared.retention_seconds * 1000)
     )
     handlers += [
         (evt.EVT_N_CREATE, signals.handle_n_create),

@@ -41,7 +41,6 @@ from prometheus_client.registry import Collector
 from scp import charts, keys, metrics
 from scp.access import REJECTION_REASONS
 from scp.connections import RedisClients
-from scp.settings import Settings
 from scp.status import (
     DELIVERY_STATES,
     EmittedStudy,
@@ -51,6 +50,7 @@ from scp.status import (
     reconcile_line,
     snapshot,
 )
+from scp.up.settings import UpSettings
 
 logger = logging.getLogger(__name__)
 
@@ -243,10 +243,16 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
 
 
 def make_server(
-    settings: Settings, clients: RedisClients, port: int, destinations: Sequence[str] = ()
+    settings: UpSettings,
+    quiet_seconds: float,
+    clients: RedisClients,
+    port: int,
+    destinations: Sequence[str] = (),
 ) -> ThreadingHTTPServer:
+    """The web's server: bind, port and credentials of ``settings``; ``quiet_seconds``
+    (:class:`workers.settings.WorkerSettings`) for the status."""
     registry = CollectorRegistry()
-    registry.register(RedisCollector(clients, settings.quiet_seconds, destinations))
+    registry.register(RedisCollector(clients, quiet_seconds, destinations))
     credentials = None
     if settings.dashboard_username and settings.dashboard_password:
         credentials = (settings.dashboard_username, settings.dashboard_password)
@@ -271,7 +277,7 @@ def make_server(
                     )
                 elif path == "/status.json":
                     snap = snapshot(
-                        clients.data, clients.rq, settings.quiet_seconds, destinations=destinations
+                        clients.data, clients.rq, quiet_seconds, destinations=destinations
                     )
                     body = {
                         **snap.as_json(),
@@ -280,7 +286,7 @@ def make_server(
                     self._send(200, json.dumps(body).encode(), "application/json")
                 elif path == "/":
                     snap = snapshot(
-                        clients.data, clients.rq, settings.quiet_seconds, destinations=destinations
+                        clients.data, clients.rq, quiet_seconds, destinations=destinations
                     )
                     page = render_html(snap, history(clients.data), _refresh(self.path))
                     self._send(200, page.encode(), "text/html; charset=utf-8")
@@ -451,13 +457,14 @@ figcaption{{font-size:90%;margin-bottom:4px}}</style></head><body>
 
 
 def serve(
-    settings: Settings,
+    settings: UpSettings,
+    quiet_seconds: float,
     clients: RedisClients,
     port: int,
     stop: threading.Event | None = None,
     destinations: Sequence[str] = (),
 ) -> None:
-    server = make_server(settings, clients, port, destinations)
+    server = make_server(settings, quiet_seconds, clients, port, destinations)
     thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
     thread.start()
     logger.info(

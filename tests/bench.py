@@ -47,7 +47,6 @@ from scp import keys
 from scp.connections import connect
 from scp.header import read_header
 from scp.inbox import Inbox
-from scp.settings import Settings
 from tests.bench_procs import PeakSampler, all_stats, tree_cpu
 from tests.bench_receivers import (
     ROOT,
@@ -60,9 +59,9 @@ from tests.bench_receivers import (
     send,
     tool_version,
 )
-from tests.support import RedisProcess, make_study, sample_file, wait_for
+from tests.support import RedisProcess, build_context, make_study, sample_file, wait_for
 from workers import collector
-from workers.context import WorkerContext, install
+from workers.context import install
 from workers.fold import StudyAggregate
 from workers.jobs import drain_inbox, ensure_group
 from workers.mapping import imaging_study
@@ -304,14 +303,12 @@ def fold_and_build(reps: int, work: Path, instances: int) -> None:
         figures: dict[str, tuple[float, float, float]] = {}
         # base, and mii: a profile that records each instance's technique (the most data)
         for profile in ("base", "mii"):
-            settings = Settings.from_env(
-                {
-                    "SCP2FHIR_REDIS_URL": url,
-                    "SCP2FHIR_OUTPUT_DIR": str(work / "out"),
-                    "SCP2FHIR_PROFILE": profile,
-                }
-            )
-            ctx = WorkerContext.build(settings, clients)
+            env = {
+                "SCP2FHIR_REDIS_URL": url,
+                "SCP2FHIR_OUTPUT_DIR": str(work / "out"),
+                "SCP2FHIR_PROFILE": profile,
+            }
+            ctx = build_context(env, clients)
             install(ctx)
             rates: list[float] = []
             cpu_rates: list[float] = []

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +15,9 @@ import pytest
 import redis
 
 from scp.server import serve
-from scp.settings import Settings
+from scp.settings import ScpSettings
+from scp.shared_settings import SharedSettings
+from scp.typed_settings import from_env
 from tests.hapi.harness import HapiServer, Validator
 from tests.support import RedisProcess, free_port, wait_for
 
@@ -151,7 +153,12 @@ def pipeline_env(redis_url: str, output_dir: Path, port: int, **extra: str) -> d
 class Pipeline:
     port: int
     output_dir: Path
-    settings: Settings
+    #: The environment the SCP and the worker run with.
+    env: dict[str, str]
+
+    @property
+    def redis_url(self) -> str:
+        return self.env["SCP2FHIR_REDIS_URL"]
 
     def study_file(self, study_uid: str) -> Path:
         return self.output_dir / "ImagingStudy" / f"{study_uid}.json"
@@ -160,9 +167,11 @@ class Pipeline:
 class ScpThread:
     """The real SCP (scp.server.serve) in a thread of the test process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        """The SCP of the settings ``env`` names (parsed as ``scp2fhir scp`` does)."""
         self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=serve, args=(settings, self.stop_event), daemon=True)
+        args = (from_env(ScpSettings, env), from_env(SharedSettings, env), self.stop_event)
+        self.thread = threading.Thread(target=serve, args=args, daemon=True)
 
     def start(self, port: int) -> ScpThread:
         self.thread.start()
@@ -231,11 +240,10 @@ def pipeline(redis_url: str, tmp_path: Path) -> Iterator[Pipeline]:
     port = free_port()
     output_dir = tmp_path / "out"
     env = pipeline_env(redis_url, output_dir, port)
-    settings = Settings.from_env(env)
-    scp = ScpThread(settings).start(port)
+    scp = ScpThread(env).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
     try:
-        yield Pipeline(port, output_dir, settings)
+        yield Pipeline(port, output_dir, env)
     finally:
         scp.stop()
         stop_process(worker)

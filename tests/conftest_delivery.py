@@ -596,8 +596,10 @@ class Worker:
 
 def worker_context(env: dict[str, str]) -> WorkerContext:
     """The context ``scp2fhir worker`` builds from ``env`` (settings and destinations)."""
-    settings, delivery = parse_configuration(env)
-    return WorkerContext.build(settings, connect(settings.require_redis_url()), delivery)
+    parsed = parse_configuration(env)
+    return WorkerContext.build(
+        parsed.worker, parsed.shared, connect(parsed.shared.require_redis_url()), parsed.delivery
+    )
 
 
 def studies_by_identifier(base_url: str, study_uid: str) -> list[dict[str, Any]]:

@@ -14,9 +14,11 @@ from pydicom.uid import generate_uid
 
 from scp import config
 from scp.connections import connect
+from scp.shared_settings import SharedSettings
 from workers.context import WorkerContext, install
 from workers.delivery.settings import delivery_settings
 from workers.jobs import ensure_group
+from workers.settings import WorkerSettings
 
 TITLES = {
     "113001": codes.DCM.RejectedForQualityReasons,
@@ -135,8 +137,11 @@ def worker_context(redis_url: str, tmp_path: Path, **env: str) -> WorkerContext:
     loaded = config.load(
         {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out"), **env}
     )
-    settings = config.settings(loaded)
-    ctx = WorkerContext.build(settings, connect(redis_url), delivery_settings(loaded, settings))
+    worker, shared = (
+        config.settings(loaded, WorkerSettings),
+        config.settings(loaded, SharedSettings),
+    )
+    ctx = WorkerContext.build(worker, shared, connect(redis_url), delivery_settings(loaded, worker))
     ensure_group(ctx.clients.data)
     install(ctx)
     return ctx

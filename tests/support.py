@@ -21,8 +21,13 @@ from pydicom.data.data_manager import DATA_ROOT
 from pydicom.uid import generate_uid
 
 if TYPE_CHECKING:
-    from scp.settings import Settings
+    from scp.connections import RedisClients
+    from scp.settings import ScpSettings
+    from scp.shared_settings import SharedSettings
+    from scp.up.settings import UpSettings
+    from workers.context import WorkerContext
     from workers.delivery.settings import DeliverySettings
+    from workers.settings import WorkerSettings
 
 #: dcmtk tools from the Debian package. pynetdicom installs Python scripts with the same
 #: names, which may come first on PATH: the tests mean dcmtk's.
@@ -224,14 +229,54 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_configuration(env: Mapping[str, str]) -> tuple[Settings, DeliverySettings]:
-    """What ``main()`` parses from ``env``: the settings and the destinations."""
+@dataclass(frozen=True)
+class Parsed:
+    """Every part of the configuration, as ``main()`` parses it."""
+
+    shared: SharedSettings
+    scp: ScpSettings
+    worker: WorkerSettings
+    up: UpSettings
+    delivery: DeliverySettings
+
+
+def parse_configuration(env: Mapping[str, str]) -> Parsed:
+    """What ``main()`` parses from ``env``: each concern's settings and the destinations."""
     from scp import config
+    from scp.settings import ScpSettings
+    from scp.shared_settings import SharedSettings
+    from scp.up.settings import UpSettings
     from workers.delivery.settings import delivery_settings
+    from workers.settings import WorkerSettings
 
     loaded = config.load(env)
-    settings = config.settings(loaded)
-    return settings, delivery_settings(loaded, settings)
+    worker = config.settings(loaded, WorkerSettings)
+    return Parsed(
+        config.settings(loaded, SharedSettings),
+        config.settings(loaded, ScpSettings),
+        worker,
+        config.settings(loaded, UpSettings),
+        delivery_settings(loaded, worker),
+    )
+
+
+def build_context(
+    env: Mapping[str, str],
+    clients: RedisClients | None = None,
+    delivery: DeliverySettings | None = None,
+) -> WorkerContext:
+    """``WorkerContext.build`` with the worker and shared settings of ``env`` (``clients``:
+    a connection to its SCP2FHIR_REDIS_URL unless given)."""
+    from scp.connections import connect
+    from scp.shared_settings import SharedSettings
+    from scp.typed_settings import from_env
+    from workers.context import WorkerContext
+    from workers.settings import WorkerSettings
+
+    shared = from_env(SharedSettings, env)
+    if clients is None:
+        clients = connect(shared.require_redis_url())
+    return WorkerContext.build(from_env(WorkerSettings, env), shared, clients, delivery)
 
 
 def for_models(resource: Any) -> Any:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fhir.resources.imagingstudy import ImagingStudy as ImagingStudyR5
 
-from scp.settings import ConfigError, Settings
+from scp.typed_settings import ConfigError
 from tests.conftest import CHILD_PYTHONPATH, ROOT, TEST_QUIET_SECONDS
 from tests.support import (
     free_port,
@@ -67,10 +67,11 @@ def test_scp_needs_a_redis_url() -> None:
 
 
 def test_defaults() -> None:
-    settings = Settings.from_env({})
-    assert (settings.ae_title, settings.port, settings.quiet_seconds) == ("SCP2FHIR", 11112, 60)
-    assert settings.output_dir == Path("out") and settings.fhir_version == "R4"
-    assert settings.redis_url is None
+    parsed = parse_configuration({})
+    assert (parsed.scp.ae_title, parsed.scp.port) == ("SCP2FHIR", 11112)
+    assert parsed.worker.quiet_seconds == 60
+    assert parsed.worker.output_dir == Path("out") and parsed.worker.fhir_version == "R4"
+    assert parsed.shared.redis_url is None
 
 
 def test_convert_writes_one_ndjson_line_per_study(tmp_path: Path) -> None:
@@ -151,7 +152,7 @@ def _get(url: str) -> int | None:
 
 
 def test_readme_documents_every_variable() -> None:
-    from scp.settings import VARIABLES
+    from scp.variables import VARIABLES
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for name in VARIABLES:

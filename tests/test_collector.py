@@ -5,19 +5,21 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from scp.settings import Settings
+from scp.shared_settings import SharedSettings
+from scp.typed_settings import from_env
 from workers import collector, runner
 from workers.delivery.settings import DeliverySettings
+from workers.settings import WorkerSettings
 
 
 def test_the_worker_set_up_tunes_the_collector(redis_url: str, tmp_path: Path) -> None:
-    settings = Settings.from_env(
-        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path)}
-    )
+    env = {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path)}
     before = gc.get_threshold()
     assert before != collector.WORKER_THRESHOLDS  # pytest's process has the defaults
     try:
-        context = runner._context(settings, DeliverySettings())
+        context = runner._context(
+            from_env(WorkerSettings, env), from_env(SharedSettings, env), DeliverySettings()
+        )
         assert gc.get_threshold() == collector.WORKER_THRESHOLDS
         context.clients.close()
     finally:

@@ -16,7 +16,6 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from scp import keys
-from scp.settings import Settings
 from tests.conftest import ScpThread, pipeline_env, start_worker, stop_process
 from tests.lifecycle_support import ian, mpps_create, mpps_set
 from tests.support import make_study, read_json, storescu, wait_for
@@ -43,7 +42,7 @@ def running(redis_url: str, tmp_path: Path) -> Iterator[Running]:
 
     port = free_port()
     env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_QUIET_SECONDS=str(LONG_QUIET))
-    scp = ScpThread(Settings.from_env(env)).start(port)
+    scp = ScpThread(env).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         yield Running(port, tmp_path / "out", redis_url)

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from scp import config
-from scp.settings import VARIABLES, ConfigError
+from scp.settings import ScpSettings
+from scp.typed_settings import ConfigError
+from scp.variables import VARIABLES
 from tests.conftest import ROOT, run_cli
 from tests.support import parse_configuration
+from workers.settings import WorkerSettings
 
 
 def write(tmp_path: Path, text: str, name: str = "scp2fhir.toml") -> Path:
@@ -35,10 +38,10 @@ def test_the_environment_wins_over_the_file_and_a_flag_over_both(tmp_path: Path)
     path = write(tmp_path, 'quiet_seconds = 5\nae_title = "FROMFILE"\nport = 104\n')
     env = {"SCP2FHIR_CONFIG": str(path), "SCP2FHIR_QUIET_SECONDS": "7", "SCP2FHIR_PORT": ""}
     loaded = config.load(env, {"SCP2FHIR_AE_TITLE": "FROMFLAG"})
-    settings = config.settings(loaded)
-    assert settings.quiet_seconds == 7  # environment over file
-    assert settings.ae_title == "FROMFLAG"  # flag over file (and environment)
-    assert settings.port == 104  # an empty variable counts as not set: the file's value
+    scp = config.settings(loaded, ScpSettings)
+    assert config.settings(loaded, WorkerSettings).quiet_seconds == 7  # environment over file
+    assert scp.ae_title == "FROMFLAG"  # flag over file (and environment)
+    assert scp.port == 104  # an empty variable counts as not set: the file's value
     assert str(loaded.origin("SCP2FHIR_QUIET_SECONDS")) == "environment SCP2FHIR_QUIET_SECONDS"
     assert str(loaded.origin("SCP2FHIR_PORT")) == f"file {path}: port"
     assert str(loaded.origin("SCP2FHIR_AE_TITLE")).startswith("flag")
@@ -52,19 +55,19 @@ def test_every_variable_has_its_file_key(tmp_path: Path) -> None:
         'fhir_bundle = true\nallowed_calling_aets = ["CT1", "MR2"]\nmax_pdu = 65536\n'
         "log_hash_uids = false\nretention_seconds = 120\n",
     )
-    settings = config.settings(config.load({"SCP2FHIR_CONFIG": str(path)}))
-    assert settings.fhir_bundle is True and settings.log_hash_uids is False
-    assert settings.allowed_calling_aets == ("CT1", "MR2")
-    assert (settings.max_pdu, settings.retention_seconds) == (65536, 120)
+    parsed = parse_configuration({"SCP2FHIR_CONFIG": str(path)})
+    assert parsed.worker.fhir_bundle is True and parsed.shared.log_hash_uids is False
+    assert parsed.scp.allowed_calling_aets == ("CT1", "MR2")
+    assert (parsed.scp.max_pdu, parsed.shared.retention_seconds) == (65536, 120)
     assert config.known_variables()["SCP2FHIR_FHIR_BASE_URL"] == "fhir_base_url"
     assert set(config.known_variables()) == set(VARIABLES)
 
 
 def test_the_environments_one_destination_also_reads_the_files_top_level(tmp_path: Path) -> None:
     path = write(tmp_path, 'fhir_base_url = "http://fhir.example/fhir/"\nfhir_max_attempts = 3\n')
-    _, delivery = parse_configuration(
+    delivery = parse_configuration(
         {"SCP2FHIR_CONFIG": str(path), "SCP2FHIR_FHIR_TIMEOUT_SECONDS": "9"}
-    )
+    ).delivery
     (only,) = delivery.destinations
     assert (only.name, only.url) == ("default", "http://fhir.example/fhir")
     assert (only.retry.max_attempts, only.timeout_seconds) == (3, 9)
@@ -276,7 +279,8 @@ def example(tmp_path: Path) -> Path:
 
 def test_three_destinations_from_the_file(tmp_path: Path) -> None:
     path = example(tmp_path)
-    settings, delivery = parse_configuration({"SCP2FHIR_CONFIG": str(path)})
+    parsed = parse_configuration({"SCP2FHIR_CONFIG": str(path)})
+    delivery = parsed.delivery
     assert delivery.names == ("ehr", "research", "repository")
     ehr, research, repository = delivery.destinations
     assert ehr.url == "https://ehr.example.org/fhir" and ehr.profile == "qicore"
@@ -293,7 +297,7 @@ def test_three_destinations_from_the_file(tmp_path: Path) -> None:
     assert research.options.patient_id_system == "https://dic.example.org/sid/pseudonym"
     assert repository.folder == tmp_path / "repository" and repository.fhir_version == "R5"
     assert repository.kind == "folder" and repository.url is None
-    assert settings.fhir_version == "R4"
+    assert parsed.worker.fhir_version == "R4"
 
 
 def test_config_check_offline_prints_values_origins_and_masks_secrets(tmp_path: Path) -> None:
@@ -354,7 +358,8 @@ def test_the_readmes_example_file_is_a_valid_configuration(tmp_path: Path) -> No
     for name in files:
         (tmp_path / name).write_bytes(pem if name == "diz-client.pem" else b"s3cret-0123456789ab\n")
     path = write(tmp_path, text.replace("/etc/scp2fhir/", f"{tmp_path}/"))
-    settings, delivery = parse_configuration({"SCP2FHIR_CONFIG": str(path)})
+    parsed = parse_configuration({"SCP2FHIR_CONFIG": str(path)})
+    delivery = parsed.delivery
     assert delivery.names == ("ehr", "research", "repository")
     ehr, research, repository = delivery.destinations
     assert (ehr.fhir_version, ehr.profile, ehr.auth.method) == (
@@ -369,7 +374,8 @@ def test_the_readmes_example_file_is_a_valid_configuration(tmp_path: Path) -> No
     )
     assert research.pseudonymize is not None and research.leave_out.modalities == {"PR", "KO"}
     assert (repository.fhir_version, repository.auth.method) == ("R5", "bearer")
-    assert settings.quiet_seconds == 60 and settings.redis_url == "redis://redis:6379/0"
+    assert parsed.worker.quiet_seconds == 60
+    assert parsed.shared.redis_url == "redis://redis:6379/0"
 
 
 def test_the_top_level_reader_names_the_variable_or_the_file_key(tmp_path: Path) -> None:

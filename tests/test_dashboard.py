@@ -20,7 +20,6 @@ from rq.registry import FailedJobRegistry
 
 from scp import keys
 from scp.connections import connect
-from scp.settings import Settings
 from scp.web import make_server
 from tests.conftest import ROOT, ScpThread, pipeline_env, start_worker, stop_process
 from tests.fhirserver.harness import FhirServer
@@ -86,7 +85,7 @@ def test_dashboard_shows_an_open_study_and_a_failed_delivery(
         SCP2FHIR_FHIR_BASE_URL=f"http://127.0.0.1:{closed_port}/fhir",
         SCP2FHIR_FHIR_MAX_ATTEMPTS="1",
     )
-    scp = ScpThread(Settings.from_env(env)).start(port)
+    scp = ScpThread(env).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
     dashboard_port = free_port()
     dashboard = subprocess.Popen(
@@ -154,10 +153,16 @@ def test_status_page_shows_studies_outcomes_and_charts(redis_url: str, tmp_path:
         SCP2FHIR_FHIR_RETRY_BASE_SECONDS="600",  # the retry stays pending for the test
         SCP2FHIR_FHIR_RETRY_MAX_SECONDS="600",
     )
-    settings, delivery = parse_configuration(env)
-    scp = ScpThread(settings).start(port)
+    parsed = parse_configuration(env)
+    scp = ScpThread(env).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
-    web = make_server(settings, connect(redis_url), free_port(), delivery.names)
+    web = make_server(
+        parsed.up,
+        parsed.worker.quiet_seconds,
+        connect(redis_url),
+        free_port(),
+        parsed.delivery.names,
+    )
     threading.Thread(target=web.serve_forever, daemon=True).start()
     web_url = f"http://127.0.0.1:{web.server_address[1]}"
     url = f"{web_url}/?refresh=0"

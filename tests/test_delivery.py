@@ -16,7 +16,7 @@ import httpx
 import redis
 from rq.registry import FailedJobRegistry
 
-from scp import config, keys
+from scp import keys
 from tests import conftest_delivery
 from tests.conftest import ROOT, TEST_QUIET_SECONDS, ScpThread, pipeline_env, start_worker
 from tests.conftest import stop_process as stop
@@ -54,7 +54,7 @@ def test_storescu_study_is_one_imaging_study_whose_version_grows_with_a_late_ins
 ) -> None:
     port = free_port()
     env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_FHIR_BASE_URL=fhir.base_url)
-    scp = ScpThread(config.settings(config.load(env))).start(port)
+    scp = ScpThread(env).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         study = make_study(tmp_path / "study", [("CT", 6), ("MR", 4)])

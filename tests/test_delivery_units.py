@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from scp.connections import connect
 from scp.secret import Secret
-from scp.settings import ConfigError
+from scp.typed_settings import ConfigError
 from tests.conftest import ROOT
 from tests.fhirserver.harness import FhirServer
 from tests.support import parse_configuration
@@ -40,7 +40,7 @@ BASE = {"SCP2FHIR_FHIR_BASE_URL": "https://fhir.example.org/fhir"}
 
 def destinations(env: dict[str, str]) -> DeliverySettings:
     """The destinations ``env`` configures, as ``main()`` parses them."""
-    return parse_configuration(env)[1]
+    return parse_configuration(env).delivery
 
 
 def destination(env: dict[str, str]) -> Destination:

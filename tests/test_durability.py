@@ -22,7 +22,6 @@ import pytest
 import redis
 
 from scp import keys, statuses
-from scp.settings import Settings
 from scp.up.embedded_redis import EmbeddedRedis
 from tests.conftest import ScpThread
 from tests.crashfs import CrashDisk
@@ -65,8 +64,7 @@ def test_os_crash_keeps_what_appendfsync_promises(
     server = EmbeddedRedis(data_dir, fsync)
     server.start()
     port = free_port()
-    settings = Settings.from_env({"SCP2FHIR_REDIS_URL": server.url, "SCP2FHIR_PORT": str(port)})
-    scp = ScpThread(settings).start(port)
+    scp = ScpThread({"SCP2FHIR_REDIS_URL": server.url, "SCP2FHIR_PORT": str(port)}).start(port)
     study = make_study(tmp_path / "study", [("CT", 40)])
     early, late = study.files[:20], study.files[20:]
     try:

@@ -515,22 +515,20 @@ def test_quiet_decision_reads_only_the_redis_clock(
 ) -> None:
     """In process: with the local clock moved by a day, check_quiet still decides from
     Redis TIME and the arrival stream ids (it reschedules, not emits, a fresh study)."""
-    from scp.connections import connect
     from scp.inbox import Inbox
-    from scp.settings import Settings
+    from tests.support import build_context
     from workers import jobs
-    from workers.context import WorkerContext, install
+    from workers.context import install
 
     own = RedisProcess().start()
     try:
-        settings = Settings.from_env(
+        ctx = build_context(
             {
                 "SCP2FHIR_REDIS_URL": own.url,
                 "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out"),
                 "SCP2FHIR_QUIET_SECONDS": "30",
             }
         )
-        ctx = WorkerContext.build(settings, connect(own.url))
         jobs.ensure_group(ctx.clients.data)
         install(ctx)
         study = generate_study(tmp_path / "study", [("CT", 1)])
@@ -559,18 +557,16 @@ def test_sweep_forgets_idle_consumers_and_old_emissions(
     """Each drain job reads under a consumer name of its own: the sweep deletes those that
     hold nothing (never one with pending entries), and trims the emitted index to the
     retention, so neither grows with every job or study forever."""
-    from scp.connections import connect
     from scp.header import read_header
     from scp.inbox import Inbox
-    from scp.settings import Settings
+    from tests.support import build_context
     from workers import jobs
-    from workers.context import WorkerContext, install
+    from workers.context import install
     from workers.summary import summarize
 
-    settings = Settings.from_env(
+    ctx = build_context(
         {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out")}
     )
-    ctx = WorkerContext.build(settings, connect(redis_url))
     install(ctx)
     jobs.ensure_group(ctx.clients.data)
     data = ctx.clients.data

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from scp.settings import Settings
+from scp.shared_settings import SharedSettings
+from scp.typed_settings import from_env
 from scp.up.embedded_redis import EmbeddedRedis
 from tests.conftest import ROOT, ScpThread, pipeline_env, stop_process
 from tests.support import free_port, make_study, storescu, wait_for
@@ -55,9 +56,8 @@ def test_imaging_study_files_and_folders_get_the_access_modes(
     output_dir = existing / "fhir" / "out"
     port = free_port()
     env = pipeline_env(redis_url, output_dir, port, SCP2FHIR_FILE_ACCESS=access)
-    settings = Settings.from_env(env)
-    assert settings.file_access == access
-    scp = ScpThread(settings).start(port)
+    assert from_env(SharedSettings, env).file_access == access
+    scp = ScpThread(env).start(port)
     with (tmp_path / "worker.log").open("ab") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "scp.cli", "worker"],

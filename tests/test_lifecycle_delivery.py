@@ -16,7 +16,6 @@ import pytest
 import redis
 
 from scp import keys
-from scp.settings import Settings
 from tests import conftest_delivery
 from tests.conftest import ROOT, TEST_QUIET_SECONDS, ScpThread, pipeline_env, start_worker
 from tests.conftest import stop_process as stop
@@ -74,7 +73,7 @@ def _bridge(fhir: FhirServer, redis_url: str, tmp_path: Path, **extra: str) -> I
     env = pipeline_env(
         redis_url, tmp_path / "out", port, SCP2FHIR_FHIR_BASE_URL=fhir.base_url, **extra
     )
-    scp = ScpThread(Settings.from_env(env)).start(port)
+    scp = ScpThread(env).start(port)
     log = tmp_path / "worker.log"
     worker = start_worker(env, log)
     try:

@@ -31,12 +31,14 @@ from scp.access import REJECTION_REASONS
 from scp.connections import connect
 from scp.header import read_header
 from scp.inbox import Inbox
-from scp.settings import Settings
+from scp.typed_settings import from_env
+from scp.up.settings import UpSettings
 from scp.web import make_server
 from tests.conftest import CHILD_PYTHONPATH, ROOT, pipeline_env
 from tests.faults import Child, element, send_files, spawn, start_scp, start_worker, text
 from tests.faults import write_part10 as write_raw_part10
 from tests.support import RedisProcess, free_port, make_study, read_json, storescu, wait_for
+from workers.settings import WorkerSettings
 
 PATIENT_ID = "OPS-PATIENT-4711"
 #: Long enough that `scp2fhir status` (a fresh Python each time) sees a study while it is
@@ -61,8 +63,9 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def web_on(redis_url: str, destinations: tuple[str, ...] = (), **env: str) -> Iterator[str]:
     """`scp2fhir web`'s server in this process (knowing those delivery destinations);
     yields its base URL."""
-    settings = Settings.from_env({"SCP2FHIR_REDIS_URL": redis_url, **env})
-    server = make_server(settings, connect(redis_url), free_port(), destinations)
+    parsed = {"SCP2FHIR_REDIS_URL": redis_url, **env}
+    up, worker = from_env(UpSettings, parsed), from_env(WorkerSettings, parsed)
+    server = make_server(up, worker.quiet_seconds, connect(redis_url), free_port(), destinations)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

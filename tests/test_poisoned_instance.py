@@ -13,12 +13,10 @@ from typing import Any
 import pytest
 
 from scp import keys
-from scp.connections import connect
 from scp.header import read_header
 from scp.inbox import Inbox
-from scp.settings import Settings
-from tests.support import make_study
-from workers.context import WorkerContext, install
+from tests.support import build_context, make_study
+from workers.context import install
 from workers.dicomjson import MAX_CODE_ITEMS, DicomJson
 from workers.fold import StudyAggregate, fold
 from workers.jobs import drain_inbox, ensure_group
@@ -83,10 +81,9 @@ def test_past_the_read_budget_sequences_are_left_out_and_named() -> None:
 def test_a_poisoned_instance_is_folded_not_dead_lettered(
     redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings.from_env(
+    ctx = build_context(
         {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out")}
     )
-    ctx = WorkerContext.build(settings, connect(redis_url))
     ensure_group(ctx.clients.data)
     install(ctx)
     bad = make_study(tmp_path / "bad", [("CT", 1)])

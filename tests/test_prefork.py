@@ -233,25 +233,31 @@ def test_default_is_one_acceptor_per_usable_core() -> None:
     (as a container's cpuset does), it defaults to one acceptor."""
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-        "from scp.settings import Settings; print(Settings.from_env({}).scp_processes)"
+        "from scp.settings import ScpSettings; from scp.typed_settings import from_env; "
+        "print(from_env(ScpSettings, {}).scp_processes)"
     )
     pinned = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert pinned.stdout.strip() == "1"
-    from scp.settings import Settings
+    from scp.settings import ScpSettings
+    from scp.typed_settings import from_env
 
-    assert Settings.from_env({}).scp_processes == len(os.sched_getaffinity(0))
-    assert Settings.from_env({"SCP2FHIR_SCP_PROCESSES": "3"}).scp_processes == 3
+    assert from_env(ScpSettings, {}).scp_processes == len(os.sched_getaffinity(0))
+    assert from_env(ScpSettings, {"SCP2FHIR_SCP_PROCESSES": "3"}).scp_processes == 3
 
 
 def test_up_starts_one_scp_that_forks_the_acceptors() -> None:
     """`scp2fhir up` runs one `scp` child with the process count, not one child per
     process: several would each bind the port, and all but one would fail."""
-    from scp.settings import Settings
     from scp.up.supervisor import children
+    from tests.support import parse_configuration
 
-    settings = Settings.from_env({"SCP2FHIR_SCP_PROCESSES": "3", "SCP2FHIR_WEB_PORT": "0"})
-    scps = [child for child in children(settings) if child.command[-1] == "scp"]
+    parsed = parse_configuration({"SCP2FHIR_SCP_PROCESSES": "3", "SCP2FHIR_WEB_PORT": "0"})
+    scps = [
+        child
+        for child in children(parsed.scp, parsed.up, parsed.shared)
+        if child.command[-1] == "scp"
+    ]
     assert [child.name for child in scps] == ["scp"]
     assert scps[0].extra_env == {"SCP2FHIR_SCP_PROCESSES": "3"}

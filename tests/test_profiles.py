@@ -23,7 +23,7 @@ import pydicom
 import pytest
 
 from scp.header import read_header
-from scp.settings import ConfigError, Settings
+from scp.typed_settings import ConfigError, from_env
 from tests import profile_datasets as datasets
 from tests import samples, sdcheck
 from tests.conftest import (
@@ -42,6 +42,7 @@ from workers.fold import StudyAggregate, fold_all
 from workers.lifecycle.origin import with_origin
 from workers.mapping import MappingOptions, emitted, study_bundle
 from workers.profiles import PROFILES, Gaps, mii, osiris
+from workers.settings import WorkerSettings
 from workers.summary import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -523,13 +524,13 @@ def test_every_profile_is_r4_only_and_refused_with_r5() -> None:
     for name, profile in PROFILES.items():
         env = {"SCP2FHIR_PROFILE": name, "SCP2FHIR_FHIR_VERSION": "R5"}
         if name == "base":
-            assert mapping_options(Settings.from_env(env)).profile == "base"
+            assert mapping_options(from_env(WorkerSettings, env)).profile == "base"
             continue
         assert profile.fhir_versions == {"R4"}
         with pytest.raises(ConfigError, match="R4"):
-            mapping_options(Settings.from_env(env))
+            mapping_options(from_env(WorkerSettings, env))
     with pytest.raises(ConfigError, match="base, mii, mii-2027, osiris, qicore"):
-        mapping_options(Settings.from_env({"SCP2FHIR_PROFILE": "nope"}))
+        mapping_options(from_env(WorkerSettings, {"SCP2FHIR_PROFILE": "nope"}))
 
 
 def test_convert_explain_lists_the_gaps(files: tuple[Path, ...], tmp_path: Path) -> None:
@@ -595,7 +596,7 @@ def test_the_pipeline_emits_what_convert_makes(
     (the technique survives the Redis fold)."""
     port = free_port()
     env = pipeline_env(redis_url, tmp_path / "out", port, SCP2FHIR_PROFILE="mii")
-    scp = ScpThread(Settings.from_env(env)).start(port)
+    scp = ScpThread(env).start(port)
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         storescu(port, files)

@@ -331,6 +331,7 @@ def installed_hook(tmp_path: Path) -> Iterator[str]:
 def test_a_hook_makes_the_pseudonyms_the_rules_stay(installed_hook: str, tmp_path: Path) -> None:
     from scp import config
     from workers.delivery.settings import delivery_settings
+    from workers.settings import WorkerSettings
 
     path = tmp_path / "c.toml"
     path.write_text(
@@ -339,7 +340,8 @@ def test_a_hook_makes_the_pseudonyms_the_rules_stay(installed_hook: str, tmp_pat
         '[destinations.pseudonymize.hook_options]\nprefix = "DIZ"\n'
     )
     loaded = config.load({"SCP2FHIR_CONFIG": str(path)})
-    (destination,) = delivery_settings(loaded, config.settings(loaded)).destinations
+    worker = config.settings(loaded, WorkerSettings)
+    (destination,) = delivery_settings(loaded, worker).destinations
     assert destination.pseudonymize is not None and destination.pseudonymize.key is None
     maker = pseudonyms(destination)
     assert type(maker).__module__ == "site_pseudonyms"

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from scp import keys
-from scp.connections import connect
 from scp.header import read_header
 from scp.inbox import Inbox
-from scp.settings import Settings
 from tests.faults import generate_study
+from tests.support import build_context
 from workers import jobs
-from workers.context import WorkerContext, install
+from workers.context import install
 
 
 def gone_pid() -> int:
@@ -30,10 +29,9 @@ def gone_pid() -> int:
 def test_sweep_reclaims_entries_of_a_dead_local_work_horse_at_once(
     redis_url: str, tmp_path: Path
 ) -> None:
-    settings = Settings.from_env(
+    ctx = build_context(
         {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out")}
     )
-    ctx = WorkerContext.build(settings, connect(redis_url))
     install(ctx)
     jobs.ensure_group(ctx.clients.data)
     data = ctx.clients.data

@@ -15,7 +15,7 @@ import pytest
 from scp import keys, metrics
 from tests.conftest import ROOT, Pipeline, pipeline_env
 from tests.orthanc import OrthancProcess, dated_study
-from tests.support import storescu
+from tests.support import build_context, storescu
 from tests.test_cli import cli
 from tests.test_pipeline import assert_matches, wait_for_study
 
@@ -38,8 +38,8 @@ def pacs(orthanc: OrthancProcess, pipeline: Pipeline) -> OrthancProcess:
 
 
 def scp2fhir(pipeline: Pipeline, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    assert pipeline.settings.redis_url
-    env = pipeline_env(pipeline.settings.redis_url, pipeline.output_dir, pipeline.port, **extra)
+    assert pipeline.redis_url
+    env = pipeline_env(pipeline.redis_url, pipeline.output_dir, pipeline.port, **extra)
     return cli(*args, env=env, timeout=180)
 
 
@@ -189,9 +189,9 @@ def _studies_over_days(folder: Path, days: list[str], per_day: int) -> list[Any]
 def _backfill(
     pipeline: Pipeline, pacs: OrthancProcess, since: str, until: str, **extra: str
 ) -> subprocess.Popen[str]:
-    assert pipeline.settings.redis_url
+    assert pipeline.redis_url
     env = pipeline_env(
-        pipeline.settings.redis_url,
+        pipeline.redis_url,
         pipeline.output_dir,
         pipeline.port,
         SCP2FHIR_PACS_MOVES="2",
@@ -402,7 +402,7 @@ def test_scheduled_reconcile_records_drift_for_status_and_metrics(
     from scp.status import render_text, snapshot
     from scp.web import RedisCollector
     from tests.support import free_port
-    from workers.context import WorkerContext, install
+    from workers.context import install
     from workers.reconcile import schedule
 
     assert not data.exists(keys.RECONCILE_SCHEDULED), "off by default, yet scheduled"
@@ -413,9 +413,9 @@ def test_scheduled_reconcile_records_drift_for_status_and_metrics(
     storescu(pipeline.port, both.files)
     wait_for_study(pipeline, both, 2)
 
-    assert pipeline.settings.redis_url
-    clients = connect(pipeline.settings.redis_url)
-    context = WorkerContext.build(pipeline.settings, clients)
+    assert pipeline.redis_url
+    clients = connect(pipeline.redis_url)
+    context = build_context(pipeline.env, clients)
     install(context)
     settings = PacsSettings(
         pacs=PacsAddress.parse(pacs.address), reconcile_days=2, reconcile_every_hours=6

@@ -41,8 +41,8 @@ def hostile(pipeline: Pipeline, tmp_path: Path) -> Iterator[HostilePacs]:
 def reconcile(
     pipeline: Pipeline, address: str, *flags: str, **extra: str
 ) -> tuple[subprocess.CompletedProcess[str], float]:
-    assert pipeline.settings.redis_url
-    env = pipeline_env(pipeline.settings.redis_url, pipeline.output_dir, pipeline.port, **extra)
+    assert pipeline.redis_url
+    env = pipeline_env(pipeline.redis_url, pipeline.output_dir, pipeline.port, **extra)
     began = time.monotonic()
     result = subprocess.run(
         [

@@ -11,7 +11,7 @@ import pytest
 
 from scp.pacs import PacsAddress, PacsSeries, PacsSettings, PacsStudy
 from scp.pacs.query import _time_range
-from scp.settings import ConfigError
+from scp.typed_settings import ConfigError
 from workers.fold import Sourced, StudyAggregate
 from workers.ledger import LedgerEntry, date_of, entry_for
 from workers.reconcile import verdict

@@ -22,9 +22,8 @@ from rq.registry import FinishedJobRegistry
 from scp import keys
 from scp.connections import connect
 from scp.inbox import Inbox, request_drain_job
-from scp.settings import Settings
 from tests.conftest import pipeline_env, start_worker, stop_process
-from tests.support import free_port, make_study, read_json, wait_for
+from tests.support import build_context, free_port, make_study, read_json, wait_for
 from workers.context import WorkerContext, install
 from workers.fold import StudyAggregate, fold
 from workers.fold import emitted as after_emission
@@ -34,10 +33,9 @@ from workers.summary import summarize
 
 @pytest.fixture
 def context(redis_url: str, tmp_path: Path) -> WorkerContext:
-    settings = Settings.from_env(
+    ctx = build_context(
         {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out")}
     )
-    ctx = WorkerContext.build(settings, connect(redis_url))
     ensure_group(ctx.clients.data)
     install(ctx)
     return ctx
@@ -227,7 +225,7 @@ def test_several_worker_processes_fold_one_study_at_once(redis_url: str, tmp_pat
     # The pushes come faster than the quiet period, so the study was emitted once, when
     # complete: the pure fold's aggregate after one emission.
     expected = after_emission(fold(StudyAggregate(study_uid), summaries))
-    store = WorkerContext.build(Settings.from_env(env), clients).store
+    store = build_context(env, clients).store
     assert store.load(study_uid) == expected
     assert clients.data.hget(keys.INFLIGHT, study_uid) is None
     pending: Any = clients.data.xpending(keys.INBOX, keys.INBOX_GROUP)

@@ -13,13 +13,12 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from scp import keys
-from scp.connections import connect
 from scp.inbox import request_drain_job
 from scp.retries import INTERNAL_RETRIES
-from scp.settings import Settings
 from scp.signals import request_checks
+from tests.support import build_context
 from workers import context, jobs
-from workers.context import WorkerContext, install
+from workers.context import install
 
 
 def queued_jobs(connection: redis.Redis, queue: str) -> list[Job]:
@@ -29,10 +28,9 @@ def queued_jobs(connection: redis.Redis, queue: str) -> list[Job]:
 
 
 def test_every_internal_job_is_queued_with_retries(redis_url: str, tmp_path: Path) -> None:
-    settings = Settings.from_env(
+    ctx = build_context(
         {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_OUTPUT_DIR": str(tmp_path / "out")}
     )
-    ctx = WorkerContext.build(settings, connect(redis_url))
     install(ctx)
     request_drain_job(ctx.fold_queue)
     jobs.schedule_checks(ctx, ["1.2.3.4"])

@@ -15,7 +15,6 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from scp import keys, statuses
-from scp.settings import Settings
 from tests.conftest import ScpThread
 from tests.support import RedisProcess, free_port, sample_file, storescu
 
@@ -33,8 +32,7 @@ COMPRESSED = {
 @pytest.fixture
 def scp(redis_url: str) -> Iterator[int]:
     port = free_port()
-    settings = Settings.from_env({"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port)})
-    server = ScpThread(settings).start(port)
+    server = ScpThread({"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port)}).start(port)
     yield port
     server.stop()
 
@@ -119,8 +117,7 @@ def test_wrong_called_ae_title_is_rejected(scp: int) -> None:
 def test_redis_outage_gives_out_of_resources_then_recovers(tmp_path: Path) -> None:
     own = RedisProcess().start()
     port = free_port()
-    settings = Settings.from_env({"SCP2FHIR_REDIS_URL": own.url, "SCP2FHIR_PORT": str(port)})
-    server = ScpThread(settings).start(port)
+    server = ScpThread({"SCP2FHIR_REDIS_URL": own.url, "SCP2FHIR_PORT": str(port)}).start(port)
     try:
         ds = pydicom.dcmread(sample_file("CT_small.dcm"))
         assert send(port, ds).Status == statuses.SUCCESS

@@ -19,20 +19,28 @@ from scp import keys, statuses
 from scp import server as scp_server
 from scp.connections import connect
 from scp.inbox import Inbox
-from scp.settings import ConfigError, Settings
+from scp.settings import ScpSettings
+from scp.shared_settings import SharedSettings
+from scp.typed_settings import ConfigError, from_env
+from scp.up.settings import UpSettings
 from tests.certs import Pair, make_pki
 from tests.conftest import ScpThread
-from tests.support import DCMTK_ENV, RedisProcess, dcmtk, free_port, sample_file, wait_for
+from tests.support import (
+    DCMTK_ENV,
+    RedisProcess,
+    dcmtk,
+    free_port,
+    parse_configuration,
+    sample_file,
+    wait_for,
+)
 
 VERIFICATION = "1.2.840.10008.1.1"
 
 
 def start(redis_url: str, **env: str) -> tuple[ScpThread, int]:
     port = free_port()
-    settings = Settings.from_env(
-        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port), **env}
-    )
-    server = ScpThread(settings)
+    server = ScpThread({"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port), **env})
     server.thread.start()
     return server, port
 
@@ -195,7 +203,7 @@ def tls_handshake(port: int, context: ssl.SSLContext) -> str:
 SHIPPED_TLS_CONTEXT = scp_server.tls_context
 
 
-def lenient_tls_context(settings: Settings) -> ssl.SSLContext | None:
+def lenient_tls_context(settings: ScpSettings) -> ssl.SSLContext | None:
     """The control: the SCP's own context, but allowing TLS 1.0 (at security level 0)."""
     context = SHIPPED_TLS_CONTEXT(settings)
     assert context is not None
@@ -303,7 +311,7 @@ def test_redis_with_acl_user_and_tls(tmp_path: Path, pki: tuple[Path, Pair, Pair
             stdout=subprocess.DEVNULL,
         )
         url = f"rediss://scp2fhir:s3cret@127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
-        Settings.from_env({"SCP2FHIR_REDIS_URL": url})  # accepted as configuration
+        from_env(SharedSettings, {"SCP2FHIR_REDIS_URL": url})  # accepted as configuration
         clients = connect(url)
         wait_for(lambda: _pings(clients.data), 10, "TLS redis")
         Inbox(clients.data, clients.rq).push(
@@ -339,16 +347,17 @@ def test_unsafe_or_broken_security_settings_fail_at_start(
     env: dict[str, str], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        Settings.from_env(env)
+        parse_configuration(env)
 
 
 def test_exposed_dashboard_with_credentials_is_accepted() -> None:
-    settings = Settings.from_env(
+    settings = from_env(
+        UpSettings,
         {
             "SCP2FHIR_DASHBOARD_BIND": "0.0.0.0",
             "SCP2FHIR_DASHBOARD_USERNAME": "ops",
             "SCP2FHIR_DASHBOARD_PASSWORD": "pw",
-        }
+        },
     )
     assert "pw" not in repr(settings)
 
@@ -366,7 +375,7 @@ def test_redis_sentinel_url_follows_the_master(tmp_path: Path) -> None:
     )
     try:
         url = f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0"
-        Settings.from_env({"SCP2FHIR_REDIS_URL": url})
+        from_env(SharedSettings, {"SCP2FHIR_REDIS_URL": url})
         clients = connect(url)
         wait_for(lambda: _pings(clients.data), 15, "the master through the sentinel")
         Inbox(clients.data, clients.rq).push(

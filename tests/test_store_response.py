@@ -16,7 +16,6 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 
 from scp import keys, statuses, store_response
-from scp.settings import Settings
 from tests.conftest import ScpThread
 from tests.support import free_port, sample_file
 
@@ -80,8 +79,7 @@ def scp_port(
     caplog.set_level(logging.WARNING, logger="pynetdicom")
     monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", _config.LOG_HANDLER_LEVEL)
     port = free_port()
-    settings = Settings.from_env({"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port)})
-    thread = ScpThread(settings).start(port)
+    thread = ScpThread({"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port)}).start(port)
     yield port
     thread.stop()
 

@@ -14,7 +14,6 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from scp import keys, statuses
-from scp.settings import Settings
 from tests.conftest import ScpThread
 from tests.support import free_port, sample_file, wait_for
 
@@ -23,10 +22,9 @@ CT = pydicom.dcmread(sample_file("CT_small.dcm"))
 
 def start_scp(redis_url: str, **env: str) -> tuple[ScpThread, int]:
     port = free_port()
-    settings = Settings.from_env(
-        {"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port), **env}
-    )
-    return ScpThread(settings).start(port), port
+    return ScpThread({"SCP2FHIR_REDIS_URL": redis_url, "SCP2FHIR_PORT": str(port), **env}).start(
+        port
+    ), port
 
 
 @pytest.fixture(params=["file", "memory"])

@@ -14,14 +14,16 @@ from rq import Queue
 
 from scp import keys
 from scp.connections import RedisClients
-from scp.settings import ConfigError, Settings
+from scp.shared_settings import SharedSettings
+from scp.typed_settings import ConfigError
 from workers.aggregates import AggregateStore
 from workers.delivery.settings import DeliverySettings
 from workers.mapping import MappingOptions
 from workers.profiles import profile_named
+from workers.settings import WorkerSettings
 
 
-def mapping_options(settings: Settings) -> MappingOptions:
+def mapping_options(settings: WorkerSettings) -> MappingOptions:
     """The mapping's options from settings; a bad value is a configuration error."""
     try:
         options = MappingOptions(
@@ -46,7 +48,8 @@ def mapping_options(settings: Settings) -> MappingOptions:
 
 @dataclass(frozen=True)
 class WorkerContext:
-    settings: Settings
+    settings: WorkerSettings
+    shared: SharedSettings
     clients: RedisClients
     store: AggregateStore
     fold_queue: Queue
@@ -58,12 +61,14 @@ class WorkerContext:
     @classmethod
     def build(
         cls,
-        settings: Settings,
+        settings: WorkerSettings,
+        shared: SharedSettings,
         clients: RedisClients,
         delivery: DeliverySettings | None = None,
     ) -> WorkerContext:
         return cls(
             settings=settings,
+            shared=shared,
             clients=clients,
             store=AggregateStore(clients.data),
             fold_queue=Queue(keys.FOLD_QUEUE, connection=clients.rq),

@@ -155,7 +155,7 @@ def fold_entries(ctx: WorkerContext, entries: list[InboxEntry]) -> int:
         folded,
         revive_rejected=settings.rejected_on_resend == "revive",
         revive_retracted=settings.retracted_on_store == "revive",
-        index_ttl_ms=settings.retention_seconds * 1000,
+        index_ttl_ms=ctx.shared.retention_seconds * 1000,
     )
     ctx.store.reject(rejected)
     touched = {summary.study_uid for _, summary in folded}
@@ -314,7 +314,7 @@ def emit(
         # Known only from rejection notes: nothing was ever received, nothing to write
         # (its aggregate may be gone after the retention; the output is left as it is).
         closed = ctx.store.close(
-            aggregate, seen_ms, lease_token, now, settings.retention_seconds * 1000
+            aggregate, seen_ms, lease_token, now, ctx.shared.retention_seconds * 1000
         )
         if closed:
             logger.warning(
@@ -331,13 +331,13 @@ def emit(
     # Dose Observations and ImagingSelections (R5) as files of their own beside it,
     # written first: once the ImagingStudy's file is there, so are they.
     for derived in standalone_resources(aggregate, settings.fhir_version, ctx.options):
-        write_resource(settings.output_dir, with_origin(derived), settings.file_access)
-    path = write_resource(settings.output_dir, resource, settings.file_access)
+        write_resource(settings.output_dir, with_origin(derived), ctx.shared.file_access)
+    path = write_resource(settings.output_dir, resource, ctx.shared.file_access)
     if ctx.options.bundle:
         write_resource(
             settings.output_dir,
             with_origin(study_bundle(aggregate, settings.fhir_version, ctx.options)),
-            settings.file_access,
+            ctx.shared.file_access,
         )
     # With destinations the aggregate is kept until each has the output (the last
     # delivery starts the retention clock), so a redelivery can always rebuild it.
@@ -347,7 +347,7 @@ def emit(
         seen_ms,
         lease_token,
         now,
-        settings.retention_seconds * 1000,
+        ctx.shared.retention_seconds * 1000,
         deliver_to=[keys.deliver_pending(d.name) for d in destinations],
         keep=[keys.study_delivery(study_uid, d.name) for d in ctx.delivery.destinations],
         consume_signals=signalled is not None,
@@ -439,7 +439,7 @@ def record_emission(
             "after_quiet_ms": after_quiet_ms,
         },
     )
-    pipe.pexpire(key, ctx.settings.retention_seconds * 1000)
+    pipe.pexpire(key, ctx.shared.retention_seconds * 1000)
     pipe.execute()
 
 
@@ -504,7 +504,7 @@ def sweep() -> dict[str, Any]:
     forgotten = ctx.store.forget_idle_consumers(RECLAIM_IDLE_MS)
     # The emitted index lists studies for `scp2fhir status`; past the retention their
     # aggregates are gone, and so goes their entry (else it grows by a study, forever).
-    retention_ms = ctx.settings.retention_seconds * 1000
+    retention_ms = ctx.shared.retention_seconds * 1000
     expired: list[str] = data.zrangebyscore(  # type: ignore[assignment]
         keys.EMITTED, "-inf", redis_now_ms(data) - retention_ms
     )

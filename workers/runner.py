@@ -29,13 +29,14 @@ from scp import keys, logs, metrics, orphans
 from scp.connections import connect
 from scp.logs import library_level
 from scp.pacs.settings import PacsSettings
-from scp.settings import Settings
+from scp.shared_settings import SharedSettings
 from workers import collector
 from workers.context import WorkerContext, install
 from workers.delivery.settings import DeliverySettings
 from workers.jobs import ensure_group, ensure_sweep_scheduled
 from workers.reconcile import schedule
 from workers.scheduling import DEQUEUE_SECONDS, SchedulerKeeper
+from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class _Worker(Worker):
 
 
 def run(
-    settings: Settings,
+    settings: WorkerSettings,
+    shared: SharedSettings,
     delivery: DeliverySettings | None = None,
     burst: bool = False,
     pacs: PacsSettings | None = None,
@@ -103,7 +105,7 @@ def run(
     # process dies with `scp2fhir up` (a work horse runs in a session of its own).
     orphans.install_fork_hook()
     delivery = delivery or DeliverySettings()
-    context = _context(settings, delivery)
+    context = _context(settings, shared, delivery)
     # Aggregates an earlier release left in Redis (open, undelivered or retained studies)
     # are read in today's layout from now on; once per Redis.
     context.store.upgrade_all()
@@ -116,14 +118,14 @@ def run(
         # case jobs of an earlier configuration wait there (they report the missing
         # destination and end).
         queues = [keys.FOLD_QUEUE, keys.EMIT_QUEUE, keys.DELIVER_QUEUE]
-        _work(_rq_worker(context, queues), settings, burst)
+        _work(_rq_worker(context, queues), shared, burst)
         return
     worker = _rq_worker(context, [keys.FOLD_QUEUE, keys.EMIT_QUEUE])
     spawn = multiprocessing.get_context("spawn")
     companions = tuple(
         spawn.Process(
             target=_serve_deliveries,
-            args=(settings, delivery, destination.name, burst, os.getpid()),
+            args=(settings, shared, delivery, destination.name, burst, os.getpid()),
             name=f"deliveries-{destination.name}",
         )
         for destination in delivery.destinations
@@ -141,7 +143,7 @@ def run(
                 daemon=True,
             ).start()
     try:
-        _work(worker, settings, burst)
+        _work(worker, shared, burst)
     finally:
         stopping.set()
         if burst:
@@ -150,15 +152,17 @@ def run(
         _stop(companions)
 
 
-def _context(settings: Settings, delivery: DeliverySettings) -> WorkerContext:
+def _context(
+    settings: WorkerSettings, shared: SharedSettings, delivery: DeliverySettings
+) -> WorkerContext:
     # Before any job: RQ's work horses are forked from here and inherit the settings.
     collector.tune()
-    clients = connect(settings.require_redis_url())
+    clients = connect(shared.require_redis_url())
     ensure_group(clients.data)
     # No flush thread here: RQ forks a work horse per job, and a thread holding the
     # recorder's lock at fork time would deadlock the horse. Jobs flush when they end.
     metrics.install(metrics.Recorder(clients.data))
-    context = WorkerContext.build(settings, clients, delivery)
+    context = WorkerContext.build(settings, shared, clients, delivery)
     install(context)
     return context
 
@@ -175,17 +179,22 @@ def _rq_worker(context: WorkerContext, queues: list[str]) -> _Worker:
     return worker
 
 
-def _work(worker: Worker, settings: Settings, burst: bool) -> None:
+def _work(worker: Worker, shared: SharedSettings, burst: bool) -> None:
     # When Redis goes away mid-job RQ logs the error and returns; the process then ends
     # and `scp2fhir up` (or the service manager) starts it again.
     # RQ logs three lines per job at INFO: they stay out of the default log.
     if isinstance(worker, _Worker):
         worker.keep_scheduler = not burst
-    worker.work(burst=burst, with_scheduler=True, logging_level=library_level(settings.log_level))
+    worker.work(burst=burst, with_scheduler=True, logging_level=library_level(shared.log_level))
 
 
 def _serve_deliveries(
-    settings: Settings, delivery: DeliverySettings, name: str, burst: bool, parent: int
+    settings: WorkerSettings,
+    shared: SharedSettings,
+    delivery: DeliverySettings,
+    name: str,
+    burst: bool,
+    parent: int,
 ) -> None:
     """One destination's delivery worker process (started with ``spawn``: a fresh
     interpreter)."""
@@ -193,10 +202,10 @@ def _serve_deliveries(
     orphans.die_with_parent()
     if orphans.orphaned(parent):
         return  # the parent died before the line above took effect
-    logs.configure(settings.log_level, "worker", settings.log_format, settings.log_hash_uids)
+    logs.configure(shared.log_level, "worker", shared.log_format, shared.log_hash_uids)
     destination = delivery.named(name)
     assert destination is not None
-    _work(_rq_worker(_context(settings, delivery), [destination.queue]), settings, burst)
+    _work(_rq_worker(_context(settings, shared, delivery), [destination.queue]), shared, burst)
 
 
 def _stop_when_gone(deliveries: BaseProcess, stopping: threading.Event) -> None:

@@ -1,13 +1,23 @@
 """Settings of the PACS side (reconcile, backfill, scheduled reconcile), parsed once in
 ``main()`` from the ``SCP2FHIR_PACS_*`` and ``SCP2FHIR_RECONCILE_*`` variables (listed,
-with the others, in :data:`scp.settings.VARIABLES`)."""
+with the others, in :data:`scp.variables.VARIABLES`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scp.settings import _AE_TITLE, ConfigError, _float, _int
+from scp.typed_settings import (
+    ConfigError,
+    from_env,
+    integer,
+    is_ae_title,
+    seconds,
+    setting,
+)
+from scp.typed_settings import (
+    ae_title as _ae_title,
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +38,7 @@ class PacsAddress:
             raise ConfigError(usage)
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        if not _AE_TITLE.match(ae_title) or ae_title.strip() == "":
+        if not is_ae_title(ae_title) or ae_title.strip() == "":
             raise ConfigError(f"{usage}: {ae_title!r} is not a DICOM AE title")
         try:
             port = int(port_text)
@@ -43,64 +53,107 @@ class PacsAddress:
         return f"{self.ae_title}@{host}:{self.port}"
 
 
+def _every_hours(name: str, raw: str) -> float:
+    return 0.0 if raw == "0" else seconds(name, raw)
+
+
+def _pacs(name: str, raw: str) -> PacsAddress:
+    return PacsAddress.parse(raw, name)
+
+
 @dataclass(frozen=True)
 class PacsSettings:
-    """How scp2fhir talks to the PACS it reconciles with. Defaults are documented in
-    :data:`scp.settings.VARIABLES`."""
+    """How scp2fhir talks to the PACS it reconciles with."""
 
-    #: The PACS (``SCP2FHIR_PACS``); a command's ``--pacs`` overrides it.
-    pacs: PacsAddress | None = None
+    #: The PACS; a command's ``--pacs`` overrides it.
+    pacs: PacsAddress | None = setting(
+        "SCP2FHIR_PACS",
+        "(unset)",
+        "The PACS `reconcile`, `backfill` and the scheduled reconcile talk to, as "
+        "`AET@host:port`; `--pacs` overrides it.",
+        _pacs,
+        default=None,
+    )
     #: Our calling AE title for C-FIND and C-MOVE; the PACS must know it.
-    calling_ae: str = "SCP2FHIR"
+    calling_ae: str = setting(
+        "SCP2FHIR_PACS_CALLING_AE",
+        "(AE title)",
+        "Calling AE title of the C-FIND and C-MOVE requests (default: SCP2FHIR_AE_TITLE); "
+        "the PACS must allow it to query and move.",
+        _ae_title,
+        default="SCP2FHIR",
+    )
     #: The AE title the PACS moves to: the scp2fhir SCP, as the PACS knows it.
-    move_destination: str = "SCP2FHIR"
-    #: Seconds to connect, to associate, and to wait for each C-FIND response.
-    timeout: float = 30.0
-    #: Seconds to wait for the next C-MOVE response (some PACS answer only at the end).
-    move_timeout: float = 600.0
+    move_destination: str = setting(
+        "SCP2FHIR_PACS_MOVE_DESTINATION",
+        "(AE title)",
+        "AE title the PACS is asked to move studies to: the scp2fhir SCP as the PACS knows "
+        "it (default: SCP2FHIR_AE_TITLE).",
+        _ae_title,
+        default="SCP2FHIR",
+    )
+    timeout: float = setting(
+        "SCP2FHIR_PACS_TIMEOUT",
+        "30",
+        "Seconds to connect to the PACS, to associate, and to wait for each C-FIND response.",
+        seconds,
+        default=30.0,
+    )
+    move_timeout: float = setting(
+        "SCP2FHIR_PACS_MOVE_TIMEOUT",
+        "600",
+        "Seconds to wait for the next C-MOVE response (some PACS answer only when the whole "
+        "study has been sent).",
+        seconds,
+        default=600.0,
+    )
     #: C-FIND results read per query before the query is split into smaller time windows.
-    max_results: int = 1000
-    #: C-MOVEs at once (backfill, reconcile --fetch).
-    moves: int = 2
-    #: Days reconciled when no --since is given, and by the scheduled reconcile.
-    reconcile_days: int = 7
-    #: Hours between scheduled reconciles run by the workers (0: none).
-    reconcile_every_hours: float = 0.0
+    max_results: int = setting(
+        "SCP2FHIR_PACS_MAX_RESULTS",
+        "1000",
+        "C-FIND results read per query; a day with more (or whose answer the PACS caps) is "
+        "asked again in smaller Study Time windows, down to a minute.",
+        integer(1, 10**6),
+        default=1000,
+    )
+    moves: int = setting(
+        "SCP2FHIR_PACS_MOVES",
+        "2",
+        "C-MOVEs at once (backfill, reconcile --fetch).",
+        integer(1, 32),
+        default=2,
+    )
+    reconcile_days: int = setting(
+        "SCP2FHIR_RECONCILE_DAYS",
+        "7",
+        "Days (up to today) reconciled when `--since` is not given, and by the scheduled "
+        "reconcile.",
+        integer(1, 3660),
+        default=7,
+    )
+    reconcile_every_hours: float = setting(
+        "SCP2FHIR_RECONCILE_EVERY_HOURS",
+        "0",
+        "The workers reconcile the last SCP2FHIR_RECONCILE_DAYS days with SCP2FHIR_PACS "
+        "every so many hours (0: never); drift on the status page and in /metrics.",
+        _every_hours,
+        default=0.0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.reconcile_every_hours and self.pacs is None:
+            raise ConfigError("SCP2FHIR_RECONCILE_EVERY_HOURS needs SCP2FHIR_PACS")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], ae_title: str) -> PacsSettings:
         """Parse the variables; ``ae_title`` (``SCP2FHIR_AE_TITLE``) is the default of the
         calling AE and the move destination."""
-
-        def title(name: str) -> str:
-            value = env.get(name, "").strip() or ae_title
-            if not _AE_TITLE.match(value):
-                raise ConfigError(
-                    f"{name}={value!r} is not a DICOM AE title "
-                    "(1-16 printable characters, no backslash)"
-                )
-            return value
-
-        raw_pacs = env.get("SCP2FHIR_PACS", "").strip()
-        every = env.get("SCP2FHIR_RECONCILE_EVERY_HOURS", "").strip()
-        settings = cls(
-            pacs=PacsAddress.parse(raw_pacs, "SCP2FHIR_PACS") if raw_pacs else None,
-            calling_ae=title("SCP2FHIR_PACS_CALLING_AE"),
-            move_destination=title("SCP2FHIR_PACS_MOVE_DESTINATION"),
-            timeout=_float(env, "SCP2FHIR_PACS_TIMEOUT", cls.timeout),
-            move_timeout=_float(env, "SCP2FHIR_PACS_MOVE_TIMEOUT", cls.move_timeout),
-            max_results=_int(env, "SCP2FHIR_PACS_MAX_RESULTS", cls.max_results, 1, 10**6),
-            moves=_int(env, "SCP2FHIR_PACS_MOVES", cls.moves, 1, 32),
-            reconcile_days=_int(env, "SCP2FHIR_RECONCILE_DAYS", cls.reconcile_days, 1, 3660),
-            reconcile_every_hours=(
-                0.0
-                if every in ("", "0")
-                else _float(env, "SCP2FHIR_RECONCILE_EVERY_HOURS", cls.reconcile_every_hours)
-            ),
-        )
-        if settings.reconcile_every_hours and settings.pacs is None:
-            raise ConfigError("SCP2FHIR_RECONCILE_EVERY_HOURS needs SCP2FHIR_PACS")
-        return settings
+        titles = {
+            name: ae_title
+            for name in ("SCP2FHIR_PACS_CALLING_AE", "SCP2FHIR_PACS_MOVE_DESTINATION")
+            if not env.get(name, "").strip()
+        }
+        return from_env(cls, {**env, **titles})
 
     def address(self, override: str | None) -> PacsAddress:
         """The PACS a command talks to: ``--pacs`` if given, else ``SCP2FHIR_PACS``."""

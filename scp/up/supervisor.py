@@ -12,6 +12,7 @@ only, which does the ordering.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -25,14 +26,17 @@ from pathlib import Path
 
 import redis
 
-from scp import config, orphans
+from scp import orphans
 from scp.drain import StopRequest
 from scp.processes import describe
-from scp.settings import Settings
+from scp.settings import ScpSettings
+from scp.shared_settings import SharedSettings
 from scp.up import lock, readiness, state
 from scp.up.embedded_redis import EmbeddedRedis, RedisNotFound, RedisStartError
 from scp.up.preflight import PreflightError, check_bind, check_redis
 from scp.up.redis_watch import RedisWatch
+from scp.up.settings import UpSettings
+from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -75,56 +79,70 @@ class Child:
         logger.info("started %s pid=%d", self.name, self.process.pid)
 
 
-def children(settings: Settings) -> list[Child]:
+def children(scp: ScpSettings, up: UpSettings, shared: SharedSettings) -> list[Child]:
     cli = [sys.executable, "-m", "scp.cli"]
     # One SCP: it binds the port and forks its own acceptor processes (scp.prefork).
-    processes = {"SCP2FHIR_SCP_PROCESSES": str(settings.scp_processes)}
+    processes = {"SCP2FHIR_SCP_PROCESSES": str(scp.scp_processes)}
     result = [Child("scp", "scp", [*cli, "scp"], extra_env=processes)]
-    result += [
-        Child(f"worker-{n}", "worker", [*cli, "worker"]) for n in range(1, settings.workers + 1)
-    ]
-    if settings.web_port:
+    result += [Child(f"worker-{n}", "worker", [*cli, "worker"]) for n in range(1, up.workers + 1)]
+    if up.web_port:
         result.append(Child("web", "web", [*cli, "web"]))
-    if settings.dashboard_port:
+    if up.dashboard_port:
         credentials = {}
-        if settings.dashboard_username and settings.dashboard_password:
+        if up.dashboard_username and up.dashboard_password:
             credentials = {
-                "RQ_DASHBOARD_USERNAME": settings.dashboard_username,
-                "RQ_DASHBOARD_PASSWORD": settings.dashboard_password,
+                "RQ_DASHBOARD_USERNAME": up.dashboard_username,
+                "RQ_DASHBOARD_PASSWORD": up.dashboard_password,
             }
         dashboard = [
             sys.executable,
             "-m",
             "rq_dashboard",
             "--bind",
-            settings.dashboard_bind,
+            up.dashboard_bind,
             "--port",
-            str(settings.dashboard_port),
+            str(up.dashboard_port),
             "--redis-url",
-            settings.redis_url or "",
+            shared.redis_url or "",
         ]
         result.append(Child("rq-dashboard", "web", dashboard, extra_env=credentials))
     return result
 
 
-def up(settings: Settings, env: Mapping[str, str], stop: threading.Event | None = None) -> int:
+def up(
+    shared: SharedSettings,
+    scp: ScpSettings,
+    worker: WorkerSettings,
+    settings: UpSettings,
+    env: Mapping[str, str],
+    stop: threading.Event | None = None,
+) -> int:
+    """Run everything until a stop; each part of the configuration parsed once in
+    ``main()``."""
     try:
-        held = lock.acquire(settings.data_dir, settings.file_access)
+        held = lock.acquire(settings.data_dir, shared.file_access)
     except lock.FolderInUse as exc:
         print(f"scp2fhir up: {exc}", file=sys.stderr)
         return 1
     try:
         try:
-            preflight(settings)
+            preflight(scp, settings, shared)
         except PreflightError as exc:
             print(f"scp2fhir up: {exc}", file=sys.stderr)
             return 1
-        return _run(settings, env, StopRequest(stop).install())
+        return _run(shared, scp, worker, settings, env, StopRequest(stop).install())
     finally:
         os.close(held)  # the lock goes with it
 
 
-def _run(settings: Settings, env: Mapping[str, str], request: StopRequest) -> int:
+def _run(
+    shared: SharedSettings,
+    scp: ScpSettings,
+    worker: WorkerSettings,
+    settings: UpSettings,
+    env: Mapping[str, str],
+    request: StopRequest,
+) -> int:
     """Everything, until a stop is requested; then :func:`stop_in_order` and the private
     Redis last."""
     private: EmbeddedRedis | None = None
@@ -132,9 +150,9 @@ def _run(settings: Settings, env: Mapping[str, str], request: StopRequest) -> in
     procs: list[Child] = []
     exit_code = 0
     try:
-        if settings.redis_url is None:
+        if shared.redis_url is None:
             private = EmbeddedRedis(
-                settings.data_dir / "redis", settings.redis_fsync, file_access=settings.file_access
+                settings.data_dir / "redis", settings.redis_fsync, file_access=shared.file_access
             )
             try:
                 private.start()
@@ -142,8 +160,8 @@ def _run(settings: Settings, env: Mapping[str, str], request: StopRequest) -> in
                 print(f"scp2fhir up: {exc}", file=sys.stderr)
                 return 1
             child_env["SCP2FHIR_REDIS_URL"] = private.url
-            settings = config.settings(config.load(child_env))
-        procs = children(settings)
+            shared = dataclasses.replace(shared, redis_url=private.url)
+        procs = children(scp, settings, shared)
         for child in procs:
             child.start(child_env)
         if settings.dashboard_port:
@@ -151,9 +169,9 @@ def _run(settings: Settings, env: Mapping[str, str], request: StopRequest) -> in
                 "RQ dashboard on http://%s:%d", settings.dashboard_bind, settings.dashboard_port
             )
         started_at = time.time()
-        written = _write_state(settings, private, started_at)
+        written = _write_state(shared, scp, worker, settings, private, started_at)
         logger.info("state in %s (for scp2fhir status and the other verbs)", written)
-        client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+        client = redis.Redis.from_url(shared.require_redis_url(), socket_timeout=5)
         watch = RedisWatch(private) if private is not None else None
         ready = False
         waiting_since = time.monotonic()
@@ -164,7 +182,9 @@ def _run(settings: Settings, env: Mapping[str, str], request: StopRequest) -> in
                     exit_code = 1
                     break
                 if watch.restarts != restarts:
-                    _write_state(settings, private, started_at)  # Redis's new pid
+                    _write_state(
+                        shared, scp, worker, settings, private, started_at
+                    )  # Redis's new pid
             failed = _tend(procs, child_env, ready)
             if failed is not None:
                 logger.error(
@@ -176,13 +196,13 @@ def _run(settings: Settings, env: Mapping[str, str], request: StopRequest) -> in
                 exit_code = 1
                 break
             if not ready:
-                ready = _ready(settings, procs, client, waiting_since)
+                ready = _ready(scp, worker, procs, client, waiting_since)
                 if not ready and time.monotonic() - waiting_since > WAITING_LOG_SECONDS:
                     waiting_since = time.monotonic()
         client.close()
     finally:
         if procs:  # none when the private Redis did not start (or the settings failed)
-            stop_in_order(procs, settings.drain_seconds, request)
+            stop_in_order(procs, scp.drain_seconds, request)
         if private is not None:
             private.stop()
         state.remove(settings.data_dir, os.getpid())
@@ -211,14 +231,18 @@ def _tend(procs: list[Child], env: Mapping[str, str], ready: bool) -> Child | No
 
 
 def _ready(
-    settings: Settings, procs: list[Child], client: redis.Redis, waiting_since: float
+    scp: ScpSettings,
+    worker: WorkerSettings,
+    procs: list[Child],
+    client: redis.Redis,
+    waiting_since: float,
 ) -> bool:
     """Logs ``ready:`` once every SCP listens and every worker is registered in RQ."""
     pids = [(c.name, c.stage, c.process.pid) for c in procs if c.process]
     waiting = readiness.missing(
         [(name, pid) for name, stage, pid in pids if stage == "scp"],
         [(name, pid) for name, stage, pid in pids if stage == "worker"],
-        settings.port,
+        scp.port,
         client,
     )
     if waiting:
@@ -227,16 +251,16 @@ def _ready(
         return False
     logger.info(
         "ready: send DICOM to %s@<this host>:%d; ImagingStudy JSON goes to %s",
-        settings.ae_title,
-        settings.port,
-        settings.output_dir.resolve(),
+        scp.ae_title,
+        scp.port,
+        worker.output_dir.resolve(),
     )
     return True
 
 
-def preflight(settings: Settings) -> None:
+def preflight(scp: ScpSettings, settings: UpSettings, shared: SharedSettings) -> None:
     """Before anything starts (:mod:`scp.up.preflight`)."""
-    check_bind("the SCP", "SCP2FHIR_BIND, SCP2FHIR_PORT", settings.bind, settings.port)
+    check_bind("the SCP", "SCP2FHIR_BIND, SCP2FHIR_PORT", scp.bind, scp.port)
     if settings.web_port:
         check_bind("scp2fhir web", "SCP2FHIR_WEB_PORT", settings.dashboard_bind, settings.web_port)
     if settings.dashboard_port:
@@ -246,20 +270,27 @@ def preflight(settings: Settings) -> None:
             settings.dashboard_bind,
             settings.dashboard_port,
         )
-    if settings.redis_url is not None:
-        check_redis(settings.redis_url)
+    if shared.redis_url is not None:
+        check_redis(shared.redis_url)
 
 
-def _write_state(settings: Settings, private: EmbeddedRedis | None, started_at: float) -> Path:
+def _write_state(
+    shared: SharedSettings,
+    scp: ScpSettings,
+    worker: WorkerSettings,
+    settings: UpSettings,
+    private: EmbeddedRedis | None,
+    started_at: float,
+) -> Path:
     return state.write(
         settings.data_dir,
         state.UpState(
             pid=os.getpid(),
-            redis_url=settings.require_redis_url(),
+            redis_url=shared.require_redis_url(),
             redis_pid=private.process.pid if private and private.process else None,
-            quiet_seconds=settings.quiet_seconds,
-            ae_title=settings.ae_title,
-            port=settings.port,
+            quiet_seconds=worker.quiet_seconds,
+            ae_title=scp.ae_title,
+            port=scp.port,
             web_port=settings.web_port,
             dashboard_port=settings.dashboard_port,
             started_at=started_at,

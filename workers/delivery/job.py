@@ -228,7 +228,7 @@ def _deliver_locked(
         caps = Capabilities()  # a folder takes anything a server could
     aggregate = ctx.store.load(study_uid)
     study_keys = _study_keys(aggregate)
-    retention_ms = ctx.settings.retention_seconds * 1000
+    retention_ms = ctx.shared.retention_seconds * 1000
     output = _output(ctx, destination, aggregate, study_uid, standalone=not caps.transaction)
     known = state.load(study_uid)
     if output is None:
@@ -251,7 +251,7 @@ def _deliver_locked(
         )
         return f"unchanged: ImagingStudy/{known.resource_id} version {known.version}"
     if destination.folder is not None:
-        path = write_resource(destination.folder, output, ctx.settings.file_access)
+        path = write_resource(destination.folder, output, ctx.shared.file_access)
         result = WriteResult(str(output["id"]), None, 0, f"file {path}")
     else:
         if destination.validate:
@@ -331,7 +331,7 @@ def _dead_letter(
     state = DeliveryState(ctx.clients.data, destination.name, ctx.delivery.names)
     aggregate = ctx.store.load(study_uid)
     state.dead_lettered(
-        study_uid, job_id, _study_keys(aggregate), ctx.settings.retention_seconds * 1000
+        study_uid, job_id, _study_keys(aggregate), ctx.shared.retention_seconds * 1000
     )
     metrics.recorder().count("delivery_failures_total", destination=destination.name)
     logger.error(

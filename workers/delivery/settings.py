@@ -39,10 +39,12 @@ from scp.config import (
     TableReader,
 )
 from scp.secret import Secret
-from scp.settings import ConfigError, Settings
+from scp.typed_settings import ConfigError
+from workers.delivery_environment import ENVIRONMENT_NAMES as ENVIRONMENT_NAMES
 from workers.mapping import MappingOptions
 from workers.mapping.options import FhirVersion
 from workers.profiles import PROFILES, profile_named
+from workers.settings import WorkerSettings
 
 WriteMode = Literal["conditional", "client-id"]
 AuthMethod = Literal["none", "bearer", "client-credentials", "smart-backend"]
@@ -51,32 +53,6 @@ WRITE_MODES: tuple[WriteMode, ...] = ("conditional", "client-id")
 AUTH_METHODS: tuple[AuthMethod, ...] = ("none", "bearer", "client-credentials", "smart-backend")
 #: Entry point group of pseudonymization plug-ins (``[destinations.pseudonymize] hook``).
 PSEUDONYM_HOOKS = "scp2fhir.pseudonyms"
-
-#: Destination key path -> environment variable, for the environment's one destination.
-ENVIRONMENT_NAMES: dict[str, str] = {
-    "url": "SCP2FHIR_FHIR_BASE_URL",
-    "write_mode": "SCP2FHIR_FHIR_WRITE_MODE",
-    "timeout_seconds": "SCP2FHIR_FHIR_TIMEOUT_SECONDS",
-    "gzip_min_bytes": "SCP2FHIR_FHIR_GZIP_MIN_BYTES",
-    "validate": "SCP2FHIR_FHIR_VALIDATE",
-    "auth.method": "SCP2FHIR_FHIR_AUTH",
-    "auth.token": "SCP2FHIR_FHIR_TOKEN",
-    "auth.token_file": "SCP2FHIR_FHIR_TOKEN_FILE",
-    "auth.token_url": "SCP2FHIR_FHIR_TOKEN_URL",
-    "auth.client_id": "SCP2FHIR_FHIR_CLIENT_ID",
-    "auth.client_secret": "SCP2FHIR_FHIR_CLIENT_SECRET",
-    "auth.client_secret_file": "SCP2FHIR_FHIR_CLIENT_SECRET_FILE",
-    "auth.private_key_file": "SCP2FHIR_FHIR_PRIVATE_KEY_FILE",
-    "auth.key_id": "SCP2FHIR_FHIR_KEY_ID",
-    "auth.scope": "SCP2FHIR_FHIR_SCOPE",
-    "tls.ca_bundle": "SCP2FHIR_FHIR_CA_BUNDLE",
-    "tls.client_cert": "SCP2FHIR_FHIR_CLIENT_CERT",
-    "tls.client_key": "SCP2FHIR_FHIR_CLIENT_KEY",
-    "retry.max_attempts": "SCP2FHIR_FHIR_MAX_ATTEMPTS",
-    "retry.base_seconds": "SCP2FHIR_FHIR_RETRY_BASE_SECONDS",
-    "retry.max_seconds": "SCP2FHIR_FHIR_RETRY_MAX_SECONDS",
-    "retry.conflict_retries": "SCP2FHIR_FHIR_CONFLICT_RETRIES",
-}
 
 #: Auth keys only the given methods use: set with another, they are an operator's
 #: mistake (a credential meant for something else), not silently ignored.
@@ -241,7 +217,7 @@ class DeliverySettings:
         return next((d for d in self.destinations if d.name == name), None)
 
 
-def delivery_settings(config: Configuration, settings: Settings) -> DeliverySettings:
+def delivery_settings(config: Configuration, settings: WorkerSettings) -> DeliverySettings:
     """The destinations ``config`` describes; raises :class:`ConfigError` (one line)."""
     if config.destinations:
         for variable in ENVIRONMENT_NAMES.values():
@@ -280,7 +256,7 @@ def delivery_settings(config: Configuration, settings: Settings) -> DeliverySett
     return DeliverySettings()
 
 
-def parse_destination(r: Reader, settings: Settings, default_name: str | None) -> Destination:
+def parse_destination(r: Reader, settings: WorkerSettings, default_name: str | None) -> Destination:
     """One destination from ``r`` (a ``[[destinations]]`` table or the environment)."""
     name = r.text("name") or default_name
     if name is None:

@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 from scp import keys
 from scp.connections import RedisClients
-from scp.settings import Settings
 from workers.dicomjson import valid_uid
 from workers.fold import ENTERED_IN_ERROR, StudyAggregate
 from workers.lifecycle.origin import with_origin, written_by_us
 from workers.mapping import Resource, fhir_id, imaging_study, study_bundle
 from workers.output import resource_path, write_resource
+from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:  # workers.context imports the delivery code, which imports this module
     from workers.context import WorkerContext
@@ -209,7 +209,7 @@ def _rewrite_files(ctx: WorkerContext, aggregate: StudyAggregate) -> list[Path]:
                 else:
                     logger.warning("file=%s was not written by scp2fhir: left alone", path)
     return [
-        write_resource(settings.output_dir, with_origin(o), settings.file_access) for o in outputs
+        write_resource(settings.output_dir, with_origin(o), ctx.shared.file_access) for o in outputs
     ]
 
 
@@ -238,7 +238,7 @@ return deleted + redis.call('DEL', KEYS[1])
 
 def forget(
     clients: RedisClients,
-    settings: Settings,
+    settings: WorkerSettings,
     study_uid: str,
     destinations: Sequence[str] = (keys.DEFAULT_DESTINATION,),
 ) -> Outcome:

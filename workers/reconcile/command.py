@@ -16,7 +16,9 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from scp.settings import ConfigError, Settings
+from scp.settings import ScpSettings
+from scp.shared_settings import SharedSettings
+from scp.typed_settings import ConfigError
 
 if TYPE_CHECKING:  # imported when run, so that `scp2fhir --help` does not load pynetdicom
     import redis
@@ -71,7 +73,13 @@ def date_range(
     return since, until
 
 
-def run(verb: str, settings: Settings, env: Mapping[str, str], args: argparse.Namespace) -> int:
+def run(
+    verb: str,
+    settings: ScpSettings,
+    shared: SharedSettings,
+    env: Mapping[str, str],
+    args: argparse.Namespace,
+) -> int:
     import redis
 
     from scp.connections import connect
@@ -81,11 +89,11 @@ def run(verb: str, settings: Settings, env: Mapping[str, str], args: argparse.Na
         pacs_settings = PacsSettings.from_env(env, settings.ae_title)
         address = pacs_settings.address(args.pacs)
         since, until = date_range(args, pacs_settings, dt.date.today())
-        url = settings.require_redis_url()
+        url = shared.require_redis_url()
     except ConfigError as exc:
         print(f"scp2fhir: configuration error: {exc}", file=sys.stderr)
         return CONFIG
-    if settings.log_level != "DEBUG":
+    if shared.log_level != "DEBUG":
         # pynetdicom logs each refused connection or abort as an ERROR; the one line this
         # command prints says the same, with the PACS's name and what to do.
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
