@@ -18,7 +18,7 @@ from pynetdicom import (
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from scp import metrics
+from scp import fastpath, metrics
 from scp.access import AccessPolicy, Slots, handle_requested, parse_networks
 from scp.associations import AssociationLog
 from scp.connections import connect
@@ -93,6 +93,7 @@ def serve(
     # Spooled: large objects (whole-slide images, tomosynthesis) go to a temporary file
     # as they arrive instead of into memory; the handler maps only the header back in.
     _config.STORE_RECV_CHUNKED_DATASET = settings.spool == "file"
+    fastpath.ENABLED = settings.fast_path
     spool = SpoolFolder.claim(settings.spool_parent())
     spool.use()
     clients = connect(settings.require_redis_url())

@@ -67,6 +67,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "stays flat for objects of any size) or `memory` (~25% faster, RAM per association "
         "= largest object).",
     ),
+    "SCP2FHIR_FAST_PATH": (
+        "1",
+        "0: every C-STORE through pynetdicom's own message handling instead of the SCP's "
+        "C-STORE fast path (scp.fastpath; for comparison).",
+    ),
     # --- where datasets wait while they arrive (scp.spool)
     "SCP2FHIR_SPOOL_DIR": (
         "(temp)/scp2fhir-spool",
@@ -375,6 +380,7 @@ class Settings:
     output_dir: Path = Path("out")
     fhir_version: FhirVersion = "R4"
     spool: str = "file"
+    fast_path: bool = True
     # where datasets wait while they arrive (scp.spool)
     spool_dir: Path | None = None
     accession_system: str | None = None
@@ -487,6 +493,9 @@ class Settings:
             output_dir=Path(get("SCP2FHIR_OUTPUT_DIR") or defaults.output_dir),
             fhir_version="R5" if version == "R5" else "R4",
             spool=spool,
+            fast_path=_flag(env, "SCP2FHIR_FAST_PATH")
+            if env.get("SCP2FHIR_FAST_PATH", "").strip()
+            else defaults.fast_path,
             spool_dir=Path(spool_dir) if (spool_dir := get("SCP2FHIR_SPOOL_DIR")) else None,
             accession_system=get("SCP2FHIR_ACCESSION_SYSTEM"),
             patient_id_system=get("SCP2FHIR_PATIENT_ID_SYSTEM"),
