@@ -1,4 +1,4 @@
-"""A C-STORE path that skips pynetdicom's per-message machinery (issue #15; prototype).
+"""A C-STORE path that skips pynetdicom's per-message machinery (issue #15).
 
 Stock pynetdicom takes every P-DATA-TF PDU of an established association through the
 PDU decoder, the DUL state machine (one ``Evt10`` and one ``DT-2`` per PDU), the DIMSE
@@ -22,6 +22,14 @@ thread, with the PDU bytes :func:`scp.pdu_reader.read_pdu` already read:
   handler call, status validation and response primitive), whose response
   :meth:`scp.transport.PromptDUL.send_pdu` writes to the socket at once, being in the
   reactor's thread.
+* anything unusual once the dataset is arriving (an undecodable PDU, an empty PDV, a
+  command fragment, any other PDU type) *hands the message over*
+  (:meth:`FastStore.hand_over`): pynetdicom's DIMSE provider gets it in the state it
+  would have built itself (the decoded command, the same spool file or buffer), and
+  the PDU goes to pynetdicom, which does with it what it always did.
+
+``tests/test_fastpath.py`` runs valid and hostile PDU streams through both paths and
+compares what the peer gets, what Redis holds and the log lines.
 
 ``SCP2FHIR_FAST_PATH=0`` turns it off.
 """
@@ -41,8 +49,9 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import _config, evt
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import create_file_meta
+from pynetdicom.dsutils import create_file_meta, decode
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
@@ -101,9 +110,10 @@ def split_pdvs(pdu: bytes | bytearray | memoryview) -> list[tuple[int, memoryvie
 class _Incoming:
     """A C-STORE-RQ taken by the fast path, its dataset arriving."""
 
-    def __init__(self, primitive: Any, context: Any) -> None:
+    def __init__(self, primitive: Any, context: Any, command: bytes) -> None:
         self.primitive = primitive
         self.context = context
+        self.command = command  # the encoded command set, for a hand-over
         self.file: Any = None
         self.buffer: BytesIO | None = None
         self.failed = False  # the spool write failed: the rest is dropped
@@ -251,7 +261,7 @@ class FastStore:
         if command.priority is not None:
             primitive.Priority = command.priority
         primitive.AffectedSOPInstanceUID = command.sop_instance_uid
-        return _Incoming(primitive, context)
+        return _Incoming(primitive, context, bytes(encoded))
 
     def _give_up(self, pdu: bytearray) -> bool:
         if not self._kept:
@@ -271,17 +281,44 @@ class FastStore:
 
     def _continue(self, pdu: bytearray) -> bool:
         items = split_pdvs(pdu)
-        if items is None:
-            # pynetdicom's decoder fails on it the same way (and aborts): let it.
-            self.close()
+        if items is None or any(value[0] & 0x01 for _, value in items):
+            # Undecodable, an empty PDV, a command inside the dataset: whatever
+            # pynetdicom makes of it, it does from the state it would be in.
+            self.hand_over()
             return False
-        if any(value[0] & 0x01 for _, value in items):
-            # A command inside a dataset. pynetdicom would append it to the command set
-            # and start another spool file; the prototype ends the association instead.
-            self._protocol_error("a command fragment inside a dataset")
-            return True
         self._data(items)
         return True
+
+    def flush(self) -> None:
+        """Before a PDU pynetdicom gets (another type than P-DATA-TF): give it what the
+        fast path holds, so that it is in the state it would be in."""
+        if self._incoming is not None:
+            self.hand_over()
+        elif self._kept:
+            self._replay()
+
+    def hand_over(self) -> None:
+        """Give pynetdicom the message whose dataset is arriving, as its DIMSE provider
+        would hold it at this point (``DIMSEMessage.decode_msg``): the command decoded,
+        the dataset so far in the same spool file or buffer, or, if that failed,
+        dropping the rest (:class:`scp.spool.SpoolingDIMSE`)."""
+        incoming, self._incoming = self._incoming, None
+        assert incoming is not None
+        message: Any = DIMSEMessage()
+        message.encoded_command_set = BytesIO(incoming.command)
+        message.command_set = decode(BytesIO(incoming.command), True, True)
+        message.context_id = incoming.context.context_id
+        message.__class__ = C_STORE_RQ
+        dimse: Any = self.dul.assoc.dimse
+        if incoming.failed:
+            dimse._unspooled = message
+            return
+        if incoming.buffer is not None:
+            message.data_set = incoming.buffer
+        else:
+            message._data_set_file = incoming.file
+            message._data_set_path = Path(incoming.file.name)
+        dimse.message = message
 
     def _data(self, items: list[tuple[int, memoryview]]) -> None:
         incoming = self._incoming
@@ -335,8 +372,3 @@ class FastStore:
             self.responding = False
             if not incoming.failed and incoming.file is not None:
                 delete_spool_file(incoming.file)  # (SCP deletes it, but not if it raised)
-
-    def _protocol_error(self, what: str) -> None:
-        logger.warning("assoc=%s aborted: %s", self.dul.assoc.name, what)
-        self.close()
-        self.dul._abort_on_error(RuntimeError(what))

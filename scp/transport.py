@@ -227,8 +227,11 @@ class PromptDUL(DULServiceProvider):
             self._close()
             return
         fast = self._fast
-        if fast is not None and data[0] == P_DATA_TF and self._negotiated and fast.take(data):
-            return
+        if fast is not None:
+            if data[0] != P_DATA_TF:
+                fast.flush()
+            elif self._negotiated and fast.take(data):
+                return
         self._dispatch(data)
 
     def _dispatch(self, data: bytearray) -> None:
