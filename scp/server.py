@@ -18,7 +18,7 @@ from pynetdicom import (
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from scp import metrics
+from scp import fastpath, metrics
 from scp.access import AccessPolicy, Slots, handle_requested, parse_networks
 from scp.associations import AssociationLog
 from scp.connections import connect
@@ -98,6 +98,7 @@ def serve(
     # file for every instance, however small.
     _config.STORE_RECV_CHUNKED_DATASET = False
     SpoolingDIMSE.rollover_bytes = ROLLOVER_BYTES if settings.spool == "file" else None
+    fastpath.ENABLED = settings.fast_path
     spool = SpoolFolder.claim(settings.spool_parent())
     spool.use()
     clients = connect(shared.require_redis_url())

@@ -20,6 +20,7 @@ from scp.typed_settings import (
     ConfigError,
     choice,
     existing_file,
+    flag,
     integer,
     is_ae_title,
     path,
@@ -76,6 +77,14 @@ class ScpSettings:
         "`memory` (always in memory: RAM per association = largest object).",
         choice(("file", "memory"), "must be file or memory"),
         default="file",
+    )
+    fast_path: bool = setting(
+        "SCP2FHIR_FAST_PATH",
+        "1",
+        "0: every C-STORE through pynetdicom's own message handling instead of the SCP's "
+        "C-STORE fast path (scp.fastpath; for comparison).",
+        flag,
+        default=True,
     )
     # where datasets wait while they arrive (scp.spool)
     spool_dir: Path | None = setting(

@@ -47,6 +47,7 @@ import select
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 import time
 from typing import Any, cast
@@ -55,6 +56,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import (
     AssociationServer,
     AssociationSocket,
@@ -63,7 +65,16 @@ from pynetdicom.transport import (
 )
 
 from scp.access import AccessPolicy, Slots, Ticket, record_rejection
-from scp.pdu_reader import PduTimeout, PduTooLarge, PeerClosed, UnknownPdu, bounds, read_pdu
+from scp.fastpath import FastStore, enabled
+from scp.pdu_reader import (
+    P_DATA_TF,
+    PduTimeout,
+    PduTooLarge,
+    PeerClosed,
+    UnknownPdu,
+    bounds,
+    read_pdu,
+)
 from scp.spool import SpoolingDIMSE, delete_spool_file
 
 logger = logging.getLogger(__name__)
@@ -95,8 +106,21 @@ class PromptDUL(DULServiceProvider):
         self._waiting = False  # in select(): a queued PDU must wake it (see _wake)
         self._requested = False  # an A-ASSOCIATE-RQ arrived
         self._negotiated = False  # the association was established (and may have ended)
+        self._fast = FastStore(self) if enabled() else None
 
     def send_pdu(self, primitive: Any) -> None:
+        # The fast path's response, sent from this thread: straight to the socket, as
+        # DT-1 would (nothing listens to EVT_PDU_SENT or the transition: FastStore).
+        fast = self._fast
+        if (
+            fast is not None
+            and fast.responding
+            and type(primitive) is P_DATA
+            and self.socket is not None
+            and self.to_provider_queue.empty()
+        ):
+            self.socket.send(_encode_p_data(primitive))
+            return
         super().send_pdu(primitive)
         # Only a loop blocked in select() needs the pipe: one about to block sees the
         # queued PDU first (_wait sets _waiting before it looks at the queue).
@@ -158,6 +182,8 @@ class PromptDUL(DULServiceProvider):
                     continue
                 self.state_machine.do_action(event)
         finally:
+            if self._fast is not None:
+                self._fast.close()
             os.close(self._wake_read)
             os.close(self._wake_write)
 
@@ -200,6 +226,17 @@ class PromptDUL(DULServiceProvider):
         except PeerClosed:
             self._close()
             return
+        fast = self._fast
+        if fast is not None:
+            if data[0] != P_DATA_TF:
+                fast.flush()
+            elif self._negotiated and fast.take(data):
+                return
+        self._dispatch(data)
+
+    def _dispatch(self, data: bytearray) -> None:
+        """Decode one PDU read and queue its event, as pynetdicom does."""
+        peer = self.assoc.requestor.address
         try:
             pdu, event = self._decode_pdu(data)
         except Exception as exc:  # pynetdicom's decoders raise many kinds
@@ -318,7 +355,11 @@ class PromptAssociation(Association):
             except queue.Empty:
                 context_id, msg = None, None
             if msg:
-                self._serve_request(msg, cast(int, context_id))
+                try:
+                    self._serve_request(msg, cast(int, context_id))
+                finally:
+                    # The fast path waits for the messages pynetdicom was given.
+                    self.dimse.msg_queue.task_done()
 
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
@@ -498,6 +539,19 @@ class AcceptorServer(ThreadedAssociationServer, _SharedListener):
     def shutdown(self) -> None:
         socketserver.BaseServer.shutdown(self)
         self.server_close()
+
+
+def _encode_p_data(primitive: P_DATA) -> bytes:
+    """The P-DATA-TF PDU of ``primitive``, as pynetdicom's ``P_DATA_TF.encode``."""
+    items = b"".join(
+        _PDV_HEAD.pack(len(value) + 1, context_id) + value
+        for context_id, value in primitive.presentation_data_value_list
+    )
+    return _PDU_HEAD.pack(P_DATA_TF, 0, len(items)) + items
+
+
+_PDV_HEAD = struct.Struct(">LB")
+_PDU_HEAD = struct.Struct(">BBL")
 
 
 def _address(client_address: Any) -> str:

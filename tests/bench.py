@@ -71,7 +71,7 @@ __all__ = ["ROOT", "Storescp", "System", "line", "main", "platform_line", "send"
 QUIET_SECONDS = 2.0
 INGEST = {"1-association": 1, "4-associations": 4}
 SCENARIOS = (*INGEST, "worker", "spool", "completion", "destinations")
-RECEIVERS = ("storescp", "orthanc", "pynetdicom", "scp", "up")
+RECEIVERS = ("storescp", "orthanc", "pynetdicom", "scp", "scp-nofast", "up")
 #: the issue's targets, printed beside the figures (README "Performance")
 FOLD_TARGET_PER_SECOND = 5000
 BUILD_TARGET_SECONDS = {"base": 0.2, "mii": 0.5}
@@ -186,6 +186,8 @@ def start_receiver(key: str, associations: int) -> Receiver:
         return PynetdicomStorescp()
     if key == "scp":
         return Scp()
+    if key == "scp-nofast":  # the same without the C-STORE fast path (scp.fastpath)
+        return Scp({"SCP2FHIR_FAST_PATH": "0"}, key, "scp2fhir scp, SCP2FHIR_FAST_PATH=0")
     return System({}, QUIET_SECONDS)
 
 

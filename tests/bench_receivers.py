@@ -236,8 +236,11 @@ class Scp:
 
     key = "scp"
 
-    def __init__(self, extra_env: Mapping[str, str] | None = None) -> None:
-        self.label = "scp2fhir scp (Success after Redis)"
+    def __init__(
+        self, extra_env: Mapping[str, str] | None = None, key: str = "scp", label: str = ""
+    ) -> None:
+        self.key = key
+        self.label = label or "scp2fhir scp (Success after Redis)"
         self.port = free_port()
         self.cwd = Path(tempfile.mkdtemp(prefix="bench-scp-"))
         self.redis = EmbeddedRedis(self.cwd / "redis")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -174,8 +175,17 @@ class ScpThread:
         self.thread = threading.Thread(target=serve, args=args, daemon=True)
 
     def start(self, port: int) -> ScpThread:
-        self.thread.start()
-        wait_for(lambda: echo(port), timeout=10, what="the SCP to answer C-ECHO")
+        # serve() binds pynetdicom's per-PDU logging (and so keeps the C-STORE fast path,
+        # scp.fastpath, off) when pynetdicom logs at INFO, as under pytest's log_level;
+        # in production scp.logs holds it at WARNING. Start it as production does.
+        library = logging.getLogger("pynetdicom")
+        level = library.level
+        library.setLevel(logging.WARNING)
+        try:
+            self.thread.start()
+            wait_for(lambda: echo(port), timeout=10, what="the SCP to answer C-ECHO")
+        finally:
+            library.setLevel(level)
         return self
 
     def stop(self) -> None:

@@ -63,20 +63,30 @@ def _full_spool(kind: str, spool: Path) -> list[str]:
     return [sys.executable, "-c", run]
 
 
-@pytest.fixture(params=["tmpfs", "rlimit-fsize"])
+# The fast path (scp.fastpath) and pynetdicom's own message handling spool alike.
+@pytest.fixture(
+    params=[("tmpfs", "1"), ("tmpfs", "0"), ("rlimit-fsize", "1"), ("rlimit-fsize", "0")],
+    ids=["tmpfs-fast", "tmpfs-pynetdicom", "rlimit-fsize-fast", "rlimit-fsize-pynetdicom"],
+)
 def full_spool_scp(
     request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
 ) -> Iterator[tuple[int, Child]]:
-    if request.param == "tmpfs" and not _user_namespaces():
+    kind, fast_path = request.param
+    if kind == "tmpfs" and not _user_namespaces():
         pytest.skip("no user namespaces here to mount a tmpfs in (rlimit-fsize runs)")
     spool = tmp_path / "spool"
     spool.mkdir()
     port = free_port()
     # TMPDIR too: every temporary file the SCP writes is to meet the full disk.
     env = pipeline_env(
-        redis_url, tmp_path / "out", port, SCP2FHIR_SPOOL_DIR=str(spool), TMPDIR=str(spool)
+        redis_url,
+        tmp_path / "out",
+        port,
+        SCP2FHIR_SPOOL_DIR=str(spool),
+        TMPDIR=str(spool),
+        SCP2FHIR_FAST_PATH=fast_path,
     )
-    scp = spawn("scp", _full_spool(request.param, spool), env, tmp_path / "scp.log")
+    scp = spawn("scp", _full_spool(kind, spool), env, tmp_path / "scp.log")
     from tests.conftest import echo
 
     wait_for(lambda: scp.alive() and echo(port), 30, "the SCP to answer C-ECHO", 0.2)
@@ -178,8 +188,9 @@ def _instance(tmp_path: Path, name: str, size: int, study: str) -> Path:
     return write_part10(tmp_path / f"{name}.dcm", _pixels(study, sop, size), CT, sop)
 
 
+@pytest.mark.parametrize("fast_path", ["1", "0"], ids=["fast", "pynetdicom"])
 def test_small_datasets_stay_in_memory_and_large_ones_roll_over_with_flat_memory(
-    redis_url: str, data: redis.Redis, tmp_path: Path
+    fast_path: str, redis_url: str, data: redis.Redis, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
     study = generate_uid()
@@ -188,7 +199,8 @@ def test_small_datasets_stay_in_memory_and_large_ones_roll_over_with_flat_memory
         for i, size in enumerate((40_000, 40_000, ROLLOVER_BYTES - 64 * 1024))
     ]
     large = _instance(tmp_path, "large", 64 * MIB, study)
-    with scp_process(redis_url, tmp_path, SCP2FHIR_SPOOL_DIR=str(spool)) as (port, scp):
+    env = {"SCP2FHIR_SPOOL_DIR": str(spool), "SCP2FHIR_FAST_PATH": fast_path}
+    with scp_process(redis_url, tmp_path, **env) as (port, scp):
         folder = _own_folder(spool)
         # A file created (and deleted) in the folder changes its modification time.
         untouched = folder.stat().st_mtime_ns
