@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import subprocess
@@ -15,7 +16,7 @@ import redis
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from scp import keys, statuses
+from scp import fastpath, keys, statuses
 from scp import server as scp_server
 from scp.connections import connect
 from scp.inbox import Inbox
@@ -68,6 +69,12 @@ def wait_listening(port: int, tls: ssl.SSLContext | None = None) -> None:
 @pytest.fixture
 def scp_with(redis_url: str) -> Iterator[Any]:
     servers: list[ScpThread] = []
+    # pynetdicom at WARNING, as in production (scp.logs) and as ScpThread.start has it:
+    # at INFO (pytest's log level) the SCP binds pynetdicom's per-PDU logging and the
+    # C-STORE fast path (scp.fastpath) stays off.
+    library = logging.getLogger("pynetdicom")
+    level = library.level
+    library.setLevel(logging.WARNING)
 
     def make(**env: str) -> int:
         server, port = start(redis_url, **env)
@@ -77,6 +84,7 @@ def scp_with(redis_url: str) -> Iterator[Any]:
     yield make
     for server in servers:
         server.stop()
+    library.setLevel(level)
 
 
 def test_calling_ae_allow_list(scp_with: Any) -> None:
@@ -159,11 +167,24 @@ def tls_env(pki: tuple[Path, Pair, Pair]) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("fast_path", ["1", "0"], ids=["fast", "pynetdicom"])
 def test_dicom_tls_with_client_certificates(
-    scp_with: Any, pki: tuple[Path, Pair, Pair], data: redis.Redis
+    fast_path: str,
+    scp_with: Any,
+    pki: tuple[Path, Pair, Pair],
+    data: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    served: list[int] = []
+    serve = fastpath.FastStore._serve
+
+    def counted(self: fastpath.FastStore) -> None:
+        served.append(1)
+        serve(self)
+
+    monkeypatch.setattr(fastpath.FastStore, "_serve", counted)
     ca, _, client = pki
-    port = scp_with(**tls_env(pki))
+    port = scp_with(**tls_env(pki), SCP2FHIR_FAST_PATH=fast_path)
     good = client_context(ca, client)
     wait_listening(port, tls=good)
     # A stalled peer that never starts its handshake must not block anyone else.
@@ -175,6 +196,7 @@ def test_dicom_tls_with_client_certificates(
         assert assoc.send_c_store(ds).Status == statuses.SUCCESS
         assoc.release()
     assert data.xlen(keys.INBOX) == 1
+    assert len(served) == (1 if fast_path == "1" else 0), "the C-STORE took the wrong path"
     assert not associate(port, tls=client_context(ca, None)).is_established, "no client cert"
     assert not associate(port).is_established, "plain TCP is not spoken"
 
