@@ -182,6 +182,11 @@ class FastStore:
     def take(self, pdu: bytearray) -> bool:
         """Whether the fast path took this P-DATA-TF PDU (else pynetdicom gets it)."""
         if self._incoming is not None:
+            if not self._established():
+                # Aborted meanwhile (the idle timer, an A-ABORT sent): pynetdicom ignores
+                # P-DATA from here on (AA-6), so the dataset arriving is never served.
+                self.close()
+                return False
             return self._continue(pdu)
         if not self._kept and not self._ready():
             return False
@@ -235,12 +240,18 @@ class FastStore:
         assoc = dul.assoc
         dimse = assoc.dimse
         return (
-            assoc.is_established
+            self._established()
             and not assoc._sent_release
-            and dul.state_machine.current_state == "Sta6"
             and dimse.message is None
+            and getattr(dimse, "_unspooled", None) is None  # scp.spool.SpoolingDIMSE
+            and dul.event_queue.empty()
             and dimse.msg_queue.unfinished_tasks == 0
             and not any(assoc.get_handlers(event) for event in _WATCHED)
+        )
+
+    def _established(self) -> bool:
+        return bool(
+            self.dul.assoc.is_established and self.dul.state_machine.current_state == "Sta6"
         )
 
     def _command(self, context_id: int) -> _Incoming | None:
@@ -319,12 +330,15 @@ class FastStore:
         assert incoming is not None
         message: Any = DIMSEMessage()
         message.encoded_command_set = BytesIO(incoming.command)
+        # At its end, as pynetdicom leaves it: a command fragment after this appends.
+        message.encoded_command_set.seek(0, 2)
         message.command_set = decode(BytesIO(incoming.command), True, True)
         message.context_id = incoming.context.context_id
         message.__class__ = C_STORE_RQ
         dimse: Any = self.dul.assoc.dimse
         if incoming.failed:
             dimse._unspooled = message
+            dimse.message = message  # as SpoolingDIMSE leaves it
             return
         if incoming.buffer is not None:
             message.data_set = incoming.buffer
@@ -339,6 +353,9 @@ class FastStore:
         for _, value in items:
             try:
                 incoming.write(value[1:])
+                if value[0] & 0x02 and incoming.file is not None and not incoming.failed:
+                    # Now, not at close() in _serve: a full disk is answered 0xA700.
+                    incoming.file.flush()
             except OSError as exc:
                 self._spool_failed(exc)
             if value[0] & 0x02:
@@ -375,6 +392,11 @@ class FastStore:
         primitive._context_id = incoming.context.context_id
         assoc = self.dul.assoc
         self.responding = True
+        # The association thread checks the idle timer; on pynetdicom's path it runs the
+        # handler itself and so never aborts during it. Here it would, while the
+        # handler waits for Redis, and the stored instance would lose its Success.
+        idle = self.dul._idle_timer
+        timeout, idle.timeout = idle.timeout, None
         try:
             assoc.dimse.cancel_req = {}
             StorageServiceClass(assoc).SCP(primitive, incoming.context)
@@ -382,6 +404,8 @@ class FastStore:
             logger.exception("assoc=%s the storage service failed", assoc.name)
             self.dul._abort_on_error(exc)
         finally:
+            idle.timeout = timeout
+            idle.restart()
             self.responding = False
             if not incoming.failed and incoming.file is not None:
                 delete_spool_file(incoming.file)  # (SCP deletes it, but not if it raised)

@@ -111,13 +111,17 @@ class _Connections:
             self._idle, self._pid = [], os.getpid()
         try:
             connection = self._idle.pop()
+            reused = True
         except IndexError:
             # Checked out of the pool for good (never released): the pool still
             # disconnects it on close, and a Sentinel pool connects it to the master.
             connection = self._pool.get_connection()
-        else:
-            _ready(connection)
+            reused = False
         try:
+            if reused:
+                # Inside the try: a reconnect that fails still puts it back, to be
+                # connected again on its next use.
+                _ready(connection)
             return connection.retry.call_with_retry(
                 lambda: _round_trip(connection, args),
                 lambda _error: connection.disconnect(),

@@ -83,6 +83,8 @@ def parse_store_command(data: bytes) -> StoreCommand | None:
     if not isinstance(message_id, int) or not sop_class or not sop_instance:
         return None
     priority = values.get(_PRIORITY)
+    if priority is not None and priority not in (0, 1, 2):
+        return None  # pynetdicom refuses it as an invalid message: let it
     return StoreCommand(
         message_id,
         str(sop_class),
