@@ -404,8 +404,10 @@ class FastStore:
             logger.exception("assoc=%s the storage service failed", assoc.name)
             self.dul._abort_on_error(exc)
         finally:
-            idle.timeout = timeout
+            # Restarted before its timeout is back: the association thread never sees
+            # the old start with the timeout restored.
             idle.restart()
+            idle.timeout = timeout
             self.responding = False
             if not incoming.failed and incoming.file is not None:
                 delete_spool_file(incoming.file)  # (SCP deletes it, but not if it raised)

@@ -358,6 +358,10 @@ class PromptAssociation(Association):
                 try:
                     self._serve_request(msg, cast(int, context_id))
                 finally:
+                    # The network timeout is for a peer that is idle, not for one waiting
+                    # for our answer: a handler that waited long for Redis (a stalled
+                    # fsync) must not have its answer cut off by the check below.
+                    self.dul._idle_timer.restart()
                     # The fast path waits for the messages pynetdicom was given.
                     self.dimse.msg_queue.task_done()
 
