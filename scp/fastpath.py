@@ -45,17 +45,15 @@ from pathlib import Path
 from tempfile import NamedTemporaryFile
 from typing import TYPE_CHECKING, Any
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import _config, evt
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import create_file_meta, decode
+from pynetdicom.dsutils import decode
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from scp.spool import _SPOOL_FAILED, SpoolingDIMSE, delete_spool_file
+from scp.spool import _SPOOL_FAILED, SpoolingDIMSE, delete_spool_file, write_part10_head
 from scp.store_command import encode_file_meta, parse_store_command
 
 if TYPE_CHECKING:
@@ -153,14 +151,12 @@ class _Incoming:
                 )
             )
         else:
-            self.file.write(b"\x00" * 128)
-            self.file.write(b"DICM")
-            meta: FileMetaDataset = create_file_meta(
-                sop_class_uid=self.primitive.AffectedSOPClassUID,
-                sop_instance_uid=self.primitive.AffectedSOPInstanceUID,
-                transfer_syntax=UID(self.transfer_syntax),
+            write_part10_head(
+                self.file,
+                self.primitive.AffectedSOPClassUID,
+                self.primitive.AffectedSOPInstanceUID,
+                self.transfer_syntax,
             )
-            write_file_meta_info(self.file, meta)
         self.file.write(buffered.getbuffer())
 
     def discard(self) -> None:

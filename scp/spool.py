@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -209,16 +210,11 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         message._data_set_path = Path(spooled.name)
         # The Part 10 layout pynetdicom writes with STORE_RECV_CHUNKED_DATASET, so the
         # handler reads either the same way.
-        spooled.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(
+        write_part10_head(
             spooled,
-            create_file_meta(
-                sop_class_uid=command.AffectedSOPClassUID,
-                sop_instance_uid=command.AffectedSOPInstanceUID,
-                transfer_syntax=self.assoc._accepted_cx[
-                    int(message.context_id or 0)
-                ].transfer_syntax[0],
-            ),
+            command.AffectedSOPClassUID,
+            command.AffectedSOPInstanceUID,
+            self.assoc._accepted_cx[int(message.context_id or 0)].transfer_syntax[0],
         )
         spooled.write(buffered.getbuffer())
         spooled.flush()
@@ -247,6 +243,21 @@ def _ends_dataset(primitive: P_DATA) -> bool:
 def _discard_file(message: Any) -> None:
     delete_spool_file(getattr(message, "_data_set_file", None))
     message._data_set_file = None
+
+
+def write_part10_head(spooled: Any, sop_class: str, sop_instance: str, syntax: str) -> None:
+    """Write the preamble, ``DICM`` and the File Meta Information that pynetdicom puts at
+    the head of its chunked datasets (``DIMSEMessage.decode_msg``), so the handler reads
+    every spool file the same way, whichever path wrote it."""
+    spooled.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(
+        spooled,
+        create_file_meta(
+            sop_class_uid=UID(sop_class),
+            sop_instance_uid=UID(sop_instance),
+            transfer_syntax=UID(syntax),
+        ),
+    )
 
 
 def delete_spool_file(spooled: Any) -> None:
