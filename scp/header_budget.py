@@ -19,13 +19,13 @@ from exact sizes) and by :func:`encode`, on the JSON text as stored.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
 from scp.header_rules import IDENTITY_KEYWORDS, MAPPED_KEYWORDS
+from scp.json_text import dumps
 
 
 def _keys(keywords: frozenset[str]) -> frozenset[str]:
@@ -62,23 +62,18 @@ def fit(sizes: Mapping[str, int], budget: int) -> list[str]:
     return dropped
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def element_size(key: str, element: Any) -> int:
     """Bytes the element takes in the stored JSON (``"key":{...},``)."""
-    return len(_dumps({key: element}).encode("utf-8"))
+    return len(dumps({key: element}))
 
 
-def encode(header: dict[str, Any], budget: int) -> tuple[str, list[str]]:
+def encode(header: dict[str, Any], budget: int) -> tuple[bytes, list[str]]:
     """The header as stored (JSON text of at most ``budget`` bytes, unless its identity
     alone is larger) and the keys left out to get there."""
-    payload = _dumps(header)
-    # UTF-8 takes at most 4 bytes a character: most headers need no encoding to tell.
-    if len(payload) * 4 <= budget or len(payload.encode("utf-8")) <= budget:
+    payload = dumps(header)
+    if len(payload) <= budget:
         return payload, []
     sizes = {key: element_size(key, element) for key, element in header.items()}
     dropped = fit(sizes, budget - 2)  # the braces
     left_out = set(dropped)
-    return _dumps({k: v for k, v in header.items() if k not in left_out}), dropped
+    return dumps({k: v for k, v in header.items() if k not in left_out}), dropped

@@ -19,7 +19,6 @@ written it to its append-only file under its fsync policy) when it answers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import redis
 from rq import Queue
 
 from scp import keys
+from scp.json_text import dumps
 from scp.retries import internal_retry
 
 logger = logging.getLogger(__name__)
@@ -64,21 +64,32 @@ class Inbox:
         self._redis = connection
         self._push = connection.register_script(_PUSH)
         self._connections = _Connections(connection)
+        # EVALSHA, the script and its keys as Redis reads them (RESP), packed once: only
+        # the study, the header and the TTL change from one push to the next.
+        self._packed_head = _resp_array_head(3 + len(_PUSH_KEYS) + 3) + b"".join(
+            _resp_bulk(part.encode())
+            for part in ("EVALSHA", self._push.sha, str(len(_PUSH_KEYS)), *_PUSH_KEYS)
+        )
         self._fold_queue = Queue(keys.FOLD_QUEUE, connection=rq_connection)
 
     def push(self, study_uid: str, header: dict[str, Any]) -> Receipt:
         """Store ``header`` durably; raises :class:`redis.RedisError` if Redis did not take it."""
-        return self.push_encoded(
-            study_uid, json.dumps(header, separators=(",", ":"), ensure_ascii=False)
-        )
+        return self.push_encoded(study_uid, dumps(header))
 
-    def push_encoded(self, study_uid: str, payload: str) -> Receipt:
+    def push_encoded(self, study_uid: str, payload: bytes | str) -> Receipt:
         """:meth:`push` for a header already encoded as JSON text."""
         args = (study_uid, payload, DRAIN_REQUEST_TTL_MS)
-        try:
-            entry_id, drain_needed = self._connections.call(
-                "EVALSHA", self._push.sha, len(_PUSH_KEYS), *_PUSH_KEYS, *args
+        body = payload.encode() if isinstance(payload, str) else payload
+        packed = b"".join(
+            (
+                self._packed_head,
+                _resp_bulk(study_uid.encode()),
+                _resp_bulk(body),
+                _resp_bulk(str(DRAIN_REQUEST_TTL_MS).encode()),
             )
+        )
+        try:
+            entry_id, drain_needed = self._connections.call(packed)
         except redis.exceptions.NoScriptError:
             # A Redis restarted without its script cache: load it, as Script would.
             entry_id, drain_needed = self._push(keys=list(_PUSH_KEYS), args=list(args))
@@ -88,6 +99,15 @@ class Inbox:
 
 
 _PUSH_KEYS = (keys.INBOX, keys.OPEN_STUDIES, keys.INFLIGHT, keys.DRAIN_REQUESTED)
+
+
+def _resp_array_head(count: int) -> bytes:
+    return b"*%d\r\n" % count
+
+
+def _resp_bulk(value: bytes) -> bytes:
+    """One argument of a command as Redis reads it (a RESP bulk string)."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
 class _Connections:
@@ -105,8 +125,9 @@ class _Connections:
         self._idle: list[Any] = []
         self._pid = os.getpid()
 
-    def call(self, *args: Any) -> Any:
-        """Send one command and return its reply (raises :class:`redis.RedisError`)."""
+    def call(self, packed: bytes) -> Any:
+        """Send one command, already packed (RESP), and return its reply (raises
+        :class:`redis.RedisError`)."""
         if self._pid != os.getpid():
             self._idle, self._pid = [], os.getpid()
         try:
@@ -123,7 +144,7 @@ class _Connections:
                 # connected again on its next use.
                 _ready(connection)
             return connection.retry.call_with_retry(
-                lambda: _round_trip(connection, args),
+                lambda: _round_trip(connection, packed),
                 lambda _error: connection.disconnect(),
             )
         except redis.ResponseError:
@@ -148,8 +169,8 @@ def _ready(connection: Any) -> None:
         connection.connect()
 
 
-def _round_trip(connection: Any, args: tuple[Any, ...]) -> Any:
-    connection.send_command(*args)
+def _round_trip(connection: Any, packed: bytes) -> Any:
+    connection.send_packed_command([packed])
     return connection.read_response()
 
 

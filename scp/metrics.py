@@ -28,6 +28,7 @@ JSON array ``[name, {label: value}]``, so no value can break it, and
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import re
@@ -144,6 +145,21 @@ def decode_field(field: str) -> tuple[str, dict[str, str]] | None:
     return name, labels
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_field(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    return encode_field(name, dict(labels))
+
+
+@functools.lru_cache(maxsize=4096)
+def _histogram_fields(
+    name: str, prefix: str
+) -> tuple[tuple[tuple[float, str], ...], str, str, str]:
+    """The hash fields one observation of histogram ``name`` adds to, for one label set:
+    (each bucket's bound and field, the +Inf field, the count field, the sum field)."""
+    buckets = tuple((bound, f"{prefix}le={bound:g}") for bound in BUCKETS[name])
+    return buckets, f"{prefix}le=+Inf", f"{prefix}count", f"{prefix}sum_us"
+
+
 def minute_of(unix_seconds: float) -> int:
     return int(unix_seconds // 60)
 
@@ -160,22 +176,23 @@ class Recorder:
         self._thread: threading.Thread | None = None
 
     def count(self, name: str, amount: int = 1, **labels: str) -> None:
-        field = encode_field(name, labels)
+        # Called for every instance received: the field is encoded once per label set.
+        field = _cached_field(name, tuple(sorted(labels.items())))
         with self._lock:
             self._counts[field] += amount
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
-        bounds = BUCKETS[name]
-        prefix = "".join(f"{k}={v}|" for k, v in sorted(labels.items()))
+        prefix = "".join(f"{k}={v}|" for k, v in sorted(labels.items())) if labels else ""
+        buckets, infinite, count, total = _histogram_fields(name, prefix)
         with self._lock:
             hist = self._hist.setdefault(name, Counter())
-            for bound in bounds:
+            for bound, field in buckets:
                 if seconds <= bound:
-                    hist[f"{prefix}le={bound:g}"] += 1
-            hist[f"{prefix}le=+Inf"] += 1
-            hist[f"{prefix}count"] += 1
+                    hist[field] += 1
+            hist[infinite] += 1
+            hist[count] += 1
             # Sums are kept in microseconds so Redis can add them as integers.
-            hist[f"{prefix}sum_us"] += int(seconds * 1_000_000)
+            hist[total] += int(seconds * 1_000_000)
 
     def start(self) -> Recorder:
         if self._redis is not None and self._thread is None:

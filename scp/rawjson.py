@@ -355,7 +355,28 @@ class _Reader:
         item: bool = False,
     ) -> tuple[dict[str, Any], int]:
         out: dict[str, Any] = {}
+        data = self.data
+        skip_private = stop_group is None
         while pos < end:
+            if skip_private and pos + 12 <= end:
+                group, _, vr_code = _tag_and_vr(data, pos)
+                if group & 1 and (depth or group not in KEPT_PRIVATE_GROUPS):
+                    # A private element nobody keeps (most of many vendors' headers):
+                    # straight past it, as element() would go, without its call and
+                    # tests. Anything unusual about it is left to element().
+                    if self.implicit:
+                        length, head = _u32(data, pos + 4)[0], 8
+                    else:
+                        vr = _VR_BY_CODE.get(vr_code, "")
+                        if vr in _LONG_VRS:
+                            length, head = _u32(data, pos + 8)[0], 12
+                        else:
+                            length, head = _u16(data, pos + 6)[0], 8
+                        if not vr:
+                            length = _UNDEFINED
+                    if length != _UNDEFINED and pos + head + length <= end:
+                        pos += head + length
+                        continue
             pos, done = self.element(pos, end, depth, out, stop_group, item)
             if done:
                 break

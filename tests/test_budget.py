@@ -107,7 +107,7 @@ def test_over_the_budget_identity_and_mapped_elements_are_kept(
     expected = {f"{tag:08X}" for tag in parts} - {"0040A730"}
     assert set(header.json) == expected
     payload, more = header_budget.encode(header.json, limits.header_bytes)
-    assert more == [] and len(payload.encode()) <= limits.header_bytes
+    assert more == [] and len(payload) <= limits.header_bytes
     within = read_header(path, Limits(header_bytes=8 * MIB))  # the same, within budget
     assert within.dropped == [] and "0040A730" in within.json
 
@@ -151,7 +151,7 @@ def test_the_stored_header_never_exceeds_the_budget() -> None:
     }
     payload, dropped = header_budget.encode(header, 8000)
     assert dropped == ["00400254"]
-    assert len(payload.encode()) <= 8000
+    assert len(payload) <= 8000
     assert set(json.loads(payload)) == {"0020000D", "00081030", "00700084"}
 
 
